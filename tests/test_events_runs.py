@@ -1,0 +1,96 @@
+"""Event schema and run-folder primitives (atomic writes, complete checkpoints only, status)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from backends.config import RunConfig
+from backends.events import EventSchemaError, EventSink, make_event, read_events
+from backends.runs import RunDir, atomic_dir, run_status, summarize_run
+
+
+def test_make_event_requires_design_fields():
+    e = make_event("eval", step=3, val_loss=1.5)
+    assert e["v"] == 1 and e["event"] == "eval" and e["step"] == 3
+    with pytest.raises(EventSchemaError, match="val_loss"):
+        make_event("eval", step=3)
+    with pytest.raises(EventSchemaError, match="memory"):
+        make_event(
+            "step",
+            step=1,
+            epoch=0.1,
+            loss=1.0,
+            learning_rate=1e-4,
+            grad_norm=1.0,
+            tokens=10,
+            tokens_per_second=5.0,
+            elapsed=1.0,
+            eta=2.0,
+            memory={"rss": 1},
+        )
+    with pytest.raises(EventSchemaError):
+        make_event("run_failed", step=1, kind="weird", message="m", hint="h")
+
+
+def test_nan_written_as_null_and_lines_parse(tmp_path):
+    path = tmp_path / "events.jsonl"
+    with EventSink(path) as sink:
+        sink.emit("eval", step=1, val_loss=math.nan)
+        sink.emit("checkpoint", step=1, path=tmp_path)
+    lines = path.read_text().splitlines()
+    assert json.loads(lines[0])["val_loss"] is None
+    # A torn last line (writer killed mid-write) is skipped, earlier events stay.
+    with open(path, "a") as fh:
+        fh.write('{"v":1,"event":"step","st')
+    events = read_events(path)
+    assert [e["event"] for e in events] == ["eval", "checkpoint"]
+
+
+def test_atomic_dir_leaves_nothing_on_failure(tmp_path):
+    final = tmp_path / "ck"
+    with pytest.raises(RuntimeError):
+        with atomic_dir(final) as tmp:
+            (tmp / "half").write_text("x")
+            raise RuntimeError("killed")
+    assert not final.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_only_complete_checkpoints_count(tmp_path):
+    run = RunDir.create(RunConfig(), runs_dir=tmp_path, name="r")
+    with run.new_checkpoint(5) as ck:
+        (ck / "state.json").write_text("{}")
+    # A folder that looks like a checkpoint but lacks the marker (e.g. copied by hand, killed).
+    (run.checkpoints_dir / "step-9").mkdir()
+    assert run.latest_checkpoint() == run.checkpoints_dir / "step-5"
+    for step in (10, 15):
+        with run.new_checkpoint(step):
+            pass
+    run.prune_checkpoints(keep=2)
+    assert [s for s, _ in run.checkpoints()] == [10, 15]
+
+
+def test_status_from_events(tmp_path):
+    run = RunDir.create(RunConfig(), runs_dir=tmp_path, name="r")
+    assert run_status(run) == "new"
+    with EventSink(run.events_path) as sink:
+        sink.emit(
+            "run_started",
+            run_dir=run.path,
+            backend="torch",
+            device="cpu",
+            model="m",
+            method="sft",
+            params_total=10,
+            params_trainable=1,
+            max_steps=2,
+        )
+        assert run_status(run) == "failed"  # started, no end event, no live worker: it died
+        sink.emit("run_finished", step=2, adapter=run.adapter_dir, train_loss=1.0, val_loss=None)
+    assert run_status(run) == "finished"
+    info = summarize_run(run)
+    assert info["status"] == "finished" and info["backend"] == "torch" and info["max_steps"] == 2
+    # A second run of the same name gets its own folder.
+    assert RunDir.create(RunConfig(), runs_dir=tmp_path, name="r").path.name == "r-2"
