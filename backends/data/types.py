@@ -1,0 +1,122 @@
+"""Plain data types the data pipeline hands to the training backends (no torch, no mlx).
+
+Conventions shared by both backends:
+- ``labels`` are aligned with ``input_ids`` and NOT shifted: ``labels[t]`` is the token id at
+  position t when position t carries loss, else ``IGNORE_INDEX``. A causal-LM backend predicts
+  ``labels[t]`` from positions ``< t`` (it shifts by one, as transformers' loss does).
+- Padding is on the right and is masked by position (``attention_mask == 0``), never by token id;
+  padded positions always have ``labels == IGNORE_INDEX``.
+- Token counts exclude padding.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class Example:
+    """One tokenised SFT row.
+
+    ``input_ids``/``labels``: equal-length lists of ints (labels ``IGNORE_INDEX`` where no loss).
+    ``row``: the source row number (1-based; the line number for JSONL) for messages.
+    """
+
+    input_ids: list[int]
+    labels: list[int]
+    row: int
+
+    @property
+    def num_label_tokens(self) -> int:
+        """Positions that carry loss."""
+        return sum(1 for x in self.labels if x != IGNORE_INDEX)
+
+
+@dataclass
+class PreferenceExample:
+    """One tokenised preference pair for DPO.
+
+    ``prompt_ids``: the rendered prompt up to and including the assistant header (tokenised once,
+    shared by both answers). ``chosen_ids``/``rejected_ids``: the answer tokens only, each ending
+    with the template's end-of-turn token. Log-probabilities are summed over the answer tokens.
+    """
+
+    prompt_ids: list[int]
+    chosen_ids: list[int]
+    rejected_ids: list[int]
+    row: int
+
+
+@dataclass
+class Batch:
+    """A padded micro-batch, as numpy int64 arrays of shape [B, T].
+
+    ``segment_ids``: for packed batches, 1..k numbering the rows packed into each sequence (0 on
+    padding); attention must stay within a segment (block-diagonal causal mask) and
+    ``position_ids`` restart at 0 for each segment. None for unpacked batches.
+    ``num_tokens``: real (non-pad) tokens. ``num_label_tokens``: positions t >= 1 with
+    ``labels[t] != IGNORE_INDEX`` (i.e. the targets that enter the loss after the shift; the first
+    position of a segment is never a target).
+    ``rows``: source row numbers of the examples in the batch.
+    """
+
+    input_ids: np.ndarray
+    attention_mask: np.ndarray
+    labels: np.ndarray
+    position_ids: np.ndarray
+    num_tokens: int
+    num_label_tokens: int
+    rows: list[int] = field(default_factory=list)
+    segment_ids: np.ndarray | None = None
+
+
+@dataclass
+class Problem:
+    """One invalid or dropped row: where and why (shown in ``data check`` and the GUI table)."""
+
+    file: str
+    row: int
+    field: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.row}: {self.field}: {self.reason}"
+
+
+@dataclass
+class DataReport:
+    """What the pipeline did with a file: format, counts, problems, token-length statistics."""
+
+    file: str
+    format: str
+    rows_read: int = 0
+    rows_kept: int = 0
+    problems: list[Problem] = field(default_factory=list)
+    notices: list[str] = field(default_factory=list)
+    lengths: list[int] = field(default_factory=list)
+
+    @property
+    def rows_dropped(self) -> int:
+        return self.rows_read - self.rows_kept
+
+
+@dataclass
+class PreparedData:
+    """Tokenised training (and optional validation) data plus the chat template used.
+
+    ``train``/``validation``: lists of ``Example`` (SFT) or ``PreferenceExample`` (DPO);
+    ``validation`` is None when validation is off (a notice in ``report.notices`` says so).
+    ``chat_template``: the exact Jinja template used, stored next to the adapter for chat.
+    """
+
+    train: list
+    validation: list | None
+    report: DataReport
+    chat_template: str | None
+    eos_token_id: int | None = None
+    pad_token_id: int | None = None
+    bos_token_id: int | None = None
