@@ -1,10 +1,31 @@
 """The contract between the shared training loop and a framework backend.
 
 The loop (``backends.training.loop``) owns everything both frameworks share: step counting and
-epochs, the learning-rate schedule, data order and resume position, events, ETA, checkpoint
-rotation, stop signals, NaN detection, eval cadence and the run folder. An ``Engine`` holds only
-what differs between frameworks: loading the model with LoRA, one optimizer step, eval loss,
-saving/restoring framework state, the final adapter, device memory.
+epochs, the learning-rate schedule, data order and resume position, Python/NumPy RNG state,
+events, ETA, checkpoint rotation, stop signals, NaN detection, eval cadence, the run folder, and
+the framework-neutral files next to the adapter (``chat_template.jinja``, ``tunedesk.json``). An
+``Engine`` holds only what differs between frameworks: loading the model with LoRA, one optimizer
+step, eval loss, saving/restoring framework state (weights, optimizer, framework RNG), the final
+adapter's native files, device memory.
+
+How a backend plugs in: its package (``backends.torch_backend``, ``backends.mlx_backend``) exposes
+
+    def create_engine(config: RunConfig) -> Engine
+
+which picks the device (without loading anything heavy) and returns an engine ready for
+``setup``. ``backends.training.make_engine(config)`` imports the package lazily and calls it.
+
+The loop calls, in order: ``setup`` once; then ``load_state`` once when resuming; then
+``train_step`` per optimizer step, ``eval_loss`` at the eval cadence, ``save_state`` into a
+temporary checkpoint folder (the loop adds its own ``trainer_state.json`` and the ``COMPLETE``
+marker and renames it), ``memory`` per step; finally ``save_adapter`` into a temporary adapter
+folder. Engines must not install signal handlers, print to stdout, or hold global state (the loop
+must stay launchable once per process by ``accelerate launch`` and testable in-process).
+
+Changes to this protocol (compatible additions only):
+- ``setup`` may return an optional ``"notes"`` list of strings (e.g. which precision ``auto``
+  picked and why); the loop logs them.
+- ``create_engine(config)`` module-level factory, documented above.
 """
 
 from __future__ import annotations
@@ -25,7 +46,9 @@ class Engine(Protocol):
 
     def setup(self, config: RunConfig, model_dir: Path) -> dict[str, Any]:
         """Load the base model from ``model_dir`` (safetensors only), add LoRA as configured,
-        build the optimizer. Returns {"params_total": int, "params_trainable": int}.
+        build the optimizer. Returns {"params_total": int, "params_trainable": int} and optionally
+        "notes": list[str] (logged by the loop). LoRA initial weights must depend only on
+        ``config.training.seed``.
         Raises UserInputError when a target module matches nothing (listing the model's linear
         layer names)."""
         ...
@@ -52,7 +75,8 @@ class Engine(Protocol):
         ...
 
     def save_adapter(self, folder: Path) -> None:
-        """Write the final adapter in the backend's native format (with ``adapter_config.json``)."""
+        """Write the final adapter in the backend's native format (with ``adapter_config.json``).
+        The loop adds ``chat_template.jinja`` and ``tunedesk.json`` to the same folder."""
         ...
 
     def memory(self) -> dict[str, int | None]:
