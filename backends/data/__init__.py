@@ -3,3 +3,39 @@
 Readers (JSONL, JSON, CSV, Parquet) -> format detection -> per-row validation -> tokenisation
 with the model's chat template and completion-only labels -> split -> batches of numpy arrays.
 """
+
+from backends.data.batching import make_batches, make_preference_batches
+from backends.data.check import check_file
+from backends.data.pipeline import analyze_file, prepare_data, read_rows, sample_data_path
+from backends.data.templates import CHATML_TEMPLATE, load_tokenizer, resolve_chat_template
+from backends.data.types import (
+    IGNORE_INDEX,
+    Batch,
+    DataReport,
+    Example,
+    PreferenceBatch,
+    PreferenceExample,
+    PreparedData,
+    Problem,
+)
+
+__all__ = [
+    "CHATML_TEMPLATE",
+    "IGNORE_INDEX",
+    "Batch",
+    "DataReport",
+    "Example",
+    "PreferenceBatch",
+    "PreferenceExample",
+    "PreparedData",
+    "Problem",
+    "analyze_file",
+    "check_file",
+    "load_tokenizer",
+    "make_batches",
+    "make_preference_batches",
+    "prepare_data",
+    "read_rows",
+    "resolve_chat_template",
+    "sample_data_path",
+]

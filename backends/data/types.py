@@ -76,20 +76,37 @@ class Batch:
 
 @dataclass
 class Problem:
-    """One invalid or dropped row: where and why (shown in ``data check`` and the GUI table)."""
+    """One invalid or dropped row: where and why (shown in ``data check`` and the GUI table).
+
+    ``row``: 1-based; for JSONL it is the line number (``where == "line"``), for JSON arrays, CSV
+    and Parquet the 1-based row (``where == "row"``). ``field``: the path of the offending field,
+    e.g. ``messages[2].role``, ``output``, or ``(row)`` for the row as a whole.
+    """
 
     file: str
     row: int
     field: str
     reason: str
+    where: str = "row"
 
     def __str__(self) -> str:
-        return f"{self.file}:{self.row}: {self.field}: {self.reason}"
+        if self.where == "line":
+            return f"{self.file}:{self.row}: {self.field}: {self.reason}"
+        return f"{self.file}: row {self.row}: {self.field}: {self.reason}"
+
+    def to_dict(self) -> dict:
+        """JSON form used by ``data check --json``: {row, field, reason, where}."""
+        return {"row": self.row, "field": self.field, "reason": self.reason, "where": self.where}
 
 
 @dataclass
 class DataReport:
-    """What the pipeline did with a file: format, counts, problems, token-length statistics."""
+    """What the pipeline did with a file: format, counts, problems, token-length statistics.
+
+    ``problems``: every dropped row (invalid rows and rows whose trained tokens were all cut by
+    ``max_seq_length``), in file order. ``lengths``: token length of every row that passed
+    validation, before truncation (for DPO: prompt plus the longer answer).
+    """
 
     file: str
     format: str
@@ -120,3 +137,15 @@ class PreparedData:
     eos_token_id: int | None = None
     pad_token_id: int | None = None
     bos_token_id: int | None = None
+    validation_report: DataReport | None = None
+    method: str = "sft"
+
+
+@dataclass
+class PreferenceBatch(Batch):
+    """A DPO micro-batch: ``2 * num_pairs`` rows of shape [2B, T]; rows ``[0, B)`` are prompt +
+    chosen answer, rows ``[B, 2B)`` the same prompts + rejected answer (concatenated forward, as
+    TRL does). ``labels`` are IGNORE_INDEX on the prompt and padding, so summing the per-token
+    log-probabilities of the labelled targets gives log p(answer | prompt)."""
+
+    num_pairs: int = 0

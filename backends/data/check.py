@@ -1,0 +1,212 @@
+"""``tunedesk data check FILE [--model M] [--json]``: what training would make of a data file.
+
+``check_file`` returns one JSON-ready dict (``--json`` prints it; the desktop app's data page
+reads it from a subprocess). Its keys:
+
+- ``ok`` (bool): at least one usable row.
+- ``file`` (str), ``format`` (the detected or given format), ``method`` ('sft' or 'dpo', from the
+  format), ``model`` (the model folder, or null), ``chat_template`` ('model', 'chatml', or null
+  when no template is used), ``max_seq_length`` (int), ``train_on``.
+- ``rows_read``, ``rows_kept``, ``rows_dropped`` (ints; kept = usable for training).
+- ``problems``: every dropped row, in file order, as ``{row, field, reason, where}``: ``row`` is
+  the line number when ``where`` is 'line' (JSONL), else the 1-based row; ``field`` is a path such
+  as ``messages[2].role``, ``(row)`` for the whole row, or ``(length)`` for a row whose trained
+  tokens were all cut by ``max_seq_length``. ``problem_count``: their number.
+- ``notices``: list of strings (rows cut, validation, template remarks).
+- ``token_lengths``: ``{min, median, p95, max, over_max}`` over the rows that passed validation,
+  before truncation (for DPO: prompt plus the longer answer); ``over_max`` counts rows longer
+  than ``max_seq_length``. Null without a model or when no row could be tokenised.
+- ``histogram``: ``{bins, counts}``: 20 equal-width bins from 0 to the longest row; ``bins`` are
+  the 21 edges (floats), ``counts`` the rows per bin. Null when ``token_lengths`` is.
+- ``example``: the first usable row rendered as the model sees it: ``{row, text, spans}`` with
+  ``spans`` a list of ``[start, end)`` character offsets into ``text`` of the trained tokens
+  (for DPO: the chosen answer). Null when no row is usable or there is no model.
+
+On an error that stops the check (unreadable or mixed-format file, strict mode, a model without
+a chat template), ``--json`` prints ``{"ok": false, "error": {message, file, line, row, field}}``
+and exits 1. Exit codes: 0 when rows remain, 1 when none does (or on such an error).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from backends.data.pipeline import analyze_file, token_length_stats
+from backends.data.templates import load_tokenizer
+from backends.data.types import IGNORE_INDEX, Example, PreferenceExample
+from backends.errors import EXIT_OK, EXIT_USER_INPUT, UserInputError
+
+SHOWN_PROBLEMS = 20
+HISTOGRAM_BINS = 20
+
+
+def _example_view(tokenizer: Any, example: Example | PreferenceExample) -> dict[str, Any]:
+    """Decode an example and mark the character spans of its trained tokens."""
+    if isinstance(example, PreferenceExample):
+        ids = example.prompt_ids + example.chosen_ids
+        trained = [False] * len(example.prompt_ids) + [True] * len(example.chosen_ids)
+    else:
+        ids = example.input_ids
+        trained = [x != IGNORE_INDEX for x in example.labels]
+
+    def decode(upto: int) -> str:
+        return tokenizer.decode(ids[:upto], skip_special_tokens=False, clean_up_tokenization_spaces=False)
+
+    spans = []
+    t = 0
+    while t < len(ids):
+        if not trained[t]:
+            t += 1
+            continue
+        start = t
+        while t < len(ids) and trained[t]:
+            t += 1
+        spans.append([len(decode(start)), len(decode(t))])
+    return {"row": example.row, "text": decode(len(ids)), "spans": spans}
+
+
+def check_file(
+    path: str | Path,
+    model_dir: str | Path | None = None,
+    *,
+    format: str = "auto",
+    max_seq_length: int = 1024,
+    strict: bool = False,
+    chat_template: str = "model",
+    train_on: str = "completion",
+    system_prompt: str | None = None,
+    method: str | None = None,
+    tokenizer: Any | None = None,
+) -> dict[str, Any]:
+    """Check a data file as training would read it; returns the dict described in this module's
+    docstring. ``model_dir`` (or an already loaded ``tokenizer``) supplies the tokenizer and chat
+    template; without either, only reading and validation are done (no token statistics).
+    ``method``: None infers it from the format. Raises UserInputError as ``analyze_file`` does;
+    zero usable rows is not raised but reported (``ok`` false)."""
+    if tokenizer is None and model_dir is not None:
+        tokenizer = load_tokenizer(model_dir)
+    examples, report, template, method = analyze_file(
+        path,
+        tokenizer,
+        format=format,
+        method=method,
+        chat_template=chat_template,
+        strict=strict,
+        train_on=train_on,
+        max_seq_length=max_seq_length,
+        system_prompt=system_prompt,
+    )
+    stats = token_length_stats(report.lengths, max_seq_length)
+    histogram = None
+    if stats is not None:
+        counts, edges = np.histogram(report.lengths, bins=HISTOGRAM_BINS, range=(0, max(stats["max"], 1)))
+        histogram = {"bins": [round(float(e), 2) for e in edges], "counts": [int(c) for c in counts]}
+    return {
+        "ok": report.rows_kept > 0,
+        "file": report.file,
+        "format": report.format,
+        "method": method,
+        "model": str(model_dir) if model_dir is not None else None,
+        "chat_template": (chat_template if template is not None else None),
+        "max_seq_length": max_seq_length,
+        "train_on": train_on,
+        "rows_read": report.rows_read,
+        "rows_kept": report.rows_kept,
+        "rows_dropped": report.rows_dropped,
+        "problems": [p.to_dict() for p in report.problems],
+        "problem_count": len(report.problems),
+        "notices": list(report.notices),
+        "token_lengths": stats,
+        "histogram": histogram,
+        "example": _example_view(tokenizer, examples[0]) if examples else None,
+    }
+
+
+def _mark(text: str, spans: list[list[int]]) -> str:
+    out, at = [], 0
+    for start, end in spans:
+        out += [text[at:start], "⟦", text[start:end], "⟧"]
+        at = end
+    out.append(text[at:])
+    return "".join(out)
+
+
+def format_report(result: dict[str, Any]) -> str:
+    """The human-readable form of ``check_file``'s dict."""
+    where = {"line": "line", "row": "row"}
+    lines = [
+        f"file:    {result['file']}",
+        f"format:  {result['format']} (method {result['method']})",
+    ]
+    if result["model"]:
+        template = result["chat_template"] or "none"
+        lines.append(f"model:   {result['model']} (chat template: {template})")
+    lines.append(
+        f"rows:    {result['rows_read']} read, {result['rows_kept']} kept, {result['rows_dropped']} dropped"
+    )
+    if result["problems"]:
+        lines.append(f"problems ({result['problem_count']}, first {SHOWN_PROBLEMS} shown):")
+        for p in result["problems"][:SHOWN_PROBLEMS]:
+            lines.append(f"  {where[p['where']]} {p['row']}: {p['field']}: {p['reason']}")
+    for notice in result["notices"]:
+        lines.append(f"notice:  {notice}")
+    stats = result["token_lengths"]
+    if stats:
+        lines.append(
+            f"tokens:  min {stats['min']}, median {stats['median']:.0f}, p95 {stats['p95']:.0f}, "
+            f"max {stats['max']}; {stats['over_max']} over max_seq_length {result['max_seq_length']}"
+        )
+        hist = result["histogram"]
+        peak = max(hist["counts"]) or 1
+        for lo, hi, count in zip(hist["bins"], hist["bins"][1:], hist["counts"], strict=False):
+            lines.append(f"  {lo:8.0f}-{hi:<8.0f} {'#' * round(30 * count / peak):30s} {count}")
+    example = result["example"]
+    if example:
+        lines.append(f"example (row {example['row']}; trained text between ⟦ ⟧):")
+        lines.append(_mark(example["text"], example["spans"]))
+    if not result["ok"]:
+        lines.append("no usable rows: nothing to train on")
+    return "\n".join(lines)
+
+
+def cli_check(args: argparse.Namespace) -> int:
+    """Entry of ``tunedesk data check`` (arguments from ``backends.cli``): prints the report
+    (``--json``: the dict) and returns 0 when usable rows remain, 1 otherwise."""
+    from backends import models
+    from backends.config import DEFAULT_MODEL
+
+    try:
+        model_dir = models.resolve_model(
+            args.model or DEFAULT_MODEL, progress=lambda m: print(m, file=sys.stderr)
+        )
+        result = check_file(
+            args.file,
+            model_dir,
+            format=args.format,
+            max_seq_length=args.max_seq_length,
+            strict=args.strict,
+        )
+    except UserInputError as exc:
+        if not args.json:
+            raise
+        error = {
+            "message": str(exc),
+            "file": exc.file,
+            "line": exc.line,
+            "row": getattr(exc, "row", exc.line),
+            "field": exc.field,
+        }
+        print(json.dumps({"ok": False, "error": error}, ensure_ascii=False))
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USER_INPUT
+    if args.json:
+        print(json.dumps(result, ensure_ascii=False))
+    else:
+        print(format_report(result))
+    return EXIT_OK if result["ok"] else EXIT_USER_INPUT

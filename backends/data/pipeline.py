@@ -1,0 +1,346 @@
+"""The data pipeline from a file to tokenised examples: read -> detect -> validate -> tokenise -> split.
+
+``read_rows`` reads a file and detects (or takes) its format; ``analyze_file`` validates and
+tokenises one file and reports what it did (used by ``prepare_data`` and ``data check``);
+``prepare_data`` does both files of a run config and the validation split.
+
+Policy (issue 3): invalid rows are dropped and listed, or with ``strict`` the first one is an
+error; a file with zero usable rows is always an error saying why. Every error names the file,
+the row (the line for JSONL) and the field.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from backends import paths
+from backends.data.encode import Encoder, encode_rows
+from backends.data.formats import CHAT_FORMATS, FORMATS, Preference, RowError, detect_row_format, parse_row
+from backends.data.readers import read_file
+from backends.data.templates import CHATML_TEMPLATE, model_template, resolve_chat_template
+from backends.data.types import DataReport, PreparedData, Problem
+from backends.errors import UserInputError
+
+Progress = Callable[[str], None]
+
+# The built-in sample data (written by the demo/trainer part): `messages` rows.
+SAMPLE_DATA = Path("demo") / "support_train.jsonl"
+
+_FORMAT_FIELDS = (
+    "messages (`messages`), sharegpt (`conversations`), alpaca (`instruction`/`output`), "
+    "prompt_completion (`prompt`/`completion`), text (`text`), preference (`prompt` or "
+    "`conversations` with `chosen`/`rejected`)"
+)
+
+
+class RowList(list):
+    """Rows of one file as (number, object) pairs; ``unit`` is 'line' (JSONL: numbers are line
+    numbers) or 'row' (1-based rows of a JSON array, CSV or Parquet file)."""
+
+    unit: str = "row"
+
+
+def row_error(
+    file: str | Path, unit: str, row: int, field: str, reason: str, hint: str | None = None
+) -> UserInputError:
+    """A UserInputError for one row: ``FILE:LINE: FIELD: REASON`` for JSONL, ``FILE: row N: FIELD:
+    REASON`` otherwise. The error carries ``.file``, ``.line`` (JSONL), ``.row`` and ``.field``."""
+    err = UserInputError(reason, file=file, line=row if unit == "line" else None, field=field, hint=hint)
+    err.row = row  # type: ignore[attr-defined]
+    if unit != "line":
+        err.args = (f"{file}: row {row}: {field}: {reason}" + (f" ({hint})" if hint else ""),)
+    return err
+
+
+def _where(unit: str, row: int) -> str:
+    return f"line {row}" if unit == "line" else f"row {row}"
+
+
+def read_rows(path: str | Path, format: str = "auto") -> tuple[str, RowList]:
+    """Read a data file and detect its format.
+
+    ``format``: 'auto' (detect from the rows' fields) or one of ``FORMATS`` (taken as given).
+    Returns (format, rows): rows are (number, object) pairs (see ``RowList``).
+    Raises UserInputError when the file cannot be read, has no rows, no row matches a known format,
+    or (auto) rows of different formats are mixed: the error names the first row that differs.
+    """
+    path = Path(path)
+    if format != "auto" and format not in FORMATS:
+        raise UserInputError(
+            f"unknown format {format!r}; use auto or one of {', '.join(FORMATS)}", field="data.format"
+        )
+    kind, raw = read_file(path)
+    rows = RowList(raw)
+    rows.unit = "line" if kind == "jsonl" else "row"
+    if not rows:
+        raise UserInputError("the file has no rows", file=path)
+    if format != "auto":
+        return format, rows
+    detected: str | None = None
+    first = 0
+    for number, obj in rows:
+        fmt = detect_row_format(obj)
+        if fmt is None:
+            continue
+        if detected is None:
+            detected, first = fmt, number
+        elif fmt != detected:
+            raise row_error(
+                path,
+                rows.unit,
+                number,
+                ",".join(sorted(obj)),
+                f"mixed formats: this row is {fmt!r} but {_where(rows.unit, first)} is {detected!r}; "
+                "use one format per file",
+            )
+    if detected is None:
+        number, obj = rows[0]
+        fields = ", ".join(sorted(obj)) if isinstance(obj, dict) else type(obj).__name__
+        raise row_error(
+            path,
+            rows.unit,
+            number,
+            "(row)",
+            f"cannot tell the format: no row has the fields of a known format; this one has: {fields}",
+            hint=f"known formats: {_FORMAT_FIELDS}",
+        )
+    return detected, rows
+
+
+def _kind(fmt: str) -> str:
+    return "chat" if fmt in CHAT_FORMATS else fmt
+
+
+def _check_method(path: Path, fmt: str, method: str | None) -> str:
+    if method in (None, "auto"):
+        return "dpo" if fmt == "preference" else "sft"
+    if method == "dpo" and fmt != "preference":
+        raise UserInputError(
+            f"method 'dpo' needs preference pairs (prompt/chosen/rejected), but this file is {fmt!r}",
+            file=path,
+            field="method",
+        )
+    if method == "sft" and fmt == "preference":
+        raise UserInputError(
+            "this file holds preference pairs (chosen/rejected): train it with method 'dpo'",
+            file=path,
+            field="method",
+        )
+    return method
+
+
+def template_for(tokenizer: Any, choice: str, fmt: str) -> str | None:
+    """The template a file of format ``fmt`` needs: plain text needs none (the model's, or ChatML
+    when chosen, is still carried for chat); every other format needs one (see
+    ``resolve_chat_template`` for the error when the model has none)."""
+    if fmt == "text":
+        return CHATML_TEMPLATE if choice == "chatml" else model_template(tokenizer)
+    return resolve_chat_template(tokenizer, choice)
+
+
+def analyze_file(
+    path: str | Path,
+    tokenizer: Any | None,
+    *,
+    format: str = "auto",
+    method: str | None = None,
+    chat_template: str = "model",
+    strict: bool = False,
+    train_on: str = "completion",
+    max_seq_length: int = 1024,
+    system_prompt: str | None = None,
+    progress: Progress | None = None,
+) -> tuple[list, DataReport, str | None, str]:
+    """Read, validate and (with a tokenizer) tokenise one file, without raising for zero rows.
+
+    Returns (examples, report, template, method): ``examples`` are ``Example`` (sft) or
+    ``PreferenceExample`` (dpo) in file order (empty without a tokenizer); ``template`` is the
+    chat template used (None without a tokenizer, or for text data on a model without one);
+    ``method`` is the given one or, for None/'auto', 'dpo' for preference data else 'sft'.
+    Raises UserInputError for an unreadable or mixed-format file, a format/method mismatch, a
+    missing chat template, or (``strict``) the first invalid row.
+    """
+    path = Path(path)
+    if progress:
+        progress(f"reading {path}")
+    fmt, rows = read_rows(path, format)
+    method = _check_method(path, fmt, method)
+    report = DataReport(file=str(path), format=fmt, rows_read=len(rows))
+    valid: list[tuple[int, Any]] = []
+    for number, obj in rows:
+        try:
+            valid.append((number, parse_row(fmt, obj, system_prompt=system_prompt)))
+        except RowError as err:
+            report.problems.append(Problem(str(path), number, err.field, err.reason, rows.unit))
+    if strict and report.problems:
+        p = report.problems[0]
+        more = len(report.problems) - 1
+        raise row_error(
+            path,
+            rows.unit,
+            p.row,
+            p.field,
+            p.reason + (f"; and {more} more invalid row(s)" if more else ""),
+            hint="strict mode: fix the rows or turn off data.strict to drop them",
+        )
+    if report.problems:
+        report.notices.append(f"{len(report.problems)} invalid row(s) dropped")
+    if fmt == "preference":
+        same = sum(1 for _, p in valid if isinstance(p, Preference) and p.chosen == p.rejected)
+        if same:
+            report.notices.append(
+                f"{same} row(s) have identical chosen and rejected answers (they teach nothing)"
+            )
+    if tokenizer is None:
+        report.rows_kept = len(valid)
+        return [], report, None, method
+
+    template = template_for(tokenizer, chat_template, fmt)
+    encoder = Encoder(tokenizer, template, train_on=train_on, max_seq_length=max_seq_length)
+    results = encode_rows(encoder, _kind(fmt), valid, progress)
+    examples = []
+    cut: list[int] = []
+    too_long: list[int] = []
+    for r in results:
+        if r.length is not None:
+            report.lengths.append(r.length)
+        if r.example is not None:
+            examples.append(r.example)
+            if r.length is not None and r.length > max_seq_length:
+                cut.append(r.row)
+        else:
+            assert r.error is not None
+            report.problems.append(Problem(str(path), r.row, r.error.field, r.error.reason, rows.unit))
+            if r.error.field == "(length)":
+                too_long.append(r.row)
+    report.problems.sort(key=lambda p: p.row)
+    report.rows_kept = len(examples)
+    if too_long:
+        listed = ", ".join(str(r) for r in too_long[:10]) + (", ..." if len(too_long) > 10 else "")
+        report.notices.append(
+            f"{len(too_long)} row(s) dropped: no trained token fits within max_seq_length {max_seq_length} "
+            f"({rows.unit}s {listed}; each is listed under problems)"
+        )
+    if cut:
+        report.notices.append(
+            f"{len(cut)} row(s) longer than max_seq_length {max_seq_length} were cut from the right "
+            f"(first: {_where(rows.unit, cut[0])})"
+        )
+    if encoder.turns_without_stop:
+        report.notices.append(
+            f"{encoder.turns_without_stop} assistant turn(s) end with no special token in this chat "
+            "template, so the model may not learn where to stop"
+        )
+    return examples, report, template, method
+
+
+def no_rows_error(report: DataReport, unit: str | None = None) -> UserInputError:
+    """The error for a file with zero usable rows, naming the first problems."""
+    shown = "; ".join(str(p) for p in report.problems[:5])
+    more = f"; and {len(report.problems) - 5} more" if len(report.problems) > 5 else ""
+    first = report.problems[0] if report.problems else None
+    return UserInputError(
+        f"no usable rows: {report.rows_read} read, all dropped" + (f": {shown}{more}" if shown else ""),
+        file=report.file,
+        line=first.row if first and first.where == "line" else None,
+        field=first.field if first else None,
+    )
+
+
+def _split(examples: list, fraction: float, seed: int, report: DataReport) -> tuple[list, list | None]:
+    if fraction <= 0:
+        report.notices.append("validation is off (no data.validation_file and data.validation_fraction is 0)")
+        return examples, None
+    n = len(examples)
+    if n < 2:
+        report.notices.append(f"validation is off: only {n} usable row(s), none to hold out")
+        return examples, None
+    n_val = min(n - 1, max(1, round(fraction * n)))
+    held = set(np.random.default_rng(seed).permutation(n)[:n_val].tolist())
+    report.notices.append(
+        f"validation: {n_val} of {n} rows held out (data.validation_fraction {fraction}, seed {seed})"
+    )
+    return [e for i, e in enumerate(examples) if i not in held], [
+        e for i, e in enumerate(examples) if i in held
+    ]
+
+
+def sample_data_path() -> Path:
+    """The built-in sample data file used when ``data.train_file`` is empty."""
+    return paths.resources_dir() / SAMPLE_DATA
+
+
+def prepare_data(config: Any, tokenizer: Any, *, progress: Progress | None = None) -> PreparedData:
+    """Tokenised training and validation data for a run.
+
+    Reads ``config.data.train_file`` (None: the built-in sample data), validates and tokenises it
+    with the model's chat template (``data.chat_template``), ``data.format``, ``data.strict``,
+    ``data.train_on``, ``data.system_prompt`` and ``training.max_seq_length``; validation comes
+    from ``data.validation_file`` or a ``data.validation_fraction`` of the usable rows chosen with
+    ``training.seed`` (at least one row; otherwise validation is off with a notice).
+    Returns ``PreparedData`` with ``Example`` lists for method 'sft' and ``PreferenceExample``
+    lists for 'dpo'. Raises UserInputError (exit 1) naming file, row and field when a file is
+    unreadable, mixes formats, does not fit the method, (strict) has an invalid row, or has no
+    usable row; or when the model has no chat template and ``data.chat_template`` is 'model'.
+    """
+    data = config.data
+    path = Path(data.train_file) if data.train_file is not None else sample_data_path()
+    if data.train_file is None and not path.is_file():
+        raise UserInputError(
+            "no training data: data.train_file is empty and the built-in sample data is missing",
+            file=path,
+            field="data.train_file",
+        )
+    options = dict(
+        format=data.format,
+        method=config.method,
+        chat_template=data.chat_template,
+        strict=data.strict,
+        train_on=data.train_on,
+        max_seq_length=config.training.max_seq_length,
+        system_prompt=data.system_prompt,
+        progress=progress,
+    )
+    train, report, template, method = analyze_file(path, tokenizer, **options)
+    if not train:
+        raise no_rows_error(report)
+    validation: list | None
+    val_report = None
+    if data.validation_file is not None:
+        validation, val_report, _, _ = analyze_file(Path(data.validation_file), tokenizer, **options)
+        if not validation:
+            raise no_rows_error(val_report)
+        report.notices.append(f"validation: {len(validation)} rows from {data.validation_file}")
+    else:
+        train, validation = _split(train, data.validation_fraction, config.training.seed, report)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    return PreparedData(
+        train=train,
+        validation=validation,
+        report=report,
+        chat_template=template,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=pad if pad is not None else 0,
+        bos_token_id=tokenizer.bos_token_id,
+        validation_report=val_report,
+        method=method,
+    )
+
+
+def token_length_stats(lengths: Sequence[int], max_seq_length: int) -> dict[str, Any] | None:
+    """{min, median, p95, max, over_max} of token lengths (None when there are none); ``p95`` is
+    numpy's linear-interpolated 95th percentile; ``over_max`` counts lengths > max_seq_length."""
+    if not lengths:
+        return None
+    arr = np.asarray(lengths)
+    return {
+        "min": int(arr.min()),
+        "median": float(np.median(arr)),
+        "p95": float(np.percentile(arr, 95)),
+        "max": int(arr.max()),
+        "over_max": int((arr > max_seq_length).sum()),
+    }
