@@ -195,7 +195,7 @@ def analyze_file(
             report.notices.append(
                 f"{same} row(s) have identical chosen and rejected answers (they teach nothing)"
             )
-    if tokenizer is None:
+    if tokenizer is None or not valid:
         report.rows_kept = len(valid)
         return [], report, None, method
 
