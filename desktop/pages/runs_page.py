@@ -1,0 +1,260 @@
+"""Runs: every run folder with its status, model, data, method, final losses and duration; select
+several to overlay their loss curves; open, show, resume or delete (with confirmation) a run.
+
+Reads only the run folders (``desktop.run_history``), so runs started from the CLI show up too;
+refreshed every few seconds while the page is visible.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from PySide6.QtCore import QItemSelectionModel, Qt, QTimer, QUrl, Signal
+from PySide6.QtGui import QDesktopServices, QHideEvent, QShowEvent
+from PySide6.QtWidgets import (
+    QAbstractItemView,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QMessageBox,
+    QPushButton,
+    QSplitter,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+from backends import paths
+from desktop.charts import Chart
+from desktop.run_history import RunHistory, delete_run
+from desktop.run_monitor import format_duration
+from desktop.state import AppState
+
+COLUMNS = (
+    "Run",
+    "Status",
+    "Model",
+    "Data",
+    "Method",
+    "Steps",
+    "Train loss",
+    "Val loss",
+    "Duration",
+    "Started",
+)
+REFRESH_MS = 3000
+
+
+def _loss(value: Any) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+class RunsPage(QWidget):
+    """The run history table and the loss overlay of the selected runs.
+
+    Signals: ``show_run(str)`` (open a run in the Train page's monitor), ``resume_run(str)``.
+    """
+
+    show_run = Signal(str)
+    resume_run = Signal(str)
+
+    def __init__(self, state: AppState, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.state = state
+        self.history = RunHistory()
+        self.rows: list[dict[str, Any]] = []
+        layout = QVBoxLayout(self)
+        layout.addWidget(QLabel("<h2>Runs</h2>"))
+        layout.addWidget(
+            QLabel(
+                "Every training run, also those started from the command line. Select several to compare their loss."
+            )
+        )
+        split = QSplitter(Qt.Orientation.Vertical)
+        self.table = QTableWidget(0, len(COLUMNS))
+        self.table.setHorizontalHeaderLabels(COLUMNS)
+        self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        self.table.setSelectionMode(QAbstractItemView.SelectionMode.ExtendedSelection)
+        self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.table.verticalHeader().setVisible(False)
+        self.table.setSortingEnabled(False)
+        header = self.table.horizontalHeader()
+        header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+        header.setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
+        self.table.itemSelectionChanged.connect(self._on_selection)
+        self.table.doubleClicked.connect(lambda *_: self._show_selected())
+        split.addWidget(self.table)
+        self.chart = Chart("Training loss of the selected runs", "step", "loss")
+        split.addWidget(self.chart)
+        split.setSizes([300, 300])
+        layout.addWidget(split, 1)
+
+        buttons = QHBoxLayout()
+        self.show_button = QPushButton("Show in Train")
+        self.show_button.clicked.connect(self._show_selected)
+        self.resume_button = QPushButton("Resume")
+        self.resume_button.clicked.connect(self._resume_selected)
+        self.open_button = QPushButton("Open folder")
+        self.open_button.clicked.connect(self._open_selected)
+        self.delete_button = QPushButton("Delete…")
+        self.delete_button.clicked.connect(self.delete_selected)
+        refresh = QPushButton("Refresh")
+        refresh.clicked.connect(self.refresh)
+        for b in (self.show_button, self.resume_button, self.open_button, self.delete_button):
+            buttons.addWidget(b)
+        buttons.addStretch(1)
+        buttons.addWidget(refresh)
+        layout.addLayout(buttons)
+
+        self._timer = QTimer(self)
+        self._timer.setInterval(REFRESH_MS)
+        self._timer.timeout.connect(self.refresh)
+        self.refresh()
+
+    # --- data ---
+    def parents(self) -> list[str]:
+        """The folders holding run folders: the default one and any used by runs started here."""
+        return [str(paths.runs_dir()), *self.state.extra_runs_dirs()]
+
+    def refresh(self) -> None:
+        """Re-read the run folders (cached per folder) and redraw the table, keeping the selection."""
+        selected = set(self.selected_paths())
+        self.rows = self.history.runs(self.parents())
+        self.table.blockSignals(True)
+        self.table.setRowCount(len(self.rows))
+        for i, r in enumerate(self.rows):
+            steps = f"{r['steps']}" + (f" / {r['max_steps']}" if r.get("max_steps") else "")
+            data = Path(str(r["data"])).name if r.get("data") else "(sample)"
+            started = (
+                time.strftime("%Y-%m-%d %H:%M", time.localtime(r["started"])) if r.get("started") else "-"
+            )
+            values = (
+                r["name"],
+                r["status"],
+                Path(str(r.get("model") or "-")).name,
+                data,
+                r.get("method") or "-",
+                steps,
+                _loss(r.get("train_loss")),
+                _loss(r.get("val_loss")),
+                format_duration(r.get("duration")),
+                started,
+            )
+            for j, text in enumerate(values):
+                item = QTableWidgetItem(str(text))
+                if j == 0:
+                    item.setData(Qt.ItemDataRole.UserRole, r["path"])
+                    item.setToolTip(r["path"])
+                if j == 1 and r.get("failure"):
+                    item.setToolTip(f"{r['failure'].get('message')}\n{r['failure'].get('hint') or ''}")
+                if j in (5, 6, 7, 8):
+                    item.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+                self.table.setItem(i, j, item)
+        self.table.clearSelection()
+        for i, r in enumerate(self.rows):
+            if r["path"] in selected:
+                self._add_row_to_selection(i)
+        self.table.blockSignals(False)
+        self._on_selection()
+
+    def _add_row_to_selection(self, row: int) -> None:
+        model = self.table.selectionModel()
+        index = self.table.model().index(row, 0)
+        model.select(index, QItemSelectionModel.SelectionFlag.Select | QItemSelectionModel.SelectionFlag.Rows)
+
+    def status_of(self, name: str) -> str | None:
+        """The status shown for the run called ``name`` (None if not listed)."""
+        return next((r["status"] for r in self.rows if r["name"] == name), None)
+
+    def select_paths(self, paths_: list[str]) -> None:
+        """Select the runs with these folders."""
+        self.table.clearSelection()
+        for i, r in enumerate(self.rows):
+            if r["path"] in paths_:
+                self._add_row_to_selection(i)
+
+    def selected_paths(self) -> list[str]:
+        """Folders of the selected runs, in table order."""
+        rows = sorted({index.row() for index in self.table.selectionModel().selectedRows()})
+        return [self.table.item(i, 0).data(Qt.ItemDataRole.UserRole) for i in rows if self.table.item(i, 0)]
+
+    # --- overlay ---
+    def _on_selection(self) -> None:
+        paths_ = self.selected_paths()
+        for name in self.chart.names():
+            self.chart.remove_series(name)
+        for path in paths_:
+            steps, losses = self.history.loss_curve(path)
+            series = self.chart.add_series(Path(path).name)
+            for s, v in zip(steps, losses, strict=True):
+                series.append(float(s), float(v))
+        self.chart.refresh()
+        if paths_:
+            self.chart.plotItem.vb.enableAutoRange()
+        one = len(paths_) == 1
+        row = next((r for r in self.rows if paths_ and r["path"] == paths_[0]), None)
+        self.show_button.setEnabled(one)
+        self.open_button.setEnabled(one)
+        self.resume_button.setEnabled(
+            one and row is not None and row["status"] in ("stopped", "failed") and bool(row.get("checkpoint"))
+        )
+        self.delete_button.setEnabled(
+            bool(paths_) and all(r["status"] != "running" for r in self.rows if r["path"] in paths_)
+        )
+
+    # --- actions ---
+    def _show_selected(self) -> None:
+        paths_ = self.selected_paths()
+        if paths_:
+            self.show_run.emit(paths_[0])
+
+    def _resume_selected(self) -> None:
+        paths_ = self.selected_paths()
+        if paths_:
+            self.resume_run.emit(paths_[0])
+
+    def _open_selected(self) -> None:
+        paths_ = self.selected_paths()
+        if paths_:
+            QDesktopServices.openUrl(QUrl.fromLocalFile(paths_[0]))
+
+    def delete_selected(self) -> bool:
+        """Delete the selected runs after confirmation; True if deleted."""
+        paths_ = self.selected_paths()
+        if not paths_:
+            return False
+        names = "\n".join(Path(p).name for p in paths_)
+        answer = QMessageBox.question(
+            self,
+            "Delete runs",
+            f"Delete {len(paths_)} run folder(s) with their checkpoints and adapters?\n\n{names}\n\nThis cannot be undone.",
+            QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.Cancel,
+            QMessageBox.StandardButton.Cancel,
+        )
+        if answer != QMessageBox.StandardButton.Yes:
+            return False
+        errors = []
+        for p in paths_:
+            try:
+                delete_run(p)
+            except (OSError, RuntimeError) as exc:
+                errors.append(str(exc))
+        if errors:
+            QMessageBox.warning(self, "Delete runs", "\n".join(errors))
+        self.refresh()
+        return not errors
+
+    # --- visibility ---
+    def showEvent(self, event: QShowEvent) -> None:  # noqa: N802 (Qt override)
+        """Refresh now and every few seconds while visible."""
+        self.refresh()
+        self._timer.start()
+        super().showEvent(event)
+
+    def hideEvent(self, event: QHideEvent) -> None:  # noqa: N802 (Qt override)
+        """Stop refreshing while hidden."""
+        self._timer.stop()
+        super().hideEvent(event)

@@ -1,0 +1,322 @@
+"""Step 3, Train: settings (preset, method, advanced form from the schema) and the live monitor.
+
+Start writes the run config to a temporary YAML file and launches ``tunedesk train --config FILE
+--json`` as a child process; Stop sends it SIGTERM (it saves a checkpoint, emits ``stopped`` and
+exits 130); Resume launches ``tunedesk train --resume RUN_DIR --json``. The worker's events feed
+the ``RunMonitor``; the GUI samples system memory about once a second meanwhile.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import yaml
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtWidgets import (
+    QComboBox,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QPushButton,
+    QScrollArea,
+    QSplitter,
+    QToolButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from backends.config import PRESETS, config_from_dict, field_docs
+from backends.errors import UserInputError
+from backends.runs import RunDir, list_runs, run_status
+from desktop.run_monitor import RunMonitor
+from desktop.settings_form import FieldEditor, SettingsForm, flatten, unflatten
+from desktop.state import AppState
+from desktop.system_monitor import SystemSampler
+from desktop.worker import WorkerProcess, WorkerResult
+
+# Chosen on the other pages or in the basic settings above the advanced form.
+BASIC_KEYS = ("preset", "model", "method", "data.train_file")
+PRESET_HELP = {
+    "quick-test": "A few steps to check that everything works (minutes).",
+    "balanced": "One pass over the data, LoRA on every linear layer: the usual choice.",
+    "quality": "Three passes, a larger adapter and a lower learning rate: slower, often better.",
+}
+
+
+def resolved_preset_values(preset: str) -> dict[str, Any]:
+    """Every config value (flat dotted keys) that the preset gives on top of the defaults."""
+    return flatten(config_from_dict({"preset": preset}).model_dump(mode="json"))
+
+
+def resumable(run_dir: str | Path) -> bool:
+    """True when a run is stopped or failed (not running, not finished) and has a checkpoint."""
+    run = RunDir(Path(run_dir))
+    return run_status(run) in ("stopped", "failed") and run.latest_checkpoint() is not None
+
+
+class TrainPage(QWidget):
+    """Run settings on the left, the live run on the right.
+
+    Signals: ``run_ended(str)`` with the run folder (or "") when a worker exits;
+    ``show_page(str)`` asks the window to open another step ("model", "data").
+    """
+
+    run_ended = Signal(str)
+    run_started = Signal(str)
+    show_page = Signal(str)
+
+    def __init__(self, state: AppState, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.state = state
+        self.worker: WorkerProcess | None = None
+        self._config_file: str | None = None
+        self._resuming = False
+        self._close_after_stop = False
+        self.sampler = SystemSampler(self)
+
+        outer = QHBoxLayout(self)
+        split = QSplitter(Qt.Orientation.Horizontal)
+        outer.addWidget(split)
+
+        # --- left: settings ---
+        left = QWidget()
+        left_layout = QVBoxLayout(left)
+        left_layout.addWidget(QLabel("<h2>3. Train</h2>"))
+        basics = QFormLayout()
+        self.model_label = QLabel()
+        self.model_label.setWordWrap(True)
+        basics.addRow("Model", self._with_link(self.model_label, "model"))
+        self.data_label = QLabel()
+        self.data_label.setWordWrap(True)
+        basics.addRow("Data", self._with_link(self.data_label, "data"))
+        self.preset_box = QComboBox()
+        for name in PRESETS:
+            self.preset_box.addItem(name, name)
+            self.preset_box.setItemData(
+                self.preset_box.count() - 1, PRESET_HELP.get(name, ""), Qt.ItemDataRole.ToolTipRole
+            )
+        self.preset_box.currentIndexChanged.connect(self._on_preset)
+        basics.addRow("Preset", self.preset_box)
+        self.preset_help = QLabel()
+        self.preset_help.setWordWrap(True)
+        self.preset_help.setEnabled(False)
+        basics.addRow("", self.preset_help)
+        method_doc = next(d for d in field_docs() if d["key"] == "method")
+        self.method_editor = FieldEditor(method_doc)
+        basics.addRow("Method", self.method_editor)
+        left_layout.addLayout(basics)
+
+        self.advanced_toggle = QToolButton()
+        self.advanced_toggle.setText("Advanced settings")
+        self.advanced_toggle.setCheckable(True)
+        self.advanced_toggle.setChecked(False)
+        self.advanced_toggle.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
+        self.advanced_toggle.setArrowType(Qt.ArrowType.RightArrow)
+        self.advanced_toggle.toggled.connect(self._toggle_advanced)
+        left_layout.addWidget(self.advanced_toggle)
+        self.form = SettingsForm(exclude=BASIC_KEYS)
+        self.advanced = QScrollArea()
+        self.advanced.setWidgetResizable(True)
+        self.advanced.setWidget(self.form)
+        self.advanced.setVisible(False)
+        left_layout.addWidget(self.advanced, 1)
+        self.spacer = QWidget()
+        left_layout.addWidget(self.spacer, 1)
+
+        self.config_error = QLabel("")
+        self.config_error.setWordWrap(True)
+        self.config_error.setStyleSheet("color: #d9534f")
+        self.config_error.setVisible(False)
+        left_layout.addWidget(self.config_error)
+        buttons = QHBoxLayout()
+        self.start_button = QPushButton("Start training")
+        self.start_button.setDefault(True)
+        self.start_button.clicked.connect(self.start)
+        self.stop_button = QPushButton("Stop")
+        self.stop_button.setToolTip("Save a checkpoint and stop; Resume continues from it")
+        self.stop_button.clicked.connect(self.stop)
+        self.resume_button = QPushButton("Resume")
+        self.resume_button.setToolTip("Continue the stopped or crashed run from its last checkpoint")
+        self.resume_button.clicked.connect(lambda: self.resume())
+        for b in (self.start_button, self.stop_button, self.resume_button):
+            buttons.addWidget(b)
+        left_layout.addLayout(buttons)
+        split.addWidget(left)
+
+        # --- right: monitor ---
+        self.monitor = RunMonitor()
+        split.addWidget(self.monitor)
+        split.setStretchFactor(0, 0)
+        split.setStretchFactor(1, 1)
+        split.setSizes([380, 900])
+        self.sampler.sample.connect(self.monitor.add_system_sample)
+
+        # --- restore choices ---
+        index = self.preset_box.findData(state.preset)
+        self.preset_box.setCurrentIndex(max(index, 0))
+        self.method_editor.set_value(state.method)
+        self._on_preset()
+        self.form.set_overrides(state.saved_overrides())
+        state.model_changed.connect(self._update_choices)
+        state.data_file_changed.connect(self._update_choices)
+        self._update_choices()
+        runs = list_runs()
+        if runs:
+            self.monitor.load_run(runs[0].path)
+        self._update_buttons()
+
+    # --- settings ---
+    def _with_link(self, label: QLabel, page: str) -> QWidget:
+        box = QWidget()
+        row = QHBoxLayout(box)
+        row.setContentsMargins(0, 0, 0, 0)
+        row.addWidget(label, 1)
+        change = QPushButton("Change…")
+        change.clicked.connect(lambda: self.show_page.emit(page))
+        row.addWidget(change)
+        return box
+
+    def _update_choices(self, *_: Any) -> None:
+        self.model_label.setText(f"<b>{self.state.model}</b>")
+        self.data_label.setText(
+            f"<b>{Path(self.state.data_file).name}</b>" if self.state.data_file else "(sample data)"
+        )
+        self.data_label.setToolTip(self.state.data_file)
+
+    def _on_preset(self, *_: Any) -> None:
+        preset = self.preset_box.currentData()
+        self.preset_help.setText(PRESET_HELP.get(preset, ""))
+        self.form.set_base(resolved_preset_values(preset))
+
+    def _toggle_advanced(self, shown: bool) -> None:
+        self.advanced.setVisible(shown)
+        self.spacer.setVisible(not shown)
+        self.advanced_toggle.setArrowType(Qt.ArrowType.DownArrow if shown else Qt.ArrowType.RightArrow)
+
+    def build_config(self) -> dict[str, Any]:
+        """The run config as the user set it: preset, model, method, data file and advanced edits.
+
+        Raises UserInputError (with ``field``) when a value is not valid for the schema.
+        """
+        try:
+            overrides = self.form.overrides()
+        except ValueError as exc:
+            raise UserInputError(str(exc)) from None
+        raw: dict[str, Any] = unflatten(overrides)
+        raw["preset"] = self.preset_box.currentData()
+        raw["model"] = self.state.model
+        raw["method"] = self.method_editor.value()
+        if self.state.data_file:
+            raw.setdefault("data", {})["train_file"] = self.state.data_file
+        config_from_dict(raw, source="the run settings")  # raises UserInputError naming the field
+        return raw
+
+    # --- running ---
+    def is_running(self) -> bool:
+        """True while a training worker runs."""
+        return self.worker is not None and self.worker.is_running()
+
+    def start(self) -> bool:
+        """Validate the settings and start a new run; False (with the reason shown) if invalid."""
+        if self.is_running():
+            return False
+        self.config_error.setVisible(False)
+        try:
+            raw = self.build_config()
+        except UserInputError as exc:
+            if exc.field:
+                self.form.mark_error(exc.field, exc.reason)
+            self.config_error.setText(f"Please fix the settings: {exc}")
+            self.config_error.setVisible(True)
+            return False
+        self.state.save_train_choices(raw["preset"], raw["method"], self.form.overrides())
+        fd, path = tempfile.mkstemp(prefix="tunedesk-run-", suffix=".yaml")
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            yaml.safe_dump(raw, fh, sort_keys=False, allow_unicode=True)
+        self._config_file = path
+        self._resuming = False
+        self.monitor.reset()
+        self._launch(["train", "--config", path, "--json"])
+        return True
+
+    def resume(self, run_dir: str | None = None) -> bool:
+        """Continue a stopped or crashed run (default: the one shown) from its last checkpoint."""
+        run_dir = run_dir or self.monitor.run_dir
+        if self.is_running() or not run_dir:
+            return False
+        self.monitor.load_run(run_dir)
+        self.monitor.set_status("Resuming from the last checkpoint…")
+        self._resuming = True
+        self._launch(["train", "--resume", str(run_dir), "--json"])
+        return True
+
+    def _launch(self, args: list[str]) -> None:
+        self.worker = WorkerProcess(args, self)
+        self.worker.event.connect(self._on_event)
+        self.worker.log_line.connect(self.monitor.add_log)
+        self.worker.started.connect(self._on_worker_started)
+        self.worker.finished.connect(self._on_worker_finished)
+        self.monitor.begin_process()
+        self.monitor.add_log(f"$ tunedesk {' '.join(args)}")
+        self.worker.start()
+        self._update_buttons()
+
+    def _on_worker_started(self) -> None:
+        if self.worker is not None:
+            self.sampler.set_worker_pid(self.worker.pid())
+        self.sampler.start()
+
+    def _on_event(self, event: dict[str, Any]) -> None:
+        self.monitor.handle_event(event)
+        if event.get("event") == "run_started" and event.get("run_dir"):
+            self.state.add_runs_dir(str(Path(event["run_dir"]).parent))
+            self.run_started.emit(str(event["run_dir"]))
+
+    def stop(self) -> None:
+        """Ask the worker to save a checkpoint and stop; pressed again, end it at once."""
+        if not self.is_running() or self.worker is None:
+            return
+        if self.worker.stop_requested:
+            self.worker.kill()
+            self.monitor.set_status("Ending the worker without a checkpoint…")
+            return
+        self.worker.stop()
+        self.monitor.set_status("Stopping: saving a checkpoint… (press Stop again to end at once)")
+        self._update_buttons()
+
+    def stop_and_close(self) -> None:
+        """Stop the run; the window closes when the worker has saved and exited."""
+        self._close_after_stop = True
+        self.stop()
+
+    def _on_worker_finished(self, result: WorkerResult) -> None:
+        self.sampler.stop()
+        self.sampler.set_worker_pid(None)
+        self.monitor.show_result(result)
+        if self._config_file:
+            Path(self._config_file).unlink(missing_ok=True)
+            self._config_file = None
+        self._update_buttons()
+        self.run_ended.emit(self.monitor.run_dir or "")
+        if self._close_after_stop and self.window() is not None:
+            self.window().close()
+
+    def _update_buttons(self) -> None:
+        running = self.is_running()
+        self.start_button.setEnabled(not running)
+        self.stop_button.setEnabled(running)
+        self.resume_button.setEnabled(
+            not running and bool(self.monitor.run_dir) and resumable(self.monitor.run_dir or "")
+        )
+        self.stop_button.setText(
+            "Stopping…" if running and self.worker and self.worker.stop_requested else "Stop"
+        )
+
+    def show_run(self, run_dir: str) -> None:
+        """Show a run from its folder (when no worker is running)."""
+        if not self.is_running():
+            self.monitor.load_run(run_dir)
+            self._update_buttons()

@@ -1,0 +1,299 @@
+"""The live view of one training run, fed with its events: progress (step, epoch, ETA), charts of
+loss and validation loss, learning rate, tokens/s and memory, a status line and a log tail.
+
+It only consumes events (``handle_event``) and memory samples (``add_system_sample``), so it shows
+a live worker, a resumed one, or a finished run read back from its ``events.jsonl`` alike.
+"""
+
+from __future__ import annotations
+
+import html
+import time
+from pathlib import Path
+from typing import Any
+
+from PySide6.QtCore import Qt
+from PySide6.QtGui import QFont, QFontDatabase
+from PySide6.QtWidgets import (
+    QGridLayout,
+    QLabel,
+    QPlainTextEdit,
+    QProgressBar,
+    QSplitter,
+    QVBoxLayout,
+    QWidget,
+)
+
+from backends.events import read_events
+from backends.runs import RunDir, run_status
+from desktop.charts import Chart
+from desktop.worker import WorkerResult
+
+LOG_LINES = 1000
+
+
+def format_duration(seconds: float | None) -> str:
+    """``3725`` -> ``1:02:05``; None -> ``-``."""
+    if seconds is None or seconds != seconds or seconds < 0:
+        return "-"
+    seconds = int(round(seconds))
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+def _num(value: Any, fmt: str = ".4f") -> str:
+    return "-" if value is None else format(value, fmt)
+
+
+class RunMonitor(QWidget):
+    """Progress, charts and log of the run being shown."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.run_dir: str | None = None
+        self.method: str | None = None
+        self.max_steps: int | None = None
+        self.last_step = 0
+        self.final_event: dict[str, Any] | None = None
+        self._t0: float | None = None  # wall time the memory chart counts from
+
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        self.title = QLabel("No run yet. Press Start to train.")
+        font = QFont(self.title.font())
+        font.setBold(True)
+        self.title.setFont(font)
+        self.title.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        layout.addWidget(self.title)
+        self.progress = QProgressBar()
+        self.progress.setRange(0, 1)
+        self.progress.setValue(0)
+        self.progress.setFormat("Step %v of %m (%p%)")
+        layout.addWidget(self.progress)
+        self.stats = QLabel("")
+        self.stats.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        layout.addWidget(self.stats)
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+        self.status.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.status.setVisible(False)
+        layout.addWidget(self.status)
+
+        charts = QWidget()
+        grid = QGridLayout(charts)
+        grid.setContentsMargins(0, 0, 0, 0)
+        self.loss_chart = Chart("Loss", "step", "loss")
+        self.loss_chart.add_series("train loss")
+        self.loss_chart.add_series("validation loss", symbol=True)
+        self.lr_chart = Chart("Learning rate", "step", "learning rate")
+        self.lr_chart.add_series("learning rate")
+        self.speed_chart = Chart("Speed", "step", "tokens/s")
+        self.speed_chart.add_series("tokens/s")
+        self.memory_chart = Chart("Memory", "time since start (s)", "memory", y_units="B")
+        for name in ("worker RSS", "device memory (worker)", "system RAM used", "system VRAM used"):
+            self.memory_chart.add_series(name)
+        self.dpo_chart = Chart("Preference (DPO)", "step", "reward")
+        self.dpo_chart.add_series("reward margin")
+        self.dpo_chart.add_series("reward accuracy")
+        self.dpo_chart.setVisible(False)
+        grid.addWidget(self.loss_chart, 0, 0)
+        grid.addWidget(self.lr_chart, 0, 1)
+        grid.addWidget(self.speed_chart, 1, 0)
+        grid.addWidget(self.memory_chart, 1, 1)
+        grid.addWidget(self.dpo_chart, 2, 0, 1, 2)
+        self.charts = [self.loss_chart, self.lr_chart, self.speed_chart, self.memory_chart, self.dpo_chart]
+
+        self.log = QPlainTextEdit()
+        self.log.setReadOnly(True)
+        self.log.setMaximumBlockCount(LOG_LINES)
+        self.log.setFont(QFontDatabase.systemFont(QFontDatabase.SystemFont.FixedFont))
+        self.log.setPlaceholderText("The worker's log appears here.")
+        splitter = QSplitter(Qt.Orientation.Vertical)
+        splitter.addWidget(charts)
+        splitter.addWidget(self.log)
+        splitter.setStretchFactor(0, 5)
+        splitter.setStretchFactor(1, 1)
+        splitter.setSizes([600, 120])
+        layout.addWidget(splitter, 1)
+
+    # --- run lifecycle ---
+    def reset(self, title: str = "") -> None:
+        """Empty everything for a new run."""
+        for chart in self.charts:
+            chart.clear_data()
+        self.dpo_chart.setVisible(False)
+        self.log.clear()
+        self.run_dir = self.method = None
+        self.max_steps = None
+        self.last_step = 0
+        self.final_event = None
+        self._t0 = None
+        self.progress.setRange(0, 1)
+        self.progress.setValue(0)
+        self.stats.setText("")
+        self.set_status("")
+        self.title.setText(title or "Starting the training worker…")
+
+    def begin_process(self, t0: float | None = None) -> None:
+        """A new worker process starts: the memory chart restarts its clock at ``t0`` (default now)."""
+        self.memory_chart.clear_data()
+        self._t0 = time.time() if t0 is None else t0
+        self.final_event = None
+
+    def set_status(self, text: str, *, error: bool = False) -> None:
+        """Show a status message under the progress bar (empty: hide it)."""
+        self.status.setVisible(bool(text))
+        if error:
+            body = html.escape(text).replace("\n", "<br>")
+            self.status.setText(f"<span style='color:#d9534f; font-weight:bold'>{body}</span>")
+        else:
+            self.status.setText(html.escape(text).replace("\n", "<br>"))
+        self.status.setProperty("error", error)
+
+    def add_log(self, line: str) -> None:
+        """Append one line to the log tail."""
+        self.log.appendPlainText(line)
+
+    # --- events ---
+    def handle_event(self, event: dict[str, Any]) -> None:
+        """Update the view from one worker event (unknown events are ignored)."""
+        name = event.get("event")
+        handler = getattr(self, f"_on_{name}", None)
+        if handler is not None:
+            handler(event)
+
+    def _on_run_started(self, e: dict[str, Any]) -> None:
+        self.run_dir = e.get("run_dir")
+        self.method = e.get("method")
+        self.max_steps = int(e.get("max_steps") or 0) or None
+        if self.max_steps:
+            self.progress.setRange(0, self.max_steps)
+            self.progress.setValue(min(self.last_step, self.max_steps))
+        if self._t0 is None:
+            self._t0 = float(e.get("time") or time.time())
+        params = e.get("params_trainable"), e.get("params_total")
+        share = (
+            f" ({params[0] / params[1]:.2%} of {params[1] / 1e6:.1f}M)" if all(params) and params[1] else ""
+        )
+        self.title.setText(
+            f"{Path(self.run_dir).name if self.run_dir else 'run'}: {e.get('model')} · {e.get('method')} · "
+            f"{e.get('backend')} on {e.get('device')} · trainable parameters {_num(params[0], ',')}{share}"
+        )
+        self.set_status("Training…")
+
+    def _on_step(self, e: dict[str, Any]) -> None:
+        step = int(e["step"])
+        self.last_step = step
+        self.loss_chart.series("train loss").append(step, e.get("loss"))
+        self.loss_chart.changed()
+        self.lr_chart.series("learning rate").append(step, e.get("learning_rate"))
+        self.lr_chart.changed()
+        self.speed_chart.series("tokens/s").append(step, e.get("tokens_per_second"))
+        self.speed_chart.changed()
+        memory = e.get("memory") or {}
+        if self._t0 is not None and e.get("time") is not None:
+            t = float(e["time"]) - self._t0
+            self.memory_chart.series("worker RSS").append(t, memory.get("rss"))
+            self.memory_chart.series("device memory (worker)").append(t, memory.get("device_allocated"))
+            self.memory_chart.changed()
+        if "reward_margin" in e or "reward_accuracy" in e:
+            self.dpo_chart.setVisible(True)
+            self.dpo_chart.series("reward margin").append(step, e.get("reward_margin"))
+            self.dpo_chart.series("reward accuracy").append(step, e.get("reward_accuracy"))
+            self.dpo_chart.changed()
+        if self.max_steps:
+            self.progress.setValue(min(step, self.max_steps))
+        epoch = e.get("epoch")
+        self.stats.setText(
+            f"Step {step}{f' of {self.max_steps}' if self.max_steps else ''} · "
+            f"epoch {_num(epoch, '.2f')} · loss {_num(e.get('loss'))} · "
+            f"{_num(e.get('tokens_per_second'), ',.0f')} tokens/s · "
+            f"elapsed {format_duration(e.get('elapsed'))} · ETA {format_duration(e.get('eta'))}"
+        )
+
+    def _on_eval(self, e: dict[str, Any]) -> None:
+        self.loss_chart.series("validation loss").append(int(e["step"]), e.get("val_loss"))
+        self.loss_chart.changed()
+        self.add_log(f"validation at step {e['step']}: val loss {_num(e.get('val_loss'))}")
+
+    def _on_checkpoint(self, e: dict[str, Any]) -> None:
+        self.add_log(f"checkpoint saved at step {e['step']}: {e.get('path')}")
+
+    def _on_log(self, e: dict[str, Any]) -> None:
+        self.add_log(f"{e.get('level', 'info')}: {e.get('message')}")
+
+    def _on_stopped(self, e: dict[str, Any]) -> None:
+        self.final_event = e
+        self.set_status(f"Stopped at step {e['step']}; checkpoint saved. Press Resume to continue.")
+
+    def _on_run_finished(self, e: dict[str, Any]) -> None:
+        self.final_event = e
+        if self.max_steps:
+            self.progress.setValue(self.max_steps)
+        else:
+            self.progress.setRange(0, 1)
+            self.progress.setValue(1)
+        self.set_status(
+            f"Finished at step {e['step']}: train loss {_num(e.get('train_loss'))}, "
+            f"validation loss {_num(e.get('val_loss'))}. Adapter saved in {e.get('adapter')}"
+        )
+
+    def _on_run_failed(self, e: dict[str, Any]) -> None:
+        self.final_event = e
+        text = f"The run failed at step {e.get('step')} ({e.get('kind')}): {e.get('message')}"
+        if e.get("hint"):
+            text += f"\nWhat to try: {e['hint']}"
+        self.set_status(text, error=True)
+
+    def show_result(self, result: WorkerResult) -> None:
+        """Show how the worker ended (a crash without a final event is said in plain words)."""
+        text = result.error_text()
+        if text and (self.final_event is None or self.final_event.get("event") != "run_failed"):
+            self.set_status(text, error=True)
+        elif result.stop_requested and self.final_event is None:
+            self.set_status("Stopped before the first checkpoint; nothing to resume.")
+        self.refresh_charts()
+
+    # --- system samples ---
+    def add_system_sample(self, sample: dict[str, Any]) -> None:
+        """One GUI-side memory sample (``desktop.system_monitor``) while a worker runs."""
+        if self._t0 is None:
+            return
+        t = sample["time"] - self._t0
+        self.memory_chart.series("system RAM used").append(t, sample.get("ram_used"))
+        self.memory_chart.series("system VRAM used").append(t, sample.get("vram_used"))
+        self.memory_chart.changed()
+
+    # --- runs read back from their folder ---
+    def load_run(self, run_dir: str | Path) -> None:
+        """Show a run from its folder's ``events.jsonl`` and ``log.txt`` (finished, stopped, ...)."""
+        run_dir = Path(run_dir)
+        events = read_events(run_dir / "events.jsonl")
+        self.reset(title=run_dir.name)
+        starts = [e for e in events if e.get("event") == "run_started"]
+        self._t0 = float(starts[-1]["time"]) if starts else None
+        for event in events:
+            if event.get("event") == "run_started":
+                self.memory_chart.clear_data()
+                self._t0 = float(event["time"])
+            self.handle_event(event)
+        log = run_dir / "log.txt"
+        if log.is_file():
+            lines = log.read_text(encoding="utf-8", errors="replace").splitlines()[-200:]
+            self.log.setPlainText("\n".join(lines))
+        if not events:
+            self.title.setText(f"{run_dir.name}: no events yet")
+        elif run_status(RunDir(run_dir), events) == "running":
+            self.set_status("This run is running in another process (e.g. started from the command line).")
+        elif self.final_event is None:
+            self.set_status(
+                "This run ended without a final event (it was killed or crashed). Resume continues it."
+            )
+        self.run_dir = str(run_dir)
+        self.refresh_charts()
+
+    def refresh_charts(self) -> None:
+        """Redraw every chart now."""
+        for chart in self.charts:
+            chart.refresh()
