@@ -1,0 +1,442 @@
+"""The MLX ``Engine``: LoRA/DoRA training on mlx-lm's tuner pieces, driven by the shared loop.
+
+What is mlx-lm's and what is ours:
+- mlx-lm: model loading (``mlx_lm.utils.load_model``), LoRA/DoRA layers
+  (``mlx_lm.tuner.utils.linear_to_lora_layers``), gradient checkpointing
+  (``mlx_lm.tuner.trainer.grad_checkpoint``), the adapter file format.
+- ours: batches come from the shared data pipeline (``backends.data``; never mlx-lm's dataset
+  classes), so masking and EOS are identical to the PyTorch backend; the loss is summed over
+  label tokens and divided by the label tokens of the whole accumulated step (mlx-lm's own trainer
+  averages per micro-batch instead); AdamW with the same hyper-parameters as
+  ``torch.optim.AdamW`` (bias correction on); clipping as ``torch.nn.utils.clip_grad_norm_``.
+- the shared loop owns the schedule (it passes the learning rate of each step), events, the run
+  folder, checkpoints rotation, stop/resume and NaN handling.
+
+LoRA scale: mlx-lm's layers take ``scale`` where peft takes ``lora_alpha``; the update is
+``scale * x @ A @ B`` in both with ``scale = alpha / rank`` (Hu et al. 2021; peft's ``scaling``),
+see ``backends.export.lora_scale``.
+
+Packed batches (``Batch.segment_ids``): mlx-lm's models take neither position ids nor custom
+masks, so each packed row is split back into one row per segment before the forward pass. The
+loss and gradients equal those of the block-diagonal packed forward (attention within a segment,
+positions restarting at 0); only the speed benefit of packing is lost on MLX.
+
+Memory: on Apple silicon the engine sets MLX's memory limit to ``MEMORY_LIMIT_FRACTION`` of the
+GPU's recommended working set, and fails the run with ``RunFailed(kind="oom")`` when an allocation
+fails or a step's peak memory went over that limit (the point where macOS starts to page GPU
+memory and the machine freezes), so the user gets a hint instead of a frozen Mac.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import mlx.core as mx
+import mlx.nn as nn
+import mlx.optimizers as optim
+import numpy as np
+from mlx.utils import tree_flatten, tree_map, tree_unflatten
+from mlx_lm.tuner.trainer import grad_checkpoint
+from mlx_lm.tuner.utils import linear_to_lora_layers
+from mlx_lm.utils import get_total_parameters, load_model
+
+from backends.config import RunConfig
+from backends.data.types import IGNORE_INDEX, Batch
+from backends.errors import RunFailed, UserInputError
+from backends.export import CONFIG_FILE, MLX_WEIGHTS, lora_scale, mlx_adapter_config
+
+# Share of the recommended GPU working set MLX may use on Apple silicon (the rest stays for macOS).
+MEMORY_LIMIT_FRACTION = 0.85
+# Sequence lengths are padded up to 1 + a multiple of this, as mlx-lm's own trainer does, so that
+# the compiled step is traced for few distinct shapes.
+PAD_MULTIPLE = 32
+# Files this engine adds to a checkpoint folder (next to the adapter files).
+OPTIMIZER_FILE = "mlx_optimizer.safetensors"
+RNG_FILE = "mlx_rng.json"
+# Linear layers of the attention block, for target_modules: "attention" (the module under each
+# transformer block whose name contains one of these).
+ATTENTION_PARENTS = ("attn", "attention")
+DTYPES = {"fp32": mx.float32, "bf16": mx.bfloat16, "fp16": mx.float16}
+OOM_HINT = (
+    "lower training.batch_size or training.max_seq_length, turn on training.gradient_checkpointing, "
+    "or use a smaller model"
+)
+_OOM_WORDS = (
+    "out of memory",
+    "outofmemory",
+    "unable to allocate",
+    "attempting to allocate",
+    "insufficient memory",
+)
+
+
+def mlx_device() -> str:
+    """``"gpu"`` when MLX runs on Metal or CUDA, else ``"cpu"``."""
+    return "gpu" if mx.default_device() == mx.gpu else "cpu"
+
+
+def recommended_working_set() -> int | None:
+    """The GPU's recommended working set in bytes (Metal only; None elsewhere)."""
+    try:
+        if not mx.metal.is_available():
+            return None
+    except AttributeError:
+        return None
+    size = mx.device_info().get("max_recommended_working_set_size")
+    return int(size) if size else None
+
+
+def is_oom_error(exc: BaseException) -> bool:
+    """True for MLX's allocation failures (``MemoryError`` or a RuntimeError from its allocator)."""
+    if isinstance(exc, MemoryError):
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and any(w in text for w in _OOM_WORDS)
+
+
+def resolve_targets(model: nn.Module, target_modules: str | list[str]) -> list[str]:
+    """Full module paths (e.g. ``model.layers.0.self_attn.q_proj``) of the linear layers to adapt.
+
+    ``"all-linear"``: every linear layer inside the transformer blocks (like peft's ``all-linear``,
+    which leaves out the output head); ``"attention"``: the linear layers of each block's attention
+    module; a list: peft's rule, a layer matches a name when its path equals it or ends with
+    ``"." + name``. Raises UserInputError (field ``lora.target_modules``) when a listed name matches
+    no linear layer, naming the model's linear layer names.
+    """
+    linear_types = (nn.Linear, nn.QuantizedLinear)
+    path_of = {id(m): p for p, m in model.named_modules()}
+    in_blocks: list[tuple[str, str]] = []  # (full path, path relative to its block)
+    for layer in model.layers:
+        for rel, m in layer.named_modules():
+            if isinstance(m, linear_types) and rel:
+                in_blocks.append((path_of[id(m)], rel))
+    all_linear = [p for p, m in model.named_modules() if isinstance(m, linear_types)]
+    if target_modules == "all-linear":
+        chosen = [p for p, _ in in_blocks]
+    elif target_modules == "attention":
+        chosen = [p for p, rel in in_blocks if any(a in rel.split(".")[0] for a in ATTENTION_PARENTS)]
+    else:
+        chosen = []
+        for name in target_modules:
+            hits = [p for p in all_linear if p == name or p.endswith("." + name)]
+            if not hits:
+                names = sorted({p.rsplit(".", 1)[-1] for p in all_linear})
+                raise UserInputError(
+                    f"target module {name!r} matches no linear layer of this model; its linear layers are: "
+                    + ", ".join(names),
+                    field="lora.target_modules",
+                )
+            chosen.extend(hits)
+    chosen = sorted(set(chosen), key=all_linear.index)
+    if not chosen:
+        raise UserInputError(
+            f"target_modules {target_modules!r} selects no linear layer of this model",
+            field="lora.target_modules",
+        )
+    return chosen
+
+
+def _checkpoint_blocks(model: nn.Module) -> None:
+    """Gradient checkpointing of every transformer block with mlx-lm's ``grad_checkpoint``.
+
+    mlx-lm's helper patches ``__call__`` of the block's class for the whole process; each block is
+    moved to a private subclass first, so other models in the process (a reference model, a later
+    run in the same test process) stay untouched.
+    """
+    subclasses: dict[type, type] = {}
+    for layer in model.layers:
+        base = type(layer)
+        if base not in subclasses:
+            subclasses[base] = type(f"Checkpointed{base.__name__}", (base,), {})
+            layer.__class__ = subclasses[base]
+            grad_checkpoint(layer)
+        else:
+            layer.__class__ = subclasses[base]
+
+
+def batch_rows(batch: Batch, pad_multiple: int = PAD_MULTIPLE) -> tuple[np.ndarray, np.ndarray]:
+    """``(input_ids, labels)`` int32 arrays [R, T] for the MLX forward.
+
+    Right padding is kept (padded positions have label ``IGNORE_INDEX``); a packed batch is split
+    into one row per segment (R = number of segments); T is padded to ``1 + k * pad_multiple``.
+    Raises ValueError when the batch is not right-padded (the data contract of ``Batch``).
+    """
+    ids, labels, mask = batch.input_ids, batch.labels, batch.attention_mask
+    if batch.segment_ids is None:
+        if np.any(np.diff(mask.astype(np.int8), axis=1) > 0):
+            raise ValueError("batch is not right-padded: attention_mask has a 1 after a 0")
+        rows = [(ids[i, mask[i] > 0], labels[i, mask[i] > 0]) for i in range(ids.shape[0])]
+    else:
+        rows = []
+        for i in range(ids.shape[0]):
+            seg = batch.segment_ids[i]
+            for s in np.unique(seg[seg > 0]):
+                pos = np.flatnonzero(seg == s)
+                if pos[-1] - pos[0] + 1 != len(pos):
+                    raise ValueError(f"segment {s} of packed row {i} is not contiguous")
+                # Position 0 of the new row is never a target, like the first position of a segment.
+                rows.append((ids[i, pos], labels[i, pos]))
+    longest = max(len(r[0]) for r in rows)
+    width = 1 + pad_multiple * max(1, math.ceil((longest - 1) / pad_multiple))
+    out_ids = np.zeros((len(rows), width), np.int32)
+    out_labels = np.full((len(rows), width), IGNORE_INDEX, np.int32)
+    for i, (r_ids, r_labels) in enumerate(rows):
+        out_ids[i, : len(r_ids)] = r_ids
+        out_labels[i, : len(r_labels)] = r_labels
+    return out_ids, out_labels
+
+
+def loss_sum(model: nn.Module, inputs: mx.array, targets: mx.array) -> mx.array:
+    """Summed token cross-entropy (fp32) of ``model(inputs)`` against ``targets``.
+
+    ``inputs`` = ``input_ids[:, :-1]``, ``targets`` = ``labels[:, 1:]`` (shapes [R, T-1]); positions
+    with target ``IGNORE_INDEX`` add nothing. Dividing by the label-token count is the caller's
+    job, so gradient accumulation can normalise by the tokens of the whole step.
+    """
+    logits = model(inputs).astype(mx.float32)
+    keep = targets != IGNORE_INDEX
+    ce = nn.losses.cross_entropy(logits, mx.where(keep, targets, 0))
+    return (ce * keep).sum()
+
+
+class MLXEngine:
+    """The MLX implementation of ``backends.training.engine.Engine`` (see that protocol)."""
+
+    name = "mlx"
+
+    def __init__(self) -> None:
+        self.device = mlx_device()
+        self.precision = "fp32"
+        self.model: nn.Module | None = None
+        self.optimizer: optim.AdamW | None = None
+        self.config: RunConfig | None = None
+        self.lora_parameters: dict[str, Any] = {}
+        self.memory_limit: int | None = None
+        self.num_layers = 0
+
+    # --- setup -------------------------------------------------------------------------------
+    def _pick_precision(self, requested: str) -> tuple[str, str]:
+        if requested != "auto":
+            return requested, f"precision {requested} (as configured)"
+        if self.device == "gpu":
+            return "bf16", "precision auto: bf16 (MLX on the GPU)"
+        return "fp32", "precision auto: fp32 (MLX on the CPU has no fast bf16)"
+
+    def setup(self, config: RunConfig, model_dir: Path) -> dict[str, Any]:
+        """Load the model with mlx-lm, add LoRA/DoRA, build AdamW; see the Engine protocol.
+
+        Raises UserInputError when MLX cannot load the model (unsupported architecture, no
+        safetensors) or a target module matches nothing.
+        """
+        self.config = config
+        t, lora = config.training, config.lora
+        try:
+            model, _ = load_model(Path(model_dir))
+        except (FileNotFoundError, ValueError, KeyError) as exc:
+            raise UserInputError(
+                f"MLX cannot load this model: {exc}",
+                file=model_dir,
+                field="model",
+                hint="use backend: torch for this model",
+            ) from None
+        params_base = get_total_parameters(model)
+        self.precision, precision_note = self._pick_precision(t.precision)
+        model.set_dtype(DTYPES[self.precision])
+        model.freeze()
+        targets = resolve_targets(model, lora.target_modules)
+        self.num_layers = len(model.layers)
+        self.lora_parameters = {
+            "rank": lora.rank,
+            "scale": lora_scale(lora.alpha, lora.rank),
+            "dropout": lora.dropout,
+            "keys": targets,
+        }
+        # LoRA A is drawn from MLX's global generator: seed it right before, so the initial adapter
+        # depends only on the seed (and the model).
+        mx.random.seed(t.seed)
+        linear_to_lora_layers(model, self.num_layers, self.lora_parameters, use_dora=lora.use_dora)
+        if t.gradient_checkpointing:
+            _checkpoint_blocks(model)
+        model.train()
+        self.model = model
+        # torch.optim.AdamW's defaults and update rule (bias-corrected, decoupled weight decay).
+        self.optimizer = optim.AdamW(
+            learning_rate=t.learning_rate,
+            betas=[0.9, 0.999],
+            eps=1e-8,
+            weight_decay=t.weight_decay,
+            bias_correction=True,
+        )
+        self.optimizer.init(model.trainable_parameters())
+        self._value_and_grad = nn.value_and_grad(model, loss_sum)
+        state = [model.state, mx.random.state]
+        self._micro_step = mx.compile(
+            lambda inputs, targets: self._value_and_grad(model, inputs, targets), inputs=state, outputs=state
+        )
+        self._eval_step = mx.compile(lambda inputs, targets: loss_sum(model, inputs, targets), inputs=state)
+        notes = [precision_note, f"{len(targets)} linear layers get {'DoRA' if lora.use_dora else 'LoRA'}"]
+        notes.append(self._set_memory_limit())
+        trainable = sum(v.size for _, v in tree_flatten(model.trainable_parameters()))
+        return {
+            "params_total": int(params_base + trainable),
+            "params_trainable": int(trainable),
+            "notes": notes,
+        }
+
+    def _set_memory_limit(self) -> str:
+        working_set = recommended_working_set()
+        if working_set is None:
+            self.memory_limit = None
+            return "MLX memory limit: none (no Metal GPU)"
+        self.memory_limit = int(MEMORY_LIMIT_FRACTION * working_set)
+        mx.set_memory_limit(self.memory_limit)
+        # As mlx-lm's trainer: keep the model's buffers wired up to the recommended working set.
+        mx.set_wired_limit(working_set)
+        return f"MLX memory limit: {self.memory_limit / 2**30:.1f} GiB ({MEMORY_LIMIT_FRACTION}x the GPU working set)"
+
+    # --- steps -------------------------------------------------------------------------------
+    def _oom(self, detail: str) -> RunFailed:
+        return RunFailed("oom", f"out of memory on MLX ({self.device}): {detail}", OOM_HINT)
+
+    def _check_peak(self) -> None:
+        if self.memory_limit is not None and mx.get_peak_memory() > self.memory_limit:
+            raise self._oom(
+                f"the step needed {mx.get_peak_memory() / 2**30:.1f} GiB, over the limit of "
+                f"{self.memory_limit / 2**30:.1f} GiB"
+            )
+
+    def train_step(self, micro_batches: list[Batch], learning_rate: float) -> dict[str, float]:
+        """One AdamW step over ``micro_batches``; see the Engine protocol.
+
+        The loss is sum(token CE) / sum(label tokens) over all micro-batches; gradients likewise.
+        Raises RunFailed("oom") on MLX allocation failures or when the step went over the memory
+        limit, RunFailed("data") when the micro-batches hold no label token.
+        """
+        assert self.model is not None and self.optimizer is not None, "setup() first"
+        n_tokens = sum(b.num_label_tokens for b in micro_batches)
+        if n_tokens == 0:
+            raise RunFailed("data", "an optimizer step got batches without any label token", "check the data")
+        try:
+            total = mx.array(0.0)
+            grads = None
+            for batch in micro_batches:
+                ids, labels = batch_rows(batch)
+                loss, g = self._micro_step(mx.array(ids[:, :-1]), mx.array(labels[:, 1:]))
+                total = total + loss
+                grads = g if grads is None else tree_map(mx.add, grads, g)
+                mx.eval(total, grads)
+            grads = tree_map(lambda g: g / n_tokens, grads)
+            norm = mx.sqrt(sum(mx.sum(mx.square(g.astype(mx.float32))) for _, g in tree_flatten(grads)))
+            loss_value, norm_value = (total / n_tokens).item(), norm.item()
+            if not (math.isfinite(loss_value) and math.isfinite(norm_value)):
+                return {"loss": loss_value, "grad_norm": norm_value}
+            max_norm = self.config.training.max_grad_norm
+            if max_norm > 0:
+                # torch.nn.utils.clip_grad_norm_: scale by max_norm / (norm + 1e-6) when above max_norm.
+                coef = min(max_norm / (norm_value + 1e-6), 1.0)
+                if coef < 1.0:
+                    grads = tree_map(lambda g: g * coef, grads)
+            self.optimizer.learning_rate = learning_rate
+            self.optimizer.update(self.model, grads)
+            mx.eval(self.model.parameters(), self.optimizer.state)
+        except (RuntimeError, MemoryError) as exc:
+            if is_oom_error(exc):
+                raise self._oom(str(exc)) from exc
+            raise
+        self._check_peak()
+        return {"loss": loss_value, "grad_norm": norm_value}
+
+    def eval_loss(self, batches: list[Batch]) -> float:
+        """Mean token cross-entropy over ``batches`` without dropout or gradients."""
+        assert self.model is not None, "setup() first"
+        n_tokens = sum(b.num_label_tokens for b in batches)
+        if n_tokens == 0:
+            raise RunFailed("data", "the validation batches hold no label token", "check the validation data")
+        self.model.eval()
+        try:
+            total = 0.0
+            for batch in batches:
+                ids, labels = batch_rows(batch)
+                total += self._eval_step(mx.array(ids[:, :-1]), mx.array(labels[:, 1:])).item()
+        except (RuntimeError, MemoryError) as exc:
+            if is_oom_error(exc):
+                raise self._oom(str(exc)) from exc
+            raise
+        finally:
+            self.model.train()
+        return total / n_tokens
+
+    # --- state -------------------------------------------------------------------------------
+    def adapter_weights(self) -> dict[str, mx.array]:
+        """The trainable adapter arrays by module path (``...q_proj.lora_a`` [in, r], ``lora_b`` [r, out],
+        DoRA ``m`` [out])."""
+        assert self.model is not None, "setup() first"
+        return dict(tree_flatten(self.model.trainable_parameters()))
+
+    def load_adapter_weights(self, weights: dict[str, Any]) -> None:
+        """Set the adapter arrays (numpy or MLX) by name; every trainable array must be given, with
+        its shape. Raises ValueError listing what does not match."""
+        assert self.model is not None, "setup() first"
+        own = self.adapter_weights()
+        problems = [f"missing {k}" for k in own if k not in weights]
+        problems += [f"unexpected {k}" for k in weights if k not in own]
+        problems += [
+            f"{k}: shape {tuple(np.shape(v))} != {tuple(own[k].shape)}"
+            for k, v in weights.items()
+            if k in own and tuple(np.shape(v)) != tuple(own[k].shape)
+        ]
+        if problems:
+            raise ValueError("adapter weights do not fit this model: " + "; ".join(problems[:10]))
+        arrays = [(k, mx.array(np.asarray(v)).astype(own[k].dtype)) for k, v in weights.items()]
+        self.model.load_weights(arrays, strict=False)
+        mx.eval(self.model.parameters())
+
+    def save_adapter(self, folder: Path) -> None:
+        """``adapters.safetensors`` + ``adapter_config.json`` in mlx-lm's format (loads with
+        ``mlx_lm.load(model, adapter_path=folder)`` and ``mlx_lm.generate --adapter-path``)."""
+        assert self.config is not None, "setup() first"
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        mx.save_safetensors(str(folder / MLX_WEIGHTS), self.adapter_weights())
+        cfg = mlx_adapter_config(
+            rank=self.lora_parameters["rank"],
+            scale=self.lora_parameters["scale"],
+            dropout=self.lora_parameters["dropout"],
+            keys=self.lora_parameters["keys"],
+            use_dora=self.config.lora.use_dora,
+            num_layers=self.num_layers,
+            alpha=self.config.lora.alpha,
+        )
+        (folder / CONFIG_FILE).write_text(json.dumps(cfg, indent=2) + "\n", encoding="utf-8")
+
+    def save_state(self, folder: Path) -> None:
+        """The adapter (as ``save_adapter``), AdamW's state and MLX's random key into ``folder``."""
+        assert self.optimizer is not None, "setup() first"
+        folder = Path(folder)
+        self.save_adapter(folder)
+        mx.save_safetensors(str(folder / OPTIMIZER_FILE), dict(tree_flatten(self.optimizer.state)))
+        key = np.array(mx.random.state[0]).astype(np.uint64).tolist()
+        (folder / RNG_FILE).write_text(json.dumps({"mlx_random_key": key}) + "\n", encoding="utf-8")
+
+    def load_state(self, folder: Path) -> None:
+        """Restore what ``save_state`` wrote (after ``setup`` with the same config).
+
+        Raises RunFailed("crash") when the checkpoint does not fit the model (another config)."""
+        assert self.optimizer is not None, "setup() first"
+        folder = Path(folder)
+        try:
+            self.load_adapter_weights(mx.load(str(folder / MLX_WEIGHTS)))
+        except ValueError as exc:
+            raise RunFailed("crash", f"checkpoint {folder} does not fit this run: {exc}") from None
+        self.optimizer.state = tree_unflatten(list(mx.load(str(folder / OPTIMIZER_FILE)).items()))
+        mx.eval(self.optimizer.state)
+        k0, k1 = json.loads((folder / RNG_FILE).read_text(encoding="utf-8"))["mlx_random_key"]
+        # mx.random.seed(s) sets the key to [s >> 32, s & 0xffffffff]: this restores it exactly.
+        mx.random.seed((int(k0) << 32) | int(k1))
+
+    def memory(self) -> dict[str, int | None]:
+        """MLX's active and peak memory in bytes (unified memory on Apple silicon)."""
+        return {"device_allocated": int(mx.get_active_memory()), "device_peak": int(mx.get_peak_memory())}
