@@ -1,0 +1,11 @@
+"""The PyTorch training backend (CUDA, Apple MPS or CPU): transformers + peft LoRA/DoRA.
+
+Only what is specific to PyTorch lives here; the loop, schedule, events, checkpoints and run
+folder are shared (``backends.training``). Entry point: ``create_engine(config)``.
+"""
+
+from __future__ import annotations
+
+from backends.torch_backend.engine import TorchEngine, create_engine, pick_device, resolve_precision
+
+__all__ = ["TorchEngine", "create_engine", "pick_device", "resolve_precision"]

@@ -1,0 +1,441 @@
+"""The PyTorch ``Engine`` (protocol: ``backends.training.engine``): transformers causal LM loaded
+from safetensors, peft LoRA or DoRA adapters, AdamW, gradient accumulation with the loss
+normalised by label tokens across the whole accumulated batch, optional gradient checkpointing,
+bf16/fp16 autocast, and exact save/restore of adapter, optimizer and torch RNG state.
+
+The loss is the token-level causal-LM cross-entropy: position t predicts ``labels[t + 1]``
+(labels arrive unshifted, see ``backends.data.types``). For architectures whose logits are just
+``lm_head(hidden)`` (``FAST_LOSS_MODEL_TYPES``) the head is applied only at positions that carry a
+label, which skips most of the vocabulary projection for completion-only data; other models go
+through their own ``forward`` (same loss, more work).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from backends.config import RunConfig
+from backends.data.types import IGNORE_INDEX, Batch
+from backends.errors import RunFailed, UserInputError
+
+# The 'attention' target preset: the usual names of the query/key/value/output projections, in the
+# order tried. The first group that exists in the model is used.
+ATTENTION_PRESETS: tuple[tuple[str, ...], ...] = (
+    ("q_proj", "k_proj", "v_proj", "o_proj"),  # Llama, Mistral, Qwen, Gemma, SmolLM, Phi-3 (q/k/v)
+    ("qkv_proj", "o_proj"),  # Phi-3
+    ("query_key_value", "dense"),  # Falcon, GPT-NeoX
+    ("c_attn", "c_proj"),  # GPT-2
+    ("Wqkv", "out_proj"),  # Phi-1/2, MPT
+)
+
+# Model types whose causal-LM head is exactly ``lm_head(last_hidden_state)`` (no logit scaling or
+# soft-capping, no auxiliary loss), so the loss may apply the head only at labelled positions.
+FAST_LOSS_MODEL_TYPES = frozenset(
+    {"llama", "mistral", "qwen2", "qwen3", "phi3", "smollm3", "olmo", "olmo2", "starcoder2", "gemma"}
+)
+
+_SUPPORTED_LAYER_TYPES: tuple[type, ...] = (nn.Linear, nn.Embedding)
+
+
+def pick_device() -> str:
+    """The torch device to train on: ``cuda`` when available, else ``mps``, else ``cpu``
+    (the same order as ``backends.hardware.choose_backend``)."""
+    if torch.cuda.is_available():
+        return "cuda"
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def resolve_precision(choice: str, device: str) -> tuple[str, str]:
+    """Pick the compute precision; returns (precision, reason in words).
+
+    ``auto``: bf16 on a CUDA GPU that supports it (Ampere and newer), fp16 (with loss scaling) on
+    older CUDA GPUs, fp32 on MPS and CPU (bf16 matmuls are not fast on every Apple GPU or CPU;
+    set ``precision: bf16`` to try). An explicit choice is always honoured (fp16 on the CPU works
+    but is slow; its small range overflows easily, which the loop reports as ``nan``).
+    """
+    if choice != "auto":
+        return choice, f"precision {choice} as configured"
+    if device == "cuda":
+        if torch.cuda.is_bf16_supported():
+            return "bf16", "precision auto: bf16 (this CUDA GPU supports bfloat16)"
+        return "fp16", "precision auto: fp16 with loss scaling (this CUDA GPU lacks fast bfloat16)"
+    return "fp32", f"precision auto: fp32 on {device} (set training.precision: bf16 to try bfloat16)"
+
+
+_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def linear_layer_names(model: nn.Module) -> dict[str, int]:
+    """Leaf names of the model's linear layers (the names LoRA can target) with their counts,
+    e.g. {"q_proj": 30, ...}; the output head ``lm_head`` is left out."""
+    counts: Counter[str] = Counter()
+    for name, module in model.named_modules():
+        if _is_linear(module) and name.split(".")[-1] != "lm_head":
+            counts[name.split(".")[-1]] += 1
+    return dict(counts)
+
+
+def _is_linear(module: nn.Module) -> bool:
+    # transformers' Conv1D (GPT-2) is a linear layer with transposed weights; peft supports it.
+    return isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D"
+
+
+def resolve_target_modules(model: nn.Module, targets: str | list[str]) -> str | list[str]:
+    """Turn the config's ``lora.target_modules`` into what peft takes, checking it first.
+
+    ``all-linear``: peft's own shorthand (every linear layer but the output head).
+    ``attention``: the first group of ``ATTENTION_PRESETS`` whose names all exist in the model.
+    A list: module names matched as peft does (the full name, or its last dotted parts).
+    Raises UserInputError listing the model's linear layer names when a target matches nothing.
+    """
+    names = linear_layer_names(model)
+    listing = ", ".join(f"{n} (x{c})" for n, c in sorted(names.items())) or "none"
+    if targets == "all-linear":
+        if not names:
+            raise UserInputError(
+                "this model has no linear layers LoRA can adapt", field="lora.target_modules"
+            )
+        return "all-linear"
+    if targets == "attention":
+        for group in ATTENTION_PRESETS:
+            if all(n in names for n in group):
+                return list(group)
+        raise UserInputError(
+            f"the 'attention' preset found no attention projections in this model; its linear layers are: {listing}",
+            field="lora.target_modules",
+            hint="list the module names to adapt, or use all-linear",
+        )
+    module_names = [
+        name
+        for name, module in model.named_modules()
+        if isinstance(module, _SUPPORTED_LAYER_TYPES) or _is_linear(module)
+    ]
+    for target in targets:
+        if not any(name == target or name.endswith("." + target) for name in module_names):
+            raise UserInputError(
+                f"target module {target!r} matches no linear layer of this model; its linear layers are: {listing}",
+                field="lora.target_modules",
+            )
+    return list(targets)
+
+
+def _oom_hint(config: RunConfig) -> str:
+    t = config.training
+    tips = []
+    if t.batch_size > 1:
+        tips.append(
+            f"lower training.batch_size (now {t.batch_size}, try {max(1, t.batch_size // 2)}) and raise "
+            f"training.gradient_accumulation_steps to {t.gradient_accumulation_steps * 2} to keep the effective batch"
+        )
+    tips.append(f"lower training.max_seq_length (now {t.max_seq_length})")
+    if not t.gradient_checkpointing:
+        tips.append("set training.gradient_checkpointing: true")
+    tips.append("or use a smaller model (QLoRA 4-bit loading is not available in TuneDesk yet)")
+    return "; ".join(tips)
+
+
+def _is_oom(exc: BaseException) -> bool:
+    if isinstance(exc, MemoryError | torch.OutOfMemoryError):
+        return True
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and (
+        "out of memory" in text or "can't allocate memory" in text or "MPS backend out of memory" in text
+    )
+
+
+class TorchEngine:
+    """LoRA/DoRA fine-tuning of a transformers causal LM with PyTorch (see module docstring).
+
+    ``device``: "cuda", "mps" or "cpu" (default: ``pick_device()``).
+    """
+
+    name = "torch"
+
+    def __init__(self, device: str | None = None) -> None:
+        self.device = device or pick_device()
+        self.precision = "fp32"
+        self.config: RunConfig | None = None
+        self.model: Any = None  # peft.PeftModel
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.scaler: torch.amp.GradScaler | None = None
+        self._params: list[nn.Parameter] = []
+        self._fast_loss = False
+        self._mps_peak = 0
+
+    # --- setup -----------------------------------------------------------------------------
+    def setup(self, config: RunConfig, model_dir: Path) -> dict[str, Any]:
+        """Load the base model (safetensors only, no remote code), add LoRA/DoRA, build AdamW.
+
+        Returns {"params_total", "params_trainable", "notes"}. Raises UserInputError for a folder
+        without safetensors weights, a model transformers cannot load, or a target module that
+        matches nothing.
+        """
+        from peft import LoraConfig, get_peft_model
+        from transformers import AutoModelForCausalLM
+
+        model_dir = Path(model_dir)
+        self.config = config
+        t = config.training
+        self.precision, precision_note = resolve_precision(t.precision, self.device)
+        notes = [f"device {self.device}", precision_note]
+        if not any(model_dir.glob("*.safetensors")):
+            raise UserInputError(
+                "no safetensors weights in this model folder (pickle weights are not loaded)",
+                file=model_dir,
+                field="model",
+                hint="import the model with `tunedesk models import PATH`",
+            )
+        try:
+            base = AutoModelForCausalLM.from_pretrained(
+                model_dir,
+                use_safetensors=True,
+                trust_remote_code=False,
+                dtype=_DTYPES[self.precision],
+            )
+        except (OSError, ValueError, KeyError) as exc:
+            raise UserInputError(f"cannot load this model: {exc}", file=model_dir, field="model") from None
+        base.config.use_cache = False
+        base.to(self.device)
+        targets = resolve_target_modules(base, config.lora.target_modules)
+        if t.gradient_checkpointing:
+            base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            notes.append("gradient checkpointing on")
+        lora = LoraConfig(
+            r=config.lora.rank,
+            lora_alpha=config.lora.alpha,
+            lora_dropout=config.lora.dropout,
+            target_modules=targets,
+            use_dora=config.lora.use_dora,
+            bias="none",
+            task_type="CAUSAL_LM",
+        )
+        # LoRA's A matrices are initialised from torch's RNG: seed it so the adapter depends on the seed only.
+        torch.manual_seed(t.seed)
+        self.model = get_peft_model(base, lora)  # adapters in fp32 (peft's autocast_adapter_dtype)
+        self.model.train()
+        self._params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(
+            self._params, lr=t.learning_rate, weight_decay=t.weight_decay, betas=(0.9, 0.999), eps=1e-8
+        )
+        self.scaler = torch.amp.GradScaler(self.device) if self.precision == "fp16" else None
+        model_type = getattr(base.config, "model_type", "")
+        self._fast_loss = model_type in FAST_LOSS_MODEL_TYPES
+        total = sum(p.numel() for p in self.model.parameters())
+        trainable = sum(p.numel() for p in self._params)
+        method = "DoRA" if config.lora.use_dora else "LoRA"
+        target_text = targets if isinstance(targets, str) else ",".join(targets)
+        notes.append(f"{method} rank {config.lora.rank} alpha {config.lora.alpha} on {target_text}")
+        return {"params_total": total, "params_trainable": trainable, "notes": notes}
+
+    # --- loss ------------------------------------------------------------------------------
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device, dtype=_DTYPES[self.precision])
+
+    def _tensor(self, array: Any) -> torch.Tensor:
+        return torch.as_tensor(array, device=self.device)
+
+    def loss_sum(self, batch: Batch) -> torch.Tensor:
+        """Summed cross-entropy (fp32 scalar) over the batch's label positions.
+
+        Position t predicts ``labels[:, t + 1]``; positions whose target is ``IGNORE_INDEX`` (and,
+        in packed batches, the first token of each segment) carry no loss. Packed batches
+        (``segment_ids``) get a block-diagonal causal mask so rows never attend to each other.
+        """
+        input_ids = self._tensor(batch.input_ids)
+        labels = self._tensor(batch.labels)
+        position_ids = self._tensor(batch.position_ids)
+        targets = labels[:, 1:]
+        if batch.segment_ids is not None:
+            seg = self._tensor(batch.segment_ids)
+            t_len = seg.shape[1]
+            causal = torch.ones(t_len, t_len, dtype=torch.bool, device=seg.device).tril()
+            same = seg[:, :, None] == seg[:, None, :]
+            mask = (same & causal & (seg[:, None, :] > 0))[:, None]
+            # A padding query row (segment 0) attends to nothing; let it see itself to avoid NaN.
+            mask = mask | torch.eye(t_len, dtype=torch.bool, device=seg.device)
+            new_segment = seg[:, 1:] != seg[:, :-1]
+            targets = targets.masked_fill(new_segment, IGNORE_INDEX)
+        else:
+            mask = self._tensor(batch.attention_mask)
+        selected = targets != IGNORE_INDEX
+        hf_model = self.model.get_base_model()
+        with self._autocast():
+            if self._fast_loss:
+                hidden = hf_model.get_decoder()(
+                    input_ids=input_ids, attention_mask=mask, position_ids=position_ids, use_cache=False
+                ).last_hidden_state
+                logits = hf_model.get_output_embeddings()(hidden[:, :-1][selected])
+            else:
+                logits = hf_model(
+                    input_ids=input_ids, attention_mask=mask, position_ids=position_ids, use_cache=False
+                ).logits[:, :-1][selected]
+        return F.cross_entropy(logits.float(), targets[selected], reduction="sum")
+
+    # --- steps -----------------------------------------------------------------------------
+    def train_step(self, micro_batches: list[Batch], learning_rate: float) -> dict[str, float]:
+        """One AdamW step over ``micro_batches``: each micro-batch's summed loss is divided by the
+        label tokens of all of them before backward, so the gradient equals that of one big batch.
+        Gradients are clipped to ``max_grad_norm`` (0: off). Returns {"loss", "grad_norm"}; a
+        non-finite loss or gradient norm skips the update and is returned as is (with fp16 loss
+        scaling an overflowing step is skipped normally and marked {"skipped": 1.0}). Raises
+        RunFailed(kind="oom") when the device runs out of memory, RunFailed(kind="data") for
+        micro-batches without a label token.
+        """
+        assert self.model is not None and self.optimizer is not None and self.config is not None
+        total_labels = sum(int(b.num_label_tokens) for b in micro_batches)
+        if total_labels <= 0:
+            rows = sorted({r for b in micro_batches for r in b.rows})
+            raise RunFailed(
+                "data", f"a training step has no label tokens (rows {rows[:10]})", "check the data"
+            )
+        for group in self.optimizer.param_groups:
+            group["lr"] = learning_rate
+        self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss_total = 0.0
+        try:
+            for batch in micro_batches:
+                loss = self.loss_sum(batch)
+                scaled = loss / total_labels
+                if self.scaler is not None:
+                    scaled = self.scaler.scale(scaled)
+                scaled.backward()
+                loss_total += float(loss.detach())
+        except Exception as exc:
+            self._raise_if_oom(exc)
+            raise
+        mean_loss = loss_total / total_labels
+        if not math.isfinite(mean_loss):
+            self.optimizer.zero_grad(set_to_none=True)
+            return {"loss": mean_loss, "grad_norm": float("nan")}
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
+        max_norm = self.config.training.max_grad_norm or float("inf")
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(self._params, max_norm))
+        if self.scaler is not None:
+            # With loss scaling an overflow is normal early on: the scaler skips that update itself
+            # and lowers the scale; report it as skipped, not as a failure.
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            return {"loss": mean_loss, "grad_norm": grad_norm, "skipped": float(not math.isfinite(grad_norm))}
+        if not math.isfinite(grad_norm):
+            self.optimizer.zero_grad(set_to_none=True)
+            return {"loss": mean_loss, "grad_norm": grad_norm}
+        self.optimizer.step()
+        return {"loss": mean_loss, "grad_norm": grad_norm}
+
+    def eval_loss(self, batches: list[Batch]) -> float:
+        """Mean loss per label token over ``batches`` (dropout off, no gradient); NaN when they
+        hold no label token."""
+        assert self.model is not None
+        total = sum(int(b.num_label_tokens) for b in batches)
+        if total == 0:
+            return float("nan")
+        self.model.eval()
+        loss_total = 0.0
+        try:
+            with torch.no_grad():
+                for batch in batches:
+                    loss_total += float(self.loss_sum(batch))
+        except Exception as exc:
+            self._raise_if_oom(exc)
+            raise
+        finally:
+            self.model.train()
+        return loss_total / total
+
+    def _raise_if_oom(self, exc: BaseException) -> None:
+        if not _is_oom(exc):
+            return
+        assert self.optimizer is not None and self.config is not None
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.device == "cuda":
+            torch.cuda.empty_cache()
+        elif self.device == "mps":
+            torch.mps.empty_cache()
+        raise RunFailed(
+            "oom", f"out of memory on {self.device}: {str(exc).splitlines()[0][:300]}", _oom_hint(self.config)
+        ) from exc
+
+    # --- state -----------------------------------------------------------------------------
+    def save_state(self, folder: Path) -> None:
+        """Write the adapter (peft format, loadable as is), ``optimizer.pt``, ``rng_torch.pt``
+        (CPU and CUDA/MPS generators) and, with fp16, ``scaler.pt`` into ``folder``."""
+        assert self.model is not None and self.optimizer is not None
+        folder = Path(folder)
+        self.model.save_pretrained(folder)
+        torch.save(self.optimizer.state_dict(), folder / "optimizer.pt")
+        rng: dict[str, Any] = {"cpu": torch.get_rng_state()}
+        if self.device == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        elif self.device == "mps":
+            rng["mps"] = torch.mps.get_rng_state()
+        torch.save(rng, folder / "rng_torch.pt")
+        if self.scaler is not None:
+            torch.save(self.scaler.state_dict(), folder / "scaler.pt")
+
+    def load_state(self, folder: Path) -> None:
+        """Restore what ``save_state`` wrote. Raises UserInputError for a checkpoint that does not
+        fit this model and LoRA config."""
+        from peft import set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        assert self.model is not None and self.optimizer is not None
+        folder = Path(folder)
+        weights = load_file(folder / "adapter_model.safetensors", device=self.device)
+        result = set_peft_model_state_dict(self.model, weights)
+        unexpected = getattr(result, "unexpected_keys", None) or []
+        if unexpected:
+            raise UserInputError(
+                f"checkpoint does not fit this model/LoRA config (unexpected keys {unexpected[:3]})",
+                file=folder,
+            )
+        state = torch.load(folder / "optimizer.pt", map_location=self.device, weights_only=True)
+        self.optimizer.load_state_dict(state)
+        rng = torch.load(folder / "rng_torch.pt", weights_only=True)
+        torch.set_rng_state(rng["cpu"])
+        if "cuda" in rng and self.device == "cuda":
+            torch.cuda.set_rng_state_all(rng["cuda"])
+        if "mps" in rng and self.device == "mps":
+            torch.mps.set_rng_state(rng["mps"])
+        if self.scaler is not None and (folder / "scaler.pt").is_file():
+            self.scaler.load_state_dict(torch.load(folder / "scaler.pt", weights_only=True))
+
+    def save_adapter(self, folder: Path) -> None:
+        """The final adapter in peft format: ``adapter_config.json`` + ``adapter_model.safetensors``
+        (loads with ``peft.PeftModel.from_pretrained(base, folder)``)."""
+        assert self.model is not None
+        self.model.save_pretrained(Path(folder))
+
+    def memory(self) -> dict[str, int | None]:
+        """Device memory in bytes: CUDA allocated and peak allocated; MPS allocated and the peak
+        seen at these calls; None on the CPU (process RSS covers it)."""
+        if self.device == "cuda":
+            return {
+                "device_allocated": int(torch.cuda.memory_allocated()),
+                "device_peak": int(torch.cuda.max_memory_allocated()),
+            }
+        if self.device == "mps":
+            allocated = int(torch.mps.current_allocated_memory())
+            self._mps_peak = max(self._mps_peak, allocated)
+            return {"device_allocated": allocated, "device_peak": self._mps_peak}
+        return {"device_allocated": None, "device_peak": None}
+
+
+def create_engine(config: RunConfig) -> TorchEngine:
+    """The backend factory ``backends.training.make_engine`` calls: a TorchEngine on the best
+    available device (nothing is loaded until ``setup``)."""
+    return TorchEngine(pick_device())

@@ -1,0 +1,207 @@
+"""One training run end to end: config -> model -> data -> engine -> run folder -> loop.
+
+``run_training`` is what ``tunedesk train``, ``tunedesk demo`` and the app's training worker run.
+Everything that can be wrong with the user's input (config, model, data, target modules) is
+checked before the run folder is created, so a rejected run leaves no folder behind. Events from
+before the folder exists (model import, data report) are kept and written to its
+``events.jsonl`` first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import threading
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from backends.config import RunConfig, load_config
+from backends.errors import EXIT_OK, UserInputError
+from backends.events import EventSink, encode
+from backends.runs import RunDir, run_status
+from backends.training.engine import Engine
+from backends.training.loop import TrainingLoop, stop_on_signals
+from backends.training.progress import ConsoleProgress, LogFile
+
+SAMPLE_DATA = "demo/support_train.jsonl"  # under resources/: the data used when none is named
+
+
+def tunedesk_version() -> str:
+    """The installed TuneDesk version (package metadata, else ``backends.__version__``)."""
+    try:
+        return metadata.version("tunedesk")
+    except metadata.PackageNotFoundError:
+        from backends import __version__
+
+        return __version__
+
+
+def make_engine(config: RunConfig) -> Engine:
+    """The engine for ``config.backend``: ``auto`` follows ``backends.hardware.detect()`` (MLX on
+    Apple silicon with MLX installed, else PyTorch); ``mlx`` imports ``backends.mlx_backend``
+    lazily. Raises UserInputError when MLX is asked for but missing."""
+    backend = config.backend
+    if backend == "auto":
+        from backends import hardware
+
+        backend = hardware.detect(probe_frameworks=True)["backend"]
+    if backend == "mlx":
+        try:
+            from backends import mlx_backend
+        except ImportError as exc:
+            raise UserInputError(
+                f"backend 'mlx' is not available here: {exc}",
+                field="backend",
+                hint="install mlx and mlx-lm (Apple silicon), or set backend: torch",
+            ) from None
+        return mlx_backend.create_engine(config)
+    from backends import torch_backend
+
+    return torch_backend.create_engine(config)
+
+
+def resolve_data_paths(config: RunConfig, base: Path | None = None) -> RunConfig:
+    """A copy of ``config`` whose data files are absolute paths (relative ones are taken from
+    ``base``, default the current directory); no ``train_file`` means the built-in sample data
+    (``resources/demo/support_train.jsonl``). The run folder's ``config.yaml`` stores these, so
+    a resume works from any directory."""
+    from backends import paths
+
+    base = Path(base or os.getcwd())
+    data = config.data
+    train = data.train_file if data.train_file is not None else paths.resources_dir() / SAMPLE_DATA
+    update: dict[str, Any] = {"train_file": (base / Path(train).expanduser()).resolve()}
+    if data.validation_file is not None:
+        update["validation_file"] = (base / Path(data.validation_file).expanduser()).resolve()
+    return config.model_copy(update={"data": data.model_copy(update=update)})
+
+
+def run_training(
+    config: RunConfig | None = None,
+    *,
+    json_stdout: bool = False,
+    resume_dir: str | Path | None = None,
+    stop: threading.Event | None = None,
+    console: bool | None = None,
+) -> RunDir:
+    """Train one run and return its folder (see the module docstring).
+
+    ``config``: the run config (ignored with ``resume_dir``, whose ``config.yaml`` is used).
+    ``json_stdout``: also print every event as a JSON line on stdout. ``resume_dir``: a run folder
+    to continue from its newest complete checkpoint (from the start when it has none).
+    ``stop``: an event that stops the run cooperatively (SIGINT/SIGTERM set it too).
+    ``console``: the stderr progress bar and log lines (default: on unless ``json_stdout``).
+
+    Raises UserInputError (exit 1) for bad input, RunFailed (exit 3) when the run failed,
+    RunStopped (exit 130) when it was stopped; the last two after their event was written.
+    """
+    from backends import models
+    from backends.data import load_tokenizer, make_batches, prepare_data
+
+    stop = stop if stop is not None else threading.Event()
+    console = (not json_stdout) if console is None else console
+    listeners: list[Any] = [ConsoleProgress()] if console else []
+    stdout = sys.stdout if json_stdout else None
+    early_events: list[dict[str, Any]] = []
+    early = EventSink(None, stdout=stdout, listeners=[early_events.append, *listeners])
+
+    def say(message: str) -> None:
+        early.emit("log", level="info", message=message)
+
+    with stop_on_signals(stop):
+        run: RunDir | None = None
+        checkpoint = None
+        if resume_dir is not None:
+            run = RunDir(Path(resume_dir).expanduser())
+            config = run.load_config()
+            status = run_status(run)
+            if status == "finished":
+                raise UserInputError(
+                    "this run already finished; its adapter is in adapter/", file=run.path, field="--resume"
+                )
+            if status == "running":
+                raise UserInputError(
+                    f"this run is still running (process {run.lock_holder()})",
+                    file=run.path,
+                    field="--resume",
+                )
+            checkpoint = run.latest_checkpoint()
+            say(
+                f"resuming from {checkpoint}"
+                if checkpoint
+                else "no complete checkpoint in this run folder: starting again from step 0"
+            )
+        if config is None:
+            raise UserInputError("no config given", field="--config")
+        config = resolve_data_paths(config)
+        model_dir = models.resolve_model(config.model, progress=say)
+        tokenizer = load_tokenizer(model_dir)
+        say(f"preparing data from {config.data.train_file}")
+        data = prepare_data(config, tokenizer, progress=say)
+        for notice in getattr(data.report, "notices", []) or []:
+            early.emit("log", level="info", message=str(notice))
+        if data.report.rows_dropped:
+            say(
+                f"{data.report.rows_dropped} of {data.report.rows_read} rows dropped (see `tunedesk data check`)"
+            )
+        say(f"{len(data.train)} training examples, {len(data.validation or [])} validation examples")
+        engine = make_engine(config)
+        say(f"loading {config.model} for {engine.name} on {engine.device}")
+        setup_info = engine.setup(config, model_dir)
+        if run is None:
+            run = RunDir.create(config)
+        run.acquire_lock()
+        try:
+            with open(run.events_path, "a", encoding="utf-8") as fh:
+                for event in early_events:
+                    fh.write(encode(event) + "\n")
+            log_file = LogFile(run.log_path)
+            for event in early_events:
+                log_file(event)
+            pad = data.pad_token_id
+            if pad is None:
+                pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+            with EventSink(run.events_path, stdout=stdout, listeners=[log_file, *listeners]) as sink:
+                loop = TrainingLoop(
+                    engine,
+                    config,
+                    data,
+                    run,
+                    sink,
+                    setup_info=setup_info,
+                    adapter_info={
+                        "base_model": {"name": config.model, "path": str(model_dir)},
+                        "tunedesk_version": tunedesk_version(),
+                    },
+                    batcher=make_batches,
+                    stop=stop,
+                    pad_token_id=int(pad or 0),
+                )
+                loop.run_loop(resume_from=checkpoint)
+        finally:
+            for listener in listeners:
+                listener.close()
+            run.release_lock()
+    return run
+
+
+def cli_train(args: argparse.Namespace) -> int:
+    """``tunedesk train``: ``--config FILE [--set k=v ...] [--preset P]`` or ``--resume RUN_DIR``;
+    ``--json`` prints events on stdout. Returns 0; failures raise (``backends.cli`` maps them to
+    exit codes 1, 3 and 130)."""
+    if args.resume:
+        if args.overrides or args.preset:
+            raise UserInputError(
+                "--set and --preset cannot change a run being resumed",
+                field="--resume",
+                hint="start a new run with --config to change settings",
+            )
+        run = run_training(None, json_stdout=args.json, resume_dir=args.resume)
+    else:
+        config = load_config(args.config, args.overrides, preset=args.preset)
+        run = run_training(config, json_stdout=args.json)
+    if not args.json:
+        print(run.adapter_dir)
+    return EXIT_OK
