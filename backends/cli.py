@@ -191,6 +191,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--serve", action="store_true", help="worker mode: read JSON commands on stdin (used by the app)"
     )
+    p.add_argument(
+        "--runs-dir",
+        default=None,
+        help="folder of run folders, checked for an active training run (memory warning)",
+    )
     p.set_defaults(func=_cmd_chat)
 
     p = sub.add_parser("export", help="export a trained adapter")

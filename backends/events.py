@@ -51,6 +51,12 @@ REQUIRED: dict[str, tuple[str, ...]] = {
     "reply_finished": ("tokens", "tokens_per_second", "time_to_first_token"),
     # Informational events (not in the design's required table, fields are ours).
     "log": ("level", "message"),
+    # The chat worker's own events (protocol in backends/chat/worker.py): the model is loaded (and
+    # which adapter is current); a command failed (kind: input, model, oom, crash) and the worker
+    # goes on; the prompts of a run's validation split for "compare on validation prompts".
+    "chat_ready": ("model", "backend", "device", "adapter"),
+    "chat_error": ("kind", "message", "hint"),
+    "validation_prompts": ("run_dir", "prompts"),
 }
 
 MEMORY_FIELDS = ("rss", "device_allocated", "device_peak")
