@@ -184,7 +184,7 @@ class Encoder:
         """Token ids of each text (no special tokens added), in one batched call. ``at_start``
         marks texts that begin a sequence; the others are encoded as mid-conversation text."""
         wrapped = [
-            t if (first or not self.mid_text_trick) else "\n" + t
+            t if (first or not t or not self.mid_text_trick) else "\n" + t
             for t, first in zip(texts, at_start, strict=True)
         ]
         nonempty = [i for i, t in enumerate(wrapped) if t]
