@@ -5,8 +5,10 @@ a run trains asks whether to stop and save, or cancel.
 
 from __future__ import annotations
 
-from PySide6.QtCore import QSize
-from PySide6.QtGui import QCloseEvent
+from typing import TYPE_CHECKING
+
+from PySide6.QtCore import QSize, QTimer
+from PySide6.QtGui import QCloseEvent, QPaintEvent, QShowEvent
 from PySide6.QtWidgets import (
     QHBoxLayout,
     QListWidget,
@@ -19,13 +21,14 @@ from PySide6.QtWidgets import (
 )
 
 from desktop.hardware_header import HardwareHeader
-from desktop.pages.chat_placeholder import make_chat_page
-from desktop.pages.data_page import DataPage
-from desktop.pages.model_page import ModelPage
-from desktop.pages.runs_page import RunsPage
-from desktop.pages.train_page import TrainPage
 from desktop.state import AppState
 from desktop.worker import WorkerProcess
+
+if TYPE_CHECKING:
+    from desktop.pages.data_page import DataPage
+    from desktop.pages.model_page import ModelPage
+    from desktop.pages.runs_page import RunsPage
+    from desktop.pages.train_page import TrainPage
 
 PAGES = ("model", "data", "train", "chat", "runs")
 NAV_TITLES = {
@@ -59,32 +62,19 @@ class MainWindow(QMainWindow):
         outer.addLayout(body, 1)
         self.setCentralWidget(central)
 
-        self.model_page = ModelPage(self.state)
-        self.data_page = DataPage(self.state)
-        self.train_page = TrainPage(self.state)
-        self.chat_page = make_chat_page()
-        self.runs_page = RunsPage(self.state)
-        self.pages = {
-            "model": self.model_page,
-            "data": self.data_page,
-            "train": self.train_page,
-            "chat": self.chat_page,
-            "runs": self.runs_page,
-        }
+        # Pages are built on first use, and the rest right after the window is first shown: the
+        # chart pages import pyqtgraph (about half a second), which a first paint need not wait for.
+        self._pages: dict[str, QWidget] = {}
+        self._painted = False
+        self._placeholders: dict[str, QWidget] = {}
         for key in PAGES:
-            self.stack.addWidget(self.pages[key])
+            placeholder = QWidget()
+            self._placeholders[key] = placeholder
+            self.stack.addWidget(placeholder)
             item = QListWidgetItem(NAV_TITLES[key])
             item.setSizeHint(QSize(120, 36))
             self.nav.addItem(item)
         self.nav.currentRowChanged.connect(self._on_nav)
-
-        self.model_page.next_requested.connect(lambda: self.show_page("data"))
-        self.data_page.next_requested.connect(lambda: self.show_page("train"))
-        self.train_page.show_page.connect(self.show_page)
-        self.train_page.run_started.connect(lambda _: self.runs_page.refresh())
-        self.train_page.run_ended.connect(lambda _: self.runs_page.refresh())
-        self.runs_page.show_run.connect(self._show_run)
-        self.runs_page.resume_run.connect(self._resume_run)
 
         settings = self.state.settings
         geometry = settings.value("window/geometry")
@@ -92,6 +82,109 @@ class MainWindow(QMainWindow):
             self.resize(1280, 820)
         page = str(settings.value("window/page", "model"))
         self.show_page(page if page in PAGES else "model")
+
+    # --- pages ---
+    def page(self, key: str) -> QWidget:
+        """The page ``key``, built now if it was not yet."""
+        if key not in self._pages:
+            page = self._build(key)
+            self._pages[key] = page
+            index = PAGES.index(key)
+            placeholder = self._placeholders.pop(key)
+            current = self.stack.currentIndex()
+            self.stack.insertWidget(index, page)
+            self.stack.removeWidget(placeholder)
+            placeholder.deleteLater()
+            self.stack.setCurrentIndex(current)
+        return self._pages[key]
+
+    def _build(self, key: str) -> QWidget:
+        if key == "model":
+            from desktop.pages.model_page import ModelPage
+
+            model_page = ModelPage(self.state)
+            model_page.next_requested.connect(lambda: self.show_page("data"))
+            return model_page
+        if key == "data":
+            from desktop.pages.data_page import DataPage
+
+            data_page = DataPage(self.state)
+            data_page.next_requested.connect(lambda: self.show_page("train"))
+            return data_page
+        if key == "train":
+            from desktop.pages.train_page import TrainPage
+
+            train_page = TrainPage(self.state)
+            train_page.show_page.connect(self.show_page)
+            train_page.run_started.connect(self._refresh_runs)
+            train_page.run_ended.connect(self._refresh_runs)
+            return train_page
+        if key == "chat":
+            from desktop.pages.chat_placeholder import make_chat_page
+
+            return make_chat_page()
+        from desktop.pages.runs_page import RunsPage
+
+        runs_page = RunsPage(self.state)
+        runs_page.show_run.connect(self._show_run)
+        runs_page.resume_run.connect(self._resume_run)
+        return runs_page
+
+    def build_all_pages(self) -> None:
+        """Build every page not built yet."""
+        for key in PAGES:
+            self.page(key)
+
+    def _build_next_page(self) -> None:
+        missing = [key for key in PAGES if key not in self._pages]
+        if missing:
+            self.page(missing[0])
+            QTimer.singleShot(0, self._build_next_page)
+
+    def showEvent(self, event: QShowEvent) -> None:  # noqa: N802 (Qt override)
+        """Build the other pages soon even on a platform that sends the window no paint event."""
+        super().showEvent(event)
+        QTimer.singleShot(1000, self._build_next_page)
+
+    def paintEvent(self, event: QPaintEvent) -> None:  # noqa: N802 (Qt override)
+        """After the first paint, build the remaining pages one per event-loop turn."""
+        super().paintEvent(event)
+        if not self._painted:
+            self._painted = True
+            QTimer.singleShot(0, self._build_next_page)
+
+    @property
+    def model_page(self) -> ModelPage:
+        """Step 1."""
+        return self.page("model")  # type: ignore[return-value]
+
+    @property
+    def data_page(self) -> DataPage:
+        """Step 2."""
+        return self.page("data")  # type: ignore[return-value]
+
+    @property
+    def train_page(self) -> TrainPage:
+        """Step 3."""
+        return self.page("train")  # type: ignore[return-value]
+
+    @property
+    def chat_page(self) -> QWidget:
+        """Step 4 (the chat feature's page or a placeholder)."""
+        return self.page("chat")
+
+    @property
+    def runs_page(self) -> RunsPage:
+        """The run history."""
+        return self.page("runs")  # type: ignore[return-value]
+
+    def _refresh_runs(self, *_: object) -> None:
+        if "runs" in self._pages:
+            self.runs_page.refresh()
+
+    def training_running(self) -> bool:
+        """True while a training worker runs."""
+        return "train" in self._pages and self.train_page.is_running()
 
     # --- navigation ---
     def show_page(self, key: str) -> None:
@@ -105,6 +198,7 @@ class MainWindow(QMainWindow):
     def _on_nav(self, row: int) -> None:
         if row < 0:
             return
+        self.page(PAGES[row])
         self.stack.setCurrentIndex(row)
         if PAGES[row] == "data":
             self.data_page.ensure_checked()
@@ -138,7 +232,7 @@ class MainWindow(QMainWindow):
 
     def closeEvent(self, event: QCloseEvent) -> None:  # noqa: N802 (Qt override)
         """While training: ask stop-and-save or cancel; otherwise save the window state and close."""
-        if self.train_page.is_running():
+        if self.training_running():
             event.ignore()
             if self.ask_stop_on_close():
                 self.train_page.stop_and_close()

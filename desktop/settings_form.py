@@ -109,7 +109,7 @@ class FieldEditor(QWidget):
         self.doc = doc
         self.key = doc["key"]
         ann = doc["annotation"]
-        self.optional = "None" in ann
+        self.optional = "None" in ann or "Optional[" in ann or doc.get("default") is None
         self.kind = self._kind(doc)
         layout = QHBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)

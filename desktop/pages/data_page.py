@@ -33,6 +33,7 @@ from PySide6.QtWidgets import (
 )
 
 from desktop.charts import Chart, series_color
+from desktop.pages import intro_label
 from desktop.state import AppState, sample_data_path
 from desktop.worker import JsonCommand
 
@@ -72,7 +73,7 @@ class DataPage(QWidget):
         layout = QVBoxLayout(self)
         layout.addWidget(QLabel("<h2>2. Add your data</h2>"))
         layout.addWidget(
-            QLabel(
+            intro_label(
                 "A JSONL, JSON, CSV or Parquet file of chat conversations, instruction/answer pairs, "
                 "prompt/completion pairs or plain text. Every row is checked before training."
             )
@@ -156,7 +157,8 @@ class DataPage(QWidget):
     def _on_choice_changed(self, *_: Any) -> None:
         self.path_edit.setText(self.state.data_file)
         self.report = None
-        self._debounce.start()
+        if self.isVisible():  # otherwise the check runs when the page is shown
+            self._debounce.start()
 
     def dragEnterEvent(self, event: QDragEnterEvent) -> None:  # noqa: N802 (Qt override)
         """Accept a dragged data file."""

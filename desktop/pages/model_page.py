@@ -23,6 +23,7 @@ from PySide6.QtWidgets import (
 
 from backends.config import DEFAULT_MODEL
 from backends.model_store_info import list_models
+from desktop.pages import intro_label
 from desktop.state import AppState
 from desktop.worker import WorkerProcess, WorkerResult
 
@@ -71,7 +72,7 @@ class ModelPage(QWidget):
         heading = QLabel("<h2>1. Choose a model</h2>")
         layout.addWidget(heading)
         layout.addWidget(
-            QLabel(
+            intro_label(
                 "The model you fine-tune. The default, SmolLM2-135M-Instruct, is built in and imported on "
                 "first use. Import a GGUF file or a Hugging Face model folder, or drop one on this page."
             )

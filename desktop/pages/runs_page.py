@@ -29,6 +29,7 @@ from PySide6.QtWidgets import (
 
 from backends import paths
 from desktop.charts import Chart
+from desktop.pages import intro_label
 from desktop.run_history import RunHistory, delete_run
 from desktop.run_monitor import format_duration
 from desktop.state import AppState
@@ -69,7 +70,7 @@ class RunsPage(QWidget):
         layout = QVBoxLayout(self)
         layout.addWidget(QLabel("<h2>Runs</h2>"))
         layout.addWidget(
-            QLabel(
+            intro_label(
                 "Every training run, also those started from the command line. Select several to compare their loss."
             )
         )
