@@ -423,3 +423,16 @@ def test_method_and_format_must_fit(tmp_path):
     with pytest.raises(UserInputError, match="preference pairs"):
         analyze_file(sft, None, method="dpo")
     assert analyze_file(pref, None)[3] == "dpo"
+
+
+def test_check_file_without_a_model_validates_only(tmp_path):
+    from backends.data import check_file
+
+    path = write_jsonl(tmp_path / "d.jsonl", [GOOD, chat(("user", "a"), ("assistant", None))])
+    result = check_file(path)
+    assert result["ok"] is True and result["format"] == "messages" and result["method"] == "sft"
+    assert (result["rows_read"], result["rows_kept"], result["rows_dropped"]) == (2, 1, 1)
+    assert result["problems"] == [
+        {"row": 2, "field": "messages[1].content", "reason": "is null", "where": "line"}
+    ]
+    assert result["token_lengths"] is None and result["histogram"] is None and result["example"] is None

@@ -406,3 +406,35 @@ def test_missing_sample_data_is_a_user_error(monkeypatch, tmp_path):
     monkeypatch.setattr(paths, "resources_dir", lambda: tmp_path)
     with pytest.raises(UserInputError, match="sample data"):
         prepare_data(RunConfig(), toy_tokenizer(False))
+
+
+def test_template_whose_generation_prompt_differs_from_the_rendered_turn_falls_back_to_the_content():
+    # Like Qwen3: the generation prompt opens an empty think block that the rendered history lacks.
+    template = (
+        "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n<think>\\n\\n</think>\\n\\n' }}{% endif %}"
+    )
+    tok = toy_tokenizer(False)
+    enc = Encoder(tok, template)
+    conversation = msgs(
+        ("user", "Hello"), ("assistant", "Paris"), ("user", "How are you?"), ("assistant", "I am fine.")
+    )
+    (r,) = enc.encode_chat([(1, conversation)])
+    assert labelled_runs(tok, r.example.input_ids, r.example.labels) == [
+        "Paris" + IM_END,
+        "I am fine." + IM_END,
+    ]
+    assert enc.turns_without_stop == 0
+
+
+def test_template_without_an_end_of_turn_token_is_noticed():
+    template = (
+        "{% for m in messages %}{{ m['role'] + ': ' + m['content'] + '\\n' }}{% endfor %}"
+        "{% if add_generation_prompt %}{{ 'assistant: ' }}{% endif %}"
+    )
+    tok = toy_tokenizer(False)
+    enc = Encoder(tok, template)
+    (r,) = enc.encode_chat([(1, msgs(("user", "Hello"), ("assistant", "Paris")))])
+    # Without a special token to stop at, the newline is the only end of the turn: it is trained.
+    assert labelled_runs(tok, r.example.input_ids, r.example.labels) == ["Paris\n"]
+    assert enc.turns_without_stop == 1

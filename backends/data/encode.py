@@ -190,7 +190,12 @@ class Encoder:
         nonempty = [i for i, t in enumerate(wrapped) if t]
         out: list[list[int]] = [[] for _ in wrapped]
         if nonempty:
-            ids = self.tokenizer([wrapped[i] for i in nonempty], add_special_tokens=False)["input_ids"]
+            ids = self.tokenizer(
+                [wrapped[i] for i in nonempty],
+                add_special_tokens=False,
+                return_attention_mask=False,
+                return_token_type_ids=False,
+            )["input_ids"]
             for i, seq in zip(nonempty, ids, strict=True):
                 out[i] = list(seq)
         if self.mid_text_trick:
@@ -215,7 +220,7 @@ class Encoder:
     def _finish(self, row: int, ids: list[int], labels: list[int]) -> Encoded:
         length = len(ids)
         ids, labels = ids[: self.max_seq_length], labels[: self.max_seq_length]
-        if not any(x != IGNORE_INDEX for x in labels[1:]):
+        if labels[1:].count(IGNORE_INDEX) == len(labels) - 1:  # no target after the shift
             first = next((i for i, x in enumerate(labels) if x != IGNORE_INDEX), None)
             at = f"; its first trained token is at position {first}" if first is not None else ""
             return Encoded(
