@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import warnings
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -209,7 +210,11 @@ class TorchEngine:
         base.to(self.device)
         targets = resolve_target_modules(base, config.lora.target_modules)
         if t.gradient_checkpointing:
-            base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            kwargs = {"use_reentrant": False}
+            if hasattr(base, "activation_checkpointing_enable"):  # transformers >= 5.x name
+                base.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+            else:
+                base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
             notes.append("gradient checkpointing on")
         lora = LoraConfig(
             r=config.lora.rank,
@@ -222,7 +227,10 @@ class TorchEngine:
         )
         # LoRA's A matrices are initialised from torch's RNG: seed it so the adapter depends on the seed only.
         torch.manual_seed(t.seed)
-        self.model = get_peft_model(base, lora)  # adapters in fp32 (peft's autocast_adapter_dtype)
+        with warnings.catch_warnings():
+            # peft reads transformers' deprecated `is_gradient_checkpointing`: not ours to act on.
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+            self.model = get_peft_model(base, lora)  # adapters in fp32 (peft's autocast_adapter_dtype)
         self.model.train()
         self._params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(

@@ -25,8 +25,6 @@ from backends.training.engine import Engine
 from backends.training.loop import TrainingLoop, stop_on_signals
 from backends.training.progress import ConsoleProgress, LogFile
 
-SAMPLE_DATA = "demo/support_train.jsonl"  # under resources/: the data used when none is named
-
 
 def tunedesk_version() -> str:
     """The installed TuneDesk version (package metadata, else ``backends.__version__``)."""
@@ -67,11 +65,11 @@ def resolve_data_paths(config: RunConfig, base: Path | None = None) -> RunConfig
     ``base``, default the current directory); no ``train_file`` means the built-in sample data
     (``resources/demo/support_train.jsonl``). The run folder's ``config.yaml`` stores these, so
     a resume works from any directory."""
-    from backends import paths
+    from backends.data import sample_data_path
 
     base = Path(base or os.getcwd())
     data = config.data
-    train = data.train_file if data.train_file is not None else paths.resources_dir() / SAMPLE_DATA
+    train = data.train_file if data.train_file is not None else sample_data_path()
     update: dict[str, Any] = {"train_file": (base / Path(train).expanduser()).resolve()}
     if data.validation_file is not None:
         update["validation_file"] = (base / Path(data.validation_file).expanduser()).resolve()
