@@ -16,8 +16,9 @@ reads it from a subprocess). Its keys:
 - ``token_lengths``: ``{min, median, p95, max, over_max}`` over the rows that passed validation,
   before truncation (for DPO: prompt plus the longer answer); ``over_max`` counts rows longer
   than ``max_seq_length``. Null without a model or when no row could be tokenised.
-- ``histogram``: ``{bins, counts}``: 20 equal-width bins from 0 to the longest row; ``bins`` are
-  the 21 edges (floats), ``counts`` the rows per bin. Null when ``token_lengths`` is.
+- ``histogram``: ``{bins, counts}``: 20 equal-width bins from the shortest to the longest row;
+  ``bins`` are the 21 edges (floats), ``counts`` the rows per bin (the last bin includes its
+  upper edge). Null when ``token_lengths`` is.
 - ``example``: the first usable row rendered as the model sees it: ``{row, text, spans}`` with
   ``spans`` a list of ``[start, end)`` character offsets into ``text`` of the trained tokens
   (for DPO: the chosen answer). Null when no row is usable or there is no model.
@@ -105,7 +106,8 @@ def check_file(
     stats = token_length_stats(report.lengths, max_seq_length)
     histogram = None
     if stats is not None:
-        counts, edges = np.histogram(report.lengths, bins=HISTOGRAM_BINS, range=(0, max(stats["max"], 1)))
+        low, high = stats["min"], max(stats["max"], stats["min"] + 1)
+        counts, edges = np.histogram(report.lengths, bins=HISTOGRAM_BINS, range=(low, high))
         histogram = {"bins": [round(float(e), 2) for e in edges], "counts": [int(c) for c in counts]}
     return {
         "ok": report.rows_kept > 0,
