@@ -47,23 +47,21 @@ from backends.config import RunConfig
 from backends.data.types import IGNORE_INDEX, Batch
 from backends.errors import RunFailed, UserInputError
 from backends.export import CONFIG_FILE, MLX_WEIGHTS, lora_scale, mlx_adapter_config
+from backends.lora_targets import select_targets
 
 # Share of the recommended GPU working set MLX may use on Apple silicon (the rest stays for macOS).
 MEMORY_LIMIT_FRACTION = 0.85
-# Sequence lengths are padded up to 1 + a multiple of this, as mlx-lm's own trainer does, so that
-# the compiled step is traced for few distinct shapes.
+# With compilation, sequence lengths are padded up to 1 + a multiple of this, as mlx-lm's own
+# trainer does, so that the compiled step is traced for few distinct shapes.
 PAD_MULTIPLE = 32
+# mx.compile the forward/backward: on the GPU (as mlx-lm's trainer does); not on the CPU, where
+# MLX builds each fused kernel with the C++ compiler, about 15 s per new batch shape, which costs
+# more than it saves on short runs. None: decide by device.
+COMPILE: bool | None = None
 # Files this engine adds to a checkpoint folder (next to the adapter files).
 OPTIMIZER_FILE = "mlx_optimizer.safetensors"
 RNG_FILE = "mlx_rng.json"
-# Linear layers of the attention block, for target_modules: "attention" (the module under each
-# transformer block whose name contains one of these).
-ATTENTION_PARENTS = ("attn", "attention")
 DTYPES = {"fp32": mx.float32, "bf16": mx.bfloat16, "fp16": mx.float16}
-OOM_HINT = (
-    "lower training.batch_size or training.max_seq_length, turn on training.gradient_checkpointing, "
-    "or use a smaller model"
-)
 _OOM_WORDS = (
     "out of memory",
     "outofmemory",
@@ -97,46 +95,29 @@ def is_oom_error(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and any(w in text for w in _OOM_WORDS)
 
 
-def resolve_targets(model: nn.Module, target_modules: str | list[str]) -> list[str]:
-    """Full module paths (e.g. ``model.layers.0.self_attn.q_proj``) of the linear layers to adapt.
-
-    ``"all-linear"``: every linear layer inside the transformer blocks (like peft's ``all-linear``,
-    which leaves out the output head); ``"attention"``: the linear layers of each block's attention
-    module; a list: peft's rule, a layer matches a name when its path equals it or ends with
-    ``"." + name``. Raises UserInputError (field ``lora.target_modules``) when a listed name matches
-    no linear layer, naming the model's linear layer names.
-    """
-    linear_types = (nn.Linear, nn.QuantizedLinear)
-    path_of = {id(m): p for p, m in model.named_modules()}
-    in_blocks: list[tuple[str, str]] = []  # (full path, path relative to its block)
-    for layer in model.layers:
-        for rel, m in layer.named_modules():
-            if isinstance(m, linear_types) and rel:
-                in_blocks.append((path_of[id(m)], rel))
-    all_linear = [p for p, m in model.named_modules() if isinstance(m, linear_types)]
-    if target_modules == "all-linear":
-        chosen = [p for p, _ in in_blocks]
-    elif target_modules == "attention":
-        chosen = [p for p, rel in in_blocks if any(a in rel.split(".")[0] for a in ATTENTION_PARENTS)]
-    else:
-        chosen = []
-        for name in target_modules:
-            hits = [p for p in all_linear if p == name or p.endswith("." + name)]
-            if not hits:
-                names = sorted({p.rsplit(".", 1)[-1] for p in all_linear})
-                raise UserInputError(
-                    f"target module {name!r} matches no linear layer of this model; its linear layers are: "
-                    + ", ".join(names),
-                    field="lora.target_modules",
-                )
-            chosen.extend(hits)
-    chosen = sorted(set(chosen), key=all_linear.index)
-    if not chosen:
-        raise UserInputError(
-            f"target_modules {target_modules!r} selects no linear layer of this model",
-            field="lora.target_modules",
+def oom_hint(config: RunConfig) -> str:
+    """Concrete ways out of an out-of-memory failure for this config."""
+    t = config.training
+    tips = []
+    if t.batch_size > 1:
+        tips.append(
+            f"lower training.batch_size (now {t.batch_size}, try {max(1, t.batch_size // 2)}) and raise "
+            f"training.gradient_accumulation_steps to {t.gradient_accumulation_steps * 2} to keep the effective batch"
         )
-    return chosen
+    tips.append(f"lower training.max_seq_length (now {t.max_seq_length})")
+    if not t.gradient_checkpointing:
+        tips.append("set training.gradient_checkpointing: true")
+    tips.append("or use a smaller model")
+    return "; ".join(tips)
+
+
+def resolve_targets(model: nn.Module, target_modules: str | list[str]) -> list[str]:
+    """Full module paths (e.g. ``model.layers.0.self_attn.q_proj``) of the linear layers to adapt,
+    by the rules of ``backends.lora_targets.select_targets`` (peft's). Raises UserInputError (field
+    ``lora.target_modules``) when a target matches nothing, listing the model's linear layers."""
+    paths = [p for p, m in model.named_modules() if isinstance(m, (nn.Linear, nn.QuantizedLinear))]
+    # mlx-lm lists modules in reverse definition order; sort by path for a stable, readable order.
+    return sorted(select_targets(paths, target_modules))
 
 
 def _checkpoint_blocks(model: nn.Module) -> None:
@@ -216,6 +197,7 @@ class MLXEngine:
         self.lora_parameters: dict[str, Any] = {}
         self.memory_limit: int | None = None
         self.num_layers = 0
+        self.compiled = False
 
     # --- setup -------------------------------------------------------------------------------
     def _pick_precision(self, requested: str) -> tuple[str, str]:
@@ -271,12 +253,20 @@ class MLXEngine:
             bias_correction=True,
         )
         self.optimizer.init(model.trainable_parameters())
-        self._value_and_grad = nn.value_and_grad(model, loss_sum)
-        state = [model.state, mx.random.state]
-        self._micro_step = mx.compile(
-            lambda inputs, targets: self._value_and_grad(model, inputs, targets), inputs=state, outputs=state
-        )
-        self._eval_step = mx.compile(lambda inputs, targets: loss_sum(model, inputs, targets), inputs=state)
+        value_and_grad = nn.value_and_grad(model, loss_sum)
+
+        def micro_step(inputs: mx.array, targets: mx.array) -> tuple[mx.array, dict]:
+            return value_and_grad(model, inputs, targets)
+
+        def eval_step(inputs: mx.array, targets: mx.array) -> mx.array:
+            return loss_sum(model, inputs, targets)
+
+        self.compiled = self.device == "gpu" if COMPILE is None else COMPILE
+        if self.compiled:
+            state = [model.state, mx.random.state]
+            micro_step = mx.compile(micro_step, inputs=state, outputs=state)
+            eval_step = mx.compile(eval_step, inputs=state)
+        self._micro_step, self._eval_step = micro_step, eval_step
         notes = [precision_note, f"{len(targets)} linear layers get {'DoRA' if lora.use_dora else 'LoRA'}"]
         notes.append(self._set_memory_limit())
         trainable = sum(v.size for _, v in tree_flatten(model.trainable_parameters()))
@@ -299,7 +289,7 @@ class MLXEngine:
 
     # --- steps -------------------------------------------------------------------------------
     def _oom(self, detail: str) -> RunFailed:
-        return RunFailed("oom", f"out of memory on MLX ({self.device}): {detail}", OOM_HINT)
+        return RunFailed("oom", f"out of memory on MLX ({self.device}): {detail}", oom_hint(self.config))
 
     def _check_peak(self) -> None:
         if self.memory_limit is not None and mx.get_peak_memory() > self.memory_limit:
@@ -318,12 +308,15 @@ class MLXEngine:
         assert self.model is not None and self.optimizer is not None, "setup() first"
         n_tokens = sum(b.num_label_tokens for b in micro_batches)
         if n_tokens == 0:
-            raise RunFailed("data", "an optimizer step got batches without any label token", "check the data")
+            rows = sorted({r for b in micro_batches for r in b.rows})
+            raise RunFailed(
+                "data", f"a training step has no label tokens (rows {rows[:10]})", "check the data"
+            )
         try:
             total = mx.array(0.0)
             grads = None
             for batch in micro_batches:
-                ids, labels = batch_rows(batch)
+                ids, labels = batch_rows(batch, PAD_MULTIPLE if self.compiled else 1)
                 loss, g = self._micro_step(mx.array(ids[:, :-1]), mx.array(labels[:, 1:]))
                 total = total + loss
                 grads = g if grads is None else tree_map(mx.add, grads, g)
@@ -350,16 +343,17 @@ class MLXEngine:
         return {"loss": loss_value, "grad_norm": norm_value}
 
     def eval_loss(self, batches: list[Batch]) -> float:
-        """Mean token cross-entropy over ``batches`` without dropout or gradients."""
+        """Mean token cross-entropy over ``batches`` without dropout or gradients; NaN when they hold
+        no label token (as the PyTorch engine)."""
         assert self.model is not None, "setup() first"
         n_tokens = sum(b.num_label_tokens for b in batches)
         if n_tokens == 0:
-            raise RunFailed("data", "the validation batches hold no label token", "check the validation data")
+            return float("nan")
         self.model.eval()
         try:
             total = 0.0
             for batch in batches:
-                ids, labels = batch_rows(batch)
+                ids, labels = batch_rows(batch, PAD_MULTIPLE if self.compiled else 1)
                 total += self._eval_step(mx.array(ids[:, :-1]), mx.array(labels[:, 1:])).item()
         except (RuntimeError, MemoryError) as exc:
             if is_oom_error(exc):
@@ -424,13 +418,15 @@ class MLXEngine:
     def load_state(self, folder: Path) -> None:
         """Restore what ``save_state`` wrote (after ``setup`` with the same config).
 
-        Raises RunFailed("crash") when the checkpoint does not fit the model (another config)."""
+        Raises UserInputError when the checkpoint does not fit this model and LoRA config."""
         assert self.optimizer is not None, "setup() first"
         folder = Path(folder)
         try:
             self.load_adapter_weights(mx.load(str(folder / MLX_WEIGHTS)))
         except ValueError as exc:
-            raise RunFailed("crash", f"checkpoint {folder} does not fit this run: {exc}") from None
+            raise UserInputError(
+                f"checkpoint does not fit this model/LoRA config: {exc}", file=folder
+            ) from None
         self.optimizer.state = tree_unflatten(list(mx.load(str(folder / OPTIMIZER_FILE)).items()))
         mx.eval(self.optimizer.state)
         k0, k1 = json.loads((folder / RNG_FILE).read_text(encoding="utf-8"))["mlx_random_key"]
