@@ -438,3 +438,17 @@ def test_template_without_an_end_of_turn_token_is_noticed():
     # Without a special token to stop at, the newline is the only end of the turn: it is trained.
     assert labelled_runs(tok, r.example.input_ids, r.example.labels) == ["Paris\n"]
     assert enc.turns_without_stop == 1
+
+
+def test_fallback_does_not_match_an_answer_that_also_occurs_in_the_prompt():
+    template = (
+        "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n<think></think>' }}{% endif %}"
+    )
+    tok = toy_tokenizer(False)
+    enc = Encoder(tok, template)
+    (r,) = enc.encode_chat([(1, msgs(("user", "Say Paris"), ("assistant", "Paris")))])
+    ids, labels = r.example.input_ids, r.example.labels
+    first = next(i for i, x in enumerate(labels) if x != IGNORE_INDEX)
+    assert tok.decode(ids[:first]).endswith(f"Say Paris{IM_END}\n{IM_START}assistant\n")
+    assert labelled_runs(tok, ids, labels) == ["Paris" + IM_END]

@@ -28,6 +28,7 @@ shift is dropped (it would give a 0/0 loss).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -126,7 +127,12 @@ class Encoder:
         if full.startswith(prompt) and full.startswith(upto) and cursor <= len(prompt) < len(upto):
             start, end = len(prompt), len(upto)
         else:
-            start = full.find(content, cursor)
+            # Search after the previous turn and after where the prompt and the full rendering
+            # part (so an answer that also occurs in the prompt is not matched there).
+            shared = len(os.path.commonprefix([prompt, full]))
+            start = full.find(content, max(cursor, shared))
+            if start < 0:
+                start = full.find(content, cursor)
             if start < 0:
                 raise RowError(
                     "(row)", "the chat template changes the assistant's text, so its span cannot be found"
