@@ -82,7 +82,9 @@ class Encoder:
         specials = set(getattr(tokenizer, "added_tokens_encoder", {}) or {}) | set(
             tokenizer.all_special_tokens
         )
-        self.special_strings = sorted((s for s in specials if s), key=len, reverse=True)
+        # Special-token strings by length, longest first: suffix/prefix tests are set lookups.
+        self.special_strings = {s for s in specials if s}
+        self.special_lengths = sorted({len(s) for s in self.special_strings}, reverse=True)
         self.newline_ids = tokenizer("\n", add_special_tokens=False)["input_ids"]
         after_newline = tokenizer("\na", add_special_tokens=False)["input_ids"]
         # SentencePiece-style tokenizers add a space at the start of every encoded string; encoding
@@ -103,16 +105,19 @@ class Encoder:
             raise RowError("(row)", f"the chat template cannot render this row: {exc}") from None
 
     def _ends_with_special(self, text: str) -> bool:
-        return any(text.endswith(s) for s in self.special_strings)
+        return any(text[-n:] in self.special_strings for n in self.special_lengths if n <= len(text))
+
+    def _special_at(self, text: str, at: int) -> int:
+        """Length of the (longest) special-token string starting at ``text[at]``, else 0."""
+        return next((n for n in self.special_lengths if text[at : at + n] in self.special_strings), 0)
 
     def _extend_over_specials(self, full: str, end: int) -> int:
         while True:
-            rest = full[end:]
-            gap = len(rest) - len(rest.lstrip(" "))
-            match = next((s for s in self.special_strings if rest.startswith(s, gap)), None)
-            if match is None:
+            gap = len(full) - end - len(full[end:].lstrip(" "))
+            n = self._special_at(full, end + gap)
+            if n == 0:
                 return end
-            end += gap + len(match)
+            end += gap + n
 
     def _turn_span(
         self, full: str, before: list[Message], through: list[Message] | None, content: str, cursor: int
