@@ -27,19 +27,17 @@ CUSTOM_TEMPLATE = (
 )
 
 
-def _training_ids(tokenizer, template: str, prompt=PROMPT, answer: str = ANSWER) -> tuple[list[int], int]:
-    prompt_ids = tokenizer.apply_chat_template(
-        prompt, chat_template=template, add_generation_prompt=True, tokenize=True, return_dict=False
+def _training_ids(
+    tokenizer, template: str, prompt=PROMPT, answer: str = ANSWER
+) -> tuple[list[int], list[int]]:
+    """input_ids and labels of PROMPT -> answer from the data pipeline's own encoder (completion-only:
+    the answer and its end-of-turn token carry labels)."""
+    from backends.data.encode import Encoder
+
+    (encoded,) = Encoder(tokenizer, template).encode_chat(
+        [(1, prompt + [{"role": "assistant", "content": answer}])]
     )
-    full = tokenizer.apply_chat_template(
-        prompt + [{"role": "assistant", "content": answer}],
-        chat_template=template,
-        tokenize=True,
-        return_dict=False,
-    )
-    assert full[: len(prompt_ids)] == prompt_ids
-    full = full[: len(full) - 1] if full[-1] != tokenizer.eos_token_id else full  # drop the final "\n"
-    return list(full), len(prompt_ids)
+    return list(encoded.example.input_ids), list(encoded.example.labels)
 
 
 def _write_run(
@@ -86,15 +84,14 @@ def make_peft_run(
 
     tok = AutoTokenizer.from_pretrained(model_dir)
     template = template or tok.chat_template
-    ids, n_prompt = _training_ids(tok, template, answer=answer)
+    ids, label_ids = _training_ids(tok, template, answer=answer)
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     model = get_peft_model(
         model, LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0, target_modules="all-linear")
     )
     x = torch.tensor([ids])
-    labels = x.clone()
-    labels[:, :n_prompt] = -100
+    labels = torch.tensor([label_ids])
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
     model.train()
     for _ in range(steps):
@@ -113,8 +110,8 @@ def make_mlx_run(
     model_dir: Path,
     *,
     template: str | None = None,
-    steps: int = 60,
-    lr: float = 1e-2,
+    steps: int = 40,
+    lr: float = 1e-3,
     answer: str = ANSWER,
     rank: int = 8,
 ) -> Path:
@@ -129,14 +126,14 @@ def make_mlx_run(
     model, wrapper = mlx_lm.load(str(model_dir))
     tok = wrapper._tokenizer
     template = template or tok.chat_template
-    ids, n_prompt = _training_ids(tok, template, answer=answer)
+    ids, label_ids = _training_ids(tok, template, answer=answer)
     mx.random.seed(0)
     model.freeze()
     lora = {"rank": rank, "scale": 2.0, "dropout": 0.0}
     linear_to_lora_layers(model, len(model.layers), lora)
     x = mx.array([ids[:-1]])
     y = mx.array([ids[1:]])
-    mask = mx.array([[0.0] * (n_prompt - 1) + [1.0] * (len(ids) - n_prompt)])
+    mask = mx.array([[0.0 if t == -100 else 1.0 for t in label_ids[1:]]])
 
     def loss_fn(m):
         logits = m(x)
