@@ -296,6 +296,7 @@ class TrainingLoop:
         ``run_failed`` emitted and earlier checkpoints kept.
         """
         resumed_from = None
+        self.run.prune_checkpoints(self.config.training.keep_checkpoints)  # and stale temp folders
         if resume_from is not None:
             self.restore(resume_from)
             resumed_from = self.state.step

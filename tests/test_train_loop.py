@@ -1,0 +1,358 @@
+"""The shared training loop through ``run_training`` and the real ``tunedesk train`` command, on
+the tiny Llama: run folder and events, exact resume after SIGKILL, SIGTERM stop, NaN failure,
+incomplete checkpoints, and bad input that leaves nothing behind."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from backends import cli
+from backends.config import config_from_dict
+from backends.errors import RunStopped, UserInputError
+from backends.events import MEMORY_FIELDS, REQUIRED, read_events
+from backends.runs import COMPLETE_MARKER, RunDir, run_status
+from backends.training import make_engine, run_training
+from backends.training.loop import STATE_FILE
+from backends.training.schedule import learning_rate
+
+ROOT = Path(__file__).resolve().parent.parent
+DEMO_DATA = ROOT / "resources" / "demo" / "support_train.jsonl"
+
+
+def make_config(model_dir: Path, runs_dir: Path, name: str, **training) -> dict:
+    lora = training.pop("lora", {})
+    data = training.pop("data", {})
+    return {
+        "model": str(model_dir),
+        "data": {"train_file": str(DEMO_DATA), "validation_fraction": 0.0, **data},
+        "lora": {"rank": 4, "alpha": 8, "dropout": 0.1, **lora},
+        "training": {
+            "batch_size": 2,
+            "max_seq_length": 160,
+            "learning_rate": 1e-3,
+            "precision": "fp32",
+            "eval_every": 0,
+            **training,
+        },
+        "output": {"runs_dir": str(runs_dir), "run_name": name},
+    }
+
+
+def write_config(path: Path, raw: dict) -> Path:
+    path.write_text(yaml.safe_dump(raw), encoding="utf-8")
+    return path
+
+
+def start_train(*args: str, log: Path) -> subprocess.Popen:
+    """`tunedesk train ...` as a child process (stdout: JSON events, stderr: into ``log``)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "desktop", "train", *args],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=open(log, "w"),  # noqa: SIM115
+        text=True,
+    )
+
+
+def wait_for_event(events_path: Path, proc: subprocess.Popen, predicate, timeout: float = 240) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for event in read_events(events_path):
+            if predicate(event):
+                return event
+        if proc.poll() is not None:
+            raise AssertionError(f"the run ended (exit {proc.returncode}) before the awaited event")
+        time.sleep(0.05)
+    proc.kill()
+    raise AssertionError("timed out waiting for an event")
+
+
+def steps(events: list[dict]) -> list[dict]:
+    return [e for e in events if e["event"] == "step"]
+
+
+def test_run_folder_events_and_adapter(tiny_model_dir, tmp_path):
+    raw = make_config(
+        tiny_model_dir,
+        tmp_path / "runs",
+        "layout",
+        max_steps=4,
+        save_every=2,
+        eval_every=2,
+        keep_checkpoints=1,
+        gradient_accumulation_steps=2,
+        warmup_ratio=0.25,
+        data={"validation_fraction": 0.05},
+    )
+    config = config_from_dict(raw)
+    run = run_training(config, console=False)
+    assert run.path == tmp_path / "runs" / "layout"
+    assert run_status(run) == "finished" and not (run.path / "run.lock").exists()
+
+    # config.yaml: the fully resolved config, data path absolute
+    saved = yaml.safe_load(run.config_path.read_text())
+    assert saved["training"]["max_steps"] == 4 and saved["training"]["weight_decay"] == 0.0
+    assert saved["data"]["train_file"] == str(DEMO_DATA)
+
+    events = run.events()
+    names = [e["event"] for e in events]
+    assert names.count("run_started") == 1 and names[-1] == "run_finished"
+    assert "run_failed" not in names and "stopped" not in names
+    started = next(e for e in events if e["event"] == "run_started")
+    assert started["backend"] == "torch" and started["device"] == "cpu" and started["max_steps"] == 4
+    assert 0 < started["params_trainable"] < started["params_total"]
+    step_events = steps(events)
+    assert [e["step"] for e in step_events] == [1, 2, 3, 4]
+    total = 0
+    for e in step_events:
+        assert all(f in e for f in REQUIRED["step"]), e
+        assert all(f in e["memory"] for f in MEMORY_FIELDS)
+        assert e["memory"]["rss"] > 50 * 2**20
+        assert math.isfinite(e["loss"]) and e["loss"] > 0 and e["grad_norm"] > 0
+        assert e["learning_rate"] == pytest.approx(
+            learning_rate(e["step"] - 1, peak=1e-3, total_steps=4, warmup=1, kind="cosine")
+        )
+        total += e["step_tokens"]
+        assert e["tokens"] == total and e["tokens_per_second"] > 0
+        assert e["elapsed"] > 0 and e["eta"] >= 0 and 0 < e["epoch"] < 1
+    assert step_events[0]["learning_rate"] == 0.0  # linear warmup starts at 0, as in transformers
+    assert [e["step"] for e in events if e["event"] == "eval"] == [2, 4]
+    assert [e["step"] for e in events if e["event"] == "checkpoint"] == [2]
+    finished = events[-1]
+    assert finished["train_loss"] == pytest.approx(sum(e["loss"] for e in step_events) / 4)
+    assert finished["val_loss"] == [e for e in events if e["event"] == "eval"][-1]["val_loss"]
+
+    # checkpoints: complete, with loop and engine state
+    assert [s for s, _ in run.checkpoints()] == [2]
+    cp = run.checkpoints_dir / "step-2"
+    state = json.loads((cp / STATE_FILE).read_text())
+    assert state["step"] == 2 and state["batch_index"] == 4 and state["epoch"] == 0
+    for name in (COMPLETE_MARKER, "adapter_model.safetensors", "optimizer.pt", "rng_torch.pt"):
+        assert (cp / name).is_file()
+
+    # the adapter: peft files, the exact training template, tunedesk.json
+    adapter = run.adapter_dir
+    assert Path(finished["adapter"]) == adapter
+    from transformers import AutoTokenizer
+
+    template = AutoTokenizer.from_pretrained(tiny_model_dir).chat_template
+    assert (adapter / "chat_template.jinja").read_text() == template
+    meta = json.loads((adapter / "tunedesk.json").read_text())
+    assert meta["base_model"] == {"name": str(tiny_model_dir), "path": str(tiny_model_dir)}
+    assert meta["backend"] == "torch" and meta["method"] == "sft" and meta["tunedesk_version"]
+    assert meta["created"]
+    peft_config = json.loads((adapter / "adapter_config.json").read_text())
+    assert peft_config["r"] == 4 and peft_config["lora_alpha"] == 8
+    assert oct((adapter / "adapter_model.safetensors").stat().st_mode)[-3:] == "644"
+
+    log = run.log_path.read_text()
+    assert "step 4: loss" in log and "finished at step 4" in log
+
+    # plain peft loads it and it changes the model's output
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    ids = torch.tensor([[1, 2, 3, 4, 5, 6]])
+    with torch.no_grad():
+        before = base(ids).logits
+        tuned = PeftModel.from_pretrained(base, adapter)
+        after = tuned(ids).logits
+    assert not torch.allclose(before, after)
+
+
+def test_resume_after_sigkill_replays_the_same_losses(tiny_model_dir, tmp_path):
+    """SIGKILL a `tunedesk train` child after its first checkpoint; `--resume` continues from the
+    newest complete checkpoint and every later step's loss and gradient norm equals that of an
+    uninterrupted run (fp32, CPU, LoRA dropout on, so RNG state matters)."""
+    runs = tmp_path / "runs"
+    settings = dict(max_steps=9, save_every=2, keep_checkpoints=2, gradient_accumulation_steps=2)
+    reference = run_training(
+        config_from_dict(make_config(tiny_model_dir, runs, "reference", **settings)), console=False
+    )
+    expected = {e["step"]: e for e in steps(reference.events())}
+    assert len(expected) == 9
+
+    cfg = write_config(tmp_path / "run.yaml", make_config(tiny_model_dir, runs, "killed", **settings))
+    proc = start_train("--config", str(cfg), "--json", log=tmp_path / "killed.log")
+    run = RunDir(runs / "killed")
+    wait_for_event(run.events_path, proc, lambda e: e["event"] == "checkpoint")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+    killed_events = run.events()
+    assert not any(e["event"] == "run_finished" for e in killed_events)
+    assert run_status(run) == "failed"  # killed: no final event, lock holder gone
+    latest = run.checkpoints()[-1][0]
+
+    proc = start_train("--resume", str(run.path), "--json", log=tmp_path / "resume.log")
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, (tmp_path / "resume.log").read_text()
+    stdout_events = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    events = run.events()
+    resumed = [e for e in events if e["event"] == "run_started"][-1]
+    assert resumed["resumed_from"] == latest >= 2
+    assert stdout_events[-1]["event"] == "run_finished" and stdout_events[-1] == events[-1]
+    after = steps(events[events.index(resumed) :])
+    assert [e["step"] for e in after] == list(range(latest + 1, 10))
+    for e in after:
+        ref = expected[e["step"]]
+        assert e["loss"] == pytest.approx(ref["loss"], abs=1e-5), e["step"]
+        assert e["grad_norm"] == pytest.approx(ref["grad_norm"], abs=1e-5)
+        assert e["tokens"] == ref["tokens"] and e["learning_rate"] == ref["learning_rate"]
+    assert run_status(run) == "finished"
+
+
+def test_sigterm_stops_with_a_checkpoint_then_resume_finishes(tiny_model_dir, tmp_path):
+    runs = tmp_path / "runs"
+    cfg = write_config(
+        tmp_path / "run.yaml", make_config(tiny_model_dir, runs, "term", max_steps=16, save_every=0)
+    )
+    proc = start_train("--config", str(cfg), log=tmp_path / "term.log")
+    run = RunDir(runs / "term")
+    wait_for_event(run.events_path, proc, lambda e: e["event"] == "step" and e["step"] >= 2)
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=120)
+    assert proc.returncode == 130, (tmp_path / "term.log").read_text()
+    events = run.events()
+    stopped = events[-1]
+    assert stopped["event"] == "stopped" and not any(e["event"] == "run_finished" for e in events)
+    assert stopped["step"] == steps(events)[-1]["step"] < 16
+    checkpoint = Path(stopped["checkpoint"])
+    assert checkpoint == run.checkpoints_dir / f"step-{stopped['step']}"
+    assert (checkpoint / COMPLETE_MARKER).is_file() and run.latest_checkpoint() == checkpoint
+    assert run_status(run) == "stopped"
+    assert "stopped" in (tmp_path / "term.log").read_text()
+
+    # --set cannot change a run being resumed; a plain --resume continues to the end
+    code = cli.main(["train", "--resume", str(run.path), "--set", "training.max_steps=3"])
+    assert code == 1
+    proc = start_train("--resume", str(run.path), log=tmp_path / "resume.log")
+    proc.communicate(timeout=300)
+    assert proc.returncode == 0, (tmp_path / "resume.log").read_text()
+    events = run.events()
+    assert [e["resumed_from"] for e in events if e["event"] == "run_started"] == [None, stopped["step"]]
+    assert events[-1]["event"] == "run_finished" and events[-1]["step"] == 16
+    assert run_status(run) == "finished"
+
+
+def test_nan_loss_fails_with_exit_3_and_keeps_the_last_good_checkpoint(tiny_model_dir, tmp_path):
+    """fp16 with a huge learning rate overflows after a few steps: the run fails with kind nan at
+    that step, exits 3, writes no adapter and keeps the checkpoints taken before."""
+    runs = tmp_path / "runs"
+    raw = make_config(
+        tiny_model_dir,
+        runs,
+        "nan",
+        max_steps=30,
+        save_every=1,
+        keep_checkpoints=2,
+        precision="fp16",
+        learning_rate=1000.0,
+        lr_scheduler="constant",
+        warmup_ratio=0.05,
+    )
+    proc = start_train("--config", str(write_config(tmp_path / "run.yaml", raw)), log=tmp_path / "nan.log")
+    proc.communicate(timeout=300)
+    log = (tmp_path / "nan.log").read_text()
+    assert proc.returncode == 3, log
+    assert "run failed (nan)" in log and "learning_rate" in log
+    run = RunDir(runs / "nan")
+    events = run.events()
+    failed = events[-1]
+    assert failed["event"] == "run_failed" and failed["kind"] == "nan" and failed["hint"]
+    last_step = steps(events)[-1]["step"]
+    assert failed["step"] == last_step < 30
+    assert not any(e["event"] == "run_finished" for e in events)
+    assert not run.adapter_dir.exists()
+    assert run.checkpoints()[-1][0] == last_step  # the last good step's checkpoint is kept
+    from safetensors.numpy import load_file
+
+    weights = load_file(run.latest_checkpoint() / "adapter_model.safetensors")
+    assert all(__import__("numpy").isfinite(w).all() for w in weights.values())
+    assert run_status(run) == "failed"
+
+
+def test_incomplete_checkpoints_are_never_resumed(tiny_model_dir, tmp_path):
+    """A checkpoint folder without its COMPLETE marker (a kill during the write) and a leftover
+    temporary folder are ignored by resume, which continues from the newest complete one."""
+    runs = tmp_path / "runs"
+    config = config_from_dict(make_config(tiny_model_dir, runs, "partial", max_steps=50, save_every=2))
+    stop = threading.Event()
+    marker = runs / "partial" / "checkpoints" / "step-4" / COMPLETE_MARKER
+
+    def stop_after_second_checkpoint() -> None:
+        while not marker.exists():
+            time.sleep(0.02)
+        stop.set()
+
+    watcher = threading.Thread(target=stop_after_second_checkpoint, daemon=True)
+    watcher.start()
+    with pytest.raises(RunStopped):
+        run_training(config, console=False, stop=stop)
+    run = RunDir(runs / "partial")
+    good = run.latest_checkpoint()
+    good_step = int(good.name.split("-")[1])
+    assert good_step >= 4
+    # what a kill in the middle of writing step N+2 would leave: a renamed-away temp folder, or
+    # (had the marker not been written last) a folder without it
+    half = run.checkpoints_dir / f"step-{good_step + 2}"
+    shutil.copytree(good, half)
+    (half / COMPLETE_MARKER).unlink()
+    (half / "optimizer.pt").write_bytes(b"\0" * 10)
+    tmp = run.checkpoints_dir / f".tmp-step-{good_step + 4}-abc"
+    shutil.copytree(good, tmp)
+    assert run.latest_checkpoint() == good
+
+    config2 = run.load_config().model_copy(deep=True)
+    assert config2.training.max_steps == 50
+    stop2 = threading.Event()
+    stop2.set()  # resume, then stop at once: enough to see where it resumed from
+    with pytest.raises(RunStopped):
+        run_training(None, resume_dir=run.path, console=False, stop=stop2)
+    started = [e for e in run.events() if e["event"] == "run_started"][-1]
+    assert started["resumed_from"] == good_step
+    assert not tmp.exists()  # stale temporary folders are cleaned up
+
+
+def test_bad_target_module_is_a_user_error_and_leaves_no_run_folder(tiny_model_dir, tmp_path, capsys):
+    runs = tmp_path / "runs"
+    raw = make_config(tiny_model_dir, runs, "bad", max_steps=2, lora={"target_modules": ["attn"]})
+    code = cli.main(["train", "--config", str(write_config(tmp_path / "bad.yaml", raw))])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "lora.target_modules" in err and "'attn'" in err and "q_proj" in err
+    assert not (runs / "bad").exists()
+
+
+def test_resuming_a_finished_run_is_refused(tiny_model_dir, tmp_path, capsys):
+    run = run_training(
+        config_from_dict(make_config(tiny_model_dir, tmp_path / "runs", "done", max_steps=1)), console=False
+    )
+    assert cli.main(["train", "--resume", str(run.path)]) == 1
+    assert "already finished" in capsys.readouterr().err
+
+
+def test_mlx_backend_missing_is_a_clear_user_error(monkeypatch):
+    for name in ("mlx", "mlx.core", "mlx_lm"):
+        monkeypatch.setitem(sys.modules, name, None)  # import of these now raises ImportError
+    with pytest.raises(UserInputError) as info:
+        make_engine(config_from_dict({"backend": "mlx"}))
+    assert info.value.field == "backend" and "mlx" in str(info.value)
+
+
+def test_backend_auto_picks_torch_on_this_machine():
+    engine = make_engine(config_from_dict({"backend": "auto"}))
+    assert engine.name == "torch" and engine.device == "cpu"
