@@ -10,11 +10,13 @@ from typing import TYPE_CHECKING
 from PySide6.QtCore import QSize, QTimer
 from PySide6.QtGui import QCloseEvent, QPaintEvent, QShowEvent
 from PySide6.QtWidgets import (
+    QFrame,
     QHBoxLayout,
     QListWidget,
     QListWidgetItem,
     QMainWindow,
     QMessageBox,
+    QScrollArea,
     QStackedWidget,
     QVBoxLayout,
     QWidget,
@@ -92,7 +94,13 @@ class MainWindow(QMainWindow):
             index = PAGES.index(key)
             placeholder = self._placeholders.pop(key)
             current = self.stack.currentIndex()
-            self.stack.insertWidget(index, page)
+            # In a scroll area: a page wider or taller than a small screen scrolls instead of
+            # forcing the window larger than the screen.
+            scroll = QScrollArea()
+            scroll.setWidgetResizable(True)
+            scroll.setFrameShape(QFrame.Shape.NoFrame)
+            scroll.setWidget(page)
+            self.stack.insertWidget(index, scroll)
             self.stack.removeWidget(placeholder)
             placeholder.deleteLater()
             self.stack.setCurrentIndex(current)
@@ -118,6 +126,8 @@ class MainWindow(QMainWindow):
             train_page.show_page.connect(self.show_page)
             train_page.run_started.connect(self._refresh_runs)
             train_page.run_ended.connect(self._refresh_runs)
+            train_page.max_seq_length_changed.connect(self._sync_max_seq_length)
+            self._sync_max_seq_length(train_page.max_seq_length())
             return train_page
         if key == "chat":
             from desktop.pages.chat_placeholder import make_chat_page
@@ -128,6 +138,7 @@ class MainWindow(QMainWindow):
         runs_page = RunsPage(self.state)
         runs_page.show_run.connect(self._show_run)
         runs_page.resume_run.connect(self._resume_run)
+        runs_page.use_settings.connect(self._use_settings)
         return runs_page
 
     def build_all_pages(self) -> None:
@@ -181,6 +192,12 @@ class MainWindow(QMainWindow):
     def _refresh_runs(self, *_: object) -> None:
         if "runs" in self._pages:
             self.runs_page.refresh()
+        refresh_chat = getattr(self._pages.get("chat"), "refresh", None)
+        if callable(refresh_chat):  # the chat page lists the new adapter
+            refresh_chat()
+
+    def _sync_max_seq_length(self, length: int) -> None:
+        self.data_page.set_max_seq_length(length)
 
     def training_running(self) -> bool:
         """True while a training worker runs."""
@@ -207,6 +224,10 @@ class MainWindow(QMainWindow):
 
     def _show_run(self, run_dir: str) -> None:
         self.train_page.show_run(run_dir)
+        self.show_page("train")
+
+    def _use_settings(self, run_dir: str) -> None:
+        self.train_page.load_settings(run_dir)
         self.show_page("train")
 
     def _resume_run(self, run_dir: str) -> None:
@@ -241,6 +262,9 @@ class MainWindow(QMainWindow):
         settings.setValue("window/geometry", self.saveGeometry())
         settings.setValue("window/page", self.current_page())
         settings.sync()
+        shutdown_chat = getattr(self._pages.get("chat"), "shutdown", None)
+        if callable(shutdown_chat):
+            shutdown_chat()
         for worker in self.findChildren(WorkerProcess):
             if worker.is_running():  # a data check or an import: not worth keeping
                 worker.kill()

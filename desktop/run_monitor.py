@@ -70,7 +70,7 @@ class RunMonitor(QWidget):
         self.progress = QProgressBar()
         self.progress.setRange(0, 1)
         self.progress.setValue(0)
-        self.progress.setFormat("Step %v of %m (%p%)")
+        self.progress.setFormat("No run yet")
         layout.addWidget(self.progress)
         self.stats = QLabel("")
         self.stats.setWordWrap(True)
@@ -133,6 +133,7 @@ class RunMonitor(QWidget):
         self._t0 = None
         self.progress.setRange(0, 1)
         self.progress.setValue(0)
+        self.progress.setFormat("Preparing…")
         self.stats.setText("")
         self.set_status("")
         self.title.setText(title or "Starting the training worker…")
@@ -172,6 +173,7 @@ class RunMonitor(QWidget):
         if self.max_steps:
             self.progress.setRange(0, self.max_steps)
             self.progress.setValue(min(self.last_step, self.max_steps))
+            self.progress.setFormat("Step %v of %m (%p%)")
         if self._t0 is None:
             self._t0 = float(e.get("time") or time.time())
         params = e.get("params_trainable"), e.get("params_total")
@@ -236,6 +238,7 @@ class RunMonitor(QWidget):
         else:
             self.progress.setRange(0, 1)
             self.progress.setValue(1)
+            self.progress.setFormat("Finished (%p%)")
         self.set_status(
             f"Finished at step {e['step']}: train loss {_num(e.get('train_loss'))}, "
             f"validation loss {_num(e.get('val_loss'))}. Adapter saved in {e.get('adapter')}"

@@ -21,7 +21,10 @@ def messages_rows(n: int) -> list[dict]:
         {
             "messages": [
                 {"role": "user", "content": f"What is the status of order {1000 + i}?"},
-                {"role": "assistant", "content": f"Hello! Order {1000 + i} ships tomorrow. Kind regards, Robin"},
+                {
+                    "role": "assistant",
+                    "content": f"Hello! Order {1000 + i} ships tomorrow. Kind regards, Robin",
+                },
             ]
         }
         for i in range(n)
@@ -149,7 +152,10 @@ def test_bad_rows_are_listed_with_row_numbers(window, qtbot, tiny_model_dir, tmp
     assert page.report is not None, page.error
     assert page.report["rows_read"] == 5 and page.report["rows_kept"] == 3
     table = page.problem_rows()
-    assert [(r[0], r[1]) for r in table] == [("line 2", "messages[0].role"), ("line 4", "messages[0].content")]
+    assert [(r[0], r[1]) for r in table] == [
+        ("line 2", "messages[0].role"),
+        ("line 4", "messages[0].content"),
+    ]
     assert "null" in table[1][2]
     assert "3 kept" in page.summary.text() and "2 dropped" in page.summary.text()
     # The example shows the chat template's text with the trained answer highlighted.

@@ -173,3 +173,34 @@ def test_closing_during_training_asks_stop_and_save_or_cancel(make_window, qtbot
     assert not page.is_running()
     assert page.monitor.final_event["event"] == "stopped"
     assert "Stopped at step" in page.monitor.status.text()
+
+
+def test_train_again_with_a_past_runs_settings(make_window, tmp_path):
+    from backends import paths
+    from backends.config import config_from_dict
+    from backends.runs import RunDir
+
+    data = tmp_path / "mine.jsonl"
+    data.write_text("{}\n")
+    config = config_from_dict(
+        {
+            "preset": "quality",
+            "model": "some-model",
+            "data": {"train_file": str(data)},
+            "training": {"batch_size": 3},
+        }
+    )
+    run = RunDir.create(config, paths.runs_dir(), "earlier-run")
+    window = make_window()
+    runs = window.runs_page
+    runs.refresh()
+    runs.select_paths([str(run.path)])
+    assert runs.settings_button.isEnabled()
+    runs.settings_button.click()
+    page = window.train_page
+    assert window.current_page() == "train"
+    assert page.preset_box.currentData() == "quality"
+    assert window.state.model == "some-model" and window.state.data_file == str(data)
+    # Only what differs from the preset counts as an edit.
+    assert page.form.overrides() == {"training.batch_size": 3}
+    assert page.form.editors["lora.rank"].value() == 32

@@ -173,6 +173,12 @@ class DataPage(QWidget):
             self.state.set_data_file(urls[0].toLocalFile())
             event.acceptProposedAction()
 
+    def set_max_seq_length(self, length: int) -> None:
+        """Check token lengths against ``length`` (the Train page's setting) from now on."""
+        if length != self.max_seq_length:
+            self.max_seq_length = length
+            self._on_choice_changed()
+
     # --- checking ---
     def is_checking(self) -> bool:
         """True while a check runs."""
@@ -241,6 +247,11 @@ class DataPage(QWidget):
         self.summary.setText(text)
 
         problems = report.get("problems") or []
+        total = int(report.get("problem_count") or len(problems))
+        if total > len(problems):
+            self.summary.setText(
+                f"{text}<br>The table lists the first {len(problems)} of {total} dropped rows."
+            )
         self.problems.setRowCount(len(problems))
         for i, p in enumerate(problems):
             where = "line" if p.get("where") == "line" else "row"

@@ -56,11 +56,13 @@ def _loss(value: Any) -> str:
 class RunsPage(QWidget):
     """The run history table and the loss overlay of the selected runs.
 
-    Signals: ``show_run(str)`` (open a run in the Train page's monitor), ``resume_run(str)``.
+    Signals: ``show_run(str)`` (open a run in the Train page's monitor), ``resume_run(str)``,
+    ``use_settings(str)`` (train again with a run's settings).
     """
 
     show_run = Signal(str)
     resume_run = Signal(str)
+    use_settings = Signal(str)
 
     def __init__(self, state: AppState, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -98,13 +100,24 @@ class RunsPage(QWidget):
         self.show_button.clicked.connect(self._show_selected)
         self.resume_button = QPushButton("Resume")
         self.resume_button.clicked.connect(self._resume_selected)
+        self.settings_button = QPushButton("Use settings")
+        self.settings_button.setToolTip(
+            "Train again with this run's settings (model, data, preset, every value)"
+        )
+        self.settings_button.clicked.connect(self._use_selected_settings)
         self.open_button = QPushButton("Open folder")
         self.open_button.clicked.connect(self._open_selected)
         self.delete_button = QPushButton("Delete…")
         self.delete_button.clicked.connect(self.delete_selected)
         refresh = QPushButton("Refresh")
         refresh.clicked.connect(self.refresh)
-        for b in (self.show_button, self.resume_button, self.open_button, self.delete_button):
+        for b in (
+            self.show_button,
+            self.resume_button,
+            self.settings_button,
+            self.open_button,
+            self.delete_button,
+        ):
             buttons.addWidget(b)
         buttons.addStretch(1)
         buttons.addWidget(refresh)
@@ -199,6 +212,7 @@ class RunsPage(QWidget):
         row = next((r for r in self.rows if paths_ and r["path"] == paths_[0]), None)
         self.show_button.setEnabled(one)
         self.open_button.setEnabled(one)
+        self.settings_button.setEnabled(one)
         self.resume_button.setEnabled(
             one and row is not None and row["status"] in ("stopped", "failed") and bool(row.get("checkpoint"))
         )
@@ -216,6 +230,11 @@ class RunsPage(QWidget):
         paths_ = self.selected_paths()
         if paths_:
             self.resume_run.emit(paths_[0])
+
+    def _use_selected_settings(self) -> None:
+        paths_ = self.selected_paths()
+        if paths_:
+            self.use_settings.emit(paths_[0])
 
     def _open_selected(self) -> None:
         paths_ = self.selected_paths()

@@ -60,13 +60,16 @@ def resumable(run_dir: str | Path) -> bool:
 class TrainPage(QWidget):
     """Run settings on the left, the live run on the right.
 
-    Signals: ``run_ended(str)`` with the run folder (or "") when a worker exits;
-    ``show_page(str)`` asks the window to open another step ("model", "data").
+    Signals: ``run_started(str)`` / ``run_ended(str)`` with the run folder (or "") when a worker
+    starts a run / exits; ``show_page(str)`` asks the window to open another step ("model",
+    "data"); ``max_seq_length_changed(int)`` when the sequence length in effect changes (the Data
+    page checks token lengths against it).
     """
 
     run_ended = Signal(str)
     run_started = Signal(str)
     show_page = Signal(str)
+    max_seq_length_changed = Signal(int)
 
     def __init__(self, state: AppState, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -75,6 +78,7 @@ class TrainPage(QWidget):
         self._config_file: str | None = None
         self._resuming = False
         self._close_after_stop = False
+        self._last_length: int | None = None
         self.sampler = SystemSampler(self)
 
         outer = QHBoxLayout(self)
@@ -118,6 +122,7 @@ class TrainPage(QWidget):
         self.advanced_toggle.toggled.connect(self._toggle_advanced)
         left_layout.addWidget(self.advanced_toggle)
         self.form = SettingsForm(exclude=BASIC_KEYS)
+        self.form.changed.connect(self._on_form_changed)
         self.advanced = QScrollArea()
         self.advanced.setWidgetResizable(True)
         self.advanced.setWidget(self.form)
@@ -190,6 +195,17 @@ class TrainPage(QWidget):
         preset = self.preset_box.currentData()
         self.preset_help.setText(PRESET_HELP.get(preset, ""))
         self.form.set_base(resolved_preset_values(preset))
+        self._on_form_changed()
+
+    def max_seq_length(self) -> int:
+        """The sequence length the next run would use (the preset's, or the user's edit)."""
+        return int(self.form.editors["training.max_seq_length"].value())
+
+    def _on_form_changed(self) -> None:
+        length = self.max_seq_length()
+        if length != self._last_length:
+            self._last_length = length
+            self.max_seq_length_changed.emit(length)
 
     def _toggle_advanced(self, shown: bool) -> None:
         self.advanced.setVisible(shown)
@@ -213,6 +229,25 @@ class TrainPage(QWidget):
             raw.setdefault("data", {})["train_file"] = self.state.data_file
         config_from_dict(raw, source="the run settings")  # raises UserInputError naming the field
         return raw
+
+    def load_settings(self, run_dir: str) -> None:
+        """Take over a past run's settings (its ``config.yaml``): model, data, preset, method and
+        every value that differs from the preset, shown as edits in the advanced form."""
+        raw = yaml.safe_load((Path(run_dir) / "config.yaml").read_text(encoding="utf-8")) or {}
+        values = flatten(raw)
+        preset = raw.get("preset") or self.preset_box.currentData()
+        self.preset_box.setCurrentIndex(max(self.preset_box.findData(preset), 0))
+        if raw.get("method"):
+            self.method_editor.set_value(raw["method"])
+        if raw.get("model"):
+            self.state.set_model(str(raw["model"]))
+        if values.get("data.train_file"):
+            self.state.set_data_file(str(values["data.train_file"]))
+        base = resolved_preset_values(self.preset_box.currentData())
+        self.form.reset()
+        for key, value in values.items():
+            if key in self.form.editors and base.get(key) != value:
+                self.form.set_value(key, value)
 
     # --- running ---
     def is_running(self) -> bool:
@@ -284,7 +319,7 @@ class TrainPage(QWidget):
             self.monitor.set_status("Ending the worker without a checkpoint…")
             return
         self.worker.stop()
-        self.monitor.set_status("Stopping: saving a checkpoint… (press Stop again to end at once)")
+        self.monitor.set_status("Stopping: saving a checkpoint… (press End now to end at once)")
         self._update_buttons()
 
     def stop_and_close(self) -> None:
@@ -311,8 +346,12 @@ class TrainPage(QWidget):
         self.resume_button.setEnabled(
             not running and bool(self.monitor.run_dir) and resumable(self.monitor.run_dir or "")
         )
-        self.stop_button.setText(
-            "Stopping…" if running and self.worker and self.worker.stop_requested else "Stop"
+        stopping = running and self.worker is not None and self.worker.stop_requested
+        self.stop_button.setText("End now" if stopping else "Stop")
+        self.stop_button.setToolTip(
+            "End the worker at once, without saving a checkpoint"
+            if stopping
+            else "Save a checkpoint and stop; Resume continues from it"
         )
 
     def show_run(self, run_dir: str) -> None:
