@@ -41,7 +41,12 @@ def _training_ids(
 
 
 def _write_run(
-    run_dir: Path, model_dir: Path, template: str, backend: str, base_name: str | None = None
+    run_dir: Path,
+    model_dir: Path,
+    template: str,
+    backend: str,
+    base_name: str | None = None,
+    data: dict | None = None,
 ) -> None:
     adapter = run_dir / "adapter"
     (adapter / "chat_template.jinja").write_text(template, encoding="utf-8")
@@ -51,7 +56,8 @@ def _write_run(
         "method": "sft",
     }
     (adapter / "tunedesk.json").write_text(json.dumps(meta), encoding="utf-8")
-    (run_dir / "config.yaml").write_text(dump_config(RunConfig(model=str(model_dir), backend=backend)))
+    config = RunConfig(model=str(model_dir), backend=backend, data=data or {})
+    (run_dir / "config.yaml").write_text(dump_config(config))
     with EventSink(run_dir / "events.jsonl") as sink:
         sink.emit(
             "run_started",
@@ -76,8 +82,10 @@ def make_peft_run(
     lr: float = 1e-2,
     answer: str = ANSWER,
     rank: int = 8,
+    data: dict | None = None,
 ) -> Path:
-    """Overfit a LoRA adapter (peft) on PROMPT -> answer and save it as a finished run folder."""
+    """Overfit a LoRA adapter (peft) on PROMPT -> answer and save it as a finished run folder
+    (``data``: the ``data`` section of its config.yaml)."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -101,7 +109,7 @@ def make_peft_run(
         opt.zero_grad()
     run_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(run_dir / "adapter")
-    _write_run(run_dir, Path(model_dir), template, "torch")
+    _write_run(run_dir, Path(model_dir), template, "torch", data=data)
     return run_dir
 
 

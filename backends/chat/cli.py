@@ -79,7 +79,9 @@ def interactive(session: ChatSession, sampling: Sampling, *, system: str | None,
     print(HELP, file=sys.stderr)
     while True:
         try:
-            line = input("you> ")
+            sys.stderr.write("you> ")  # the prompt goes to stderr: with --json stdout holds events only
+            sys.stderr.flush()
+            line = input()
         except (EOFError, KeyboardInterrupt):
             print(file=sys.stderr)
             return EXIT_OK
