@@ -254,6 +254,8 @@ def chat_runs(runs_dir: str | Path | None = None) -> list[dict[str, Any]]:
             folder, _ = adapter_folder(run.path)
         except UserInputError:
             continue
+        if not (folder / CONFIG_FILE).is_file():
+            continue
         base: dict[str, Any] = {}
         try:
             meta = json.loads((folder / META_FILE).read_text(encoding="utf-8"))
