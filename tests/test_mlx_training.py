@@ -168,3 +168,30 @@ def test_backend_mlx_without_mlx_is_exit_1(tiny_model_dir, shared_data, tmp_path
     err = capsys.readouterr().err
     assert "backend" in err and "mlx" in err and "pip install" in err
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_nan_through_the_loop_is_exit_3_with_the_last_good_checkpoint(tiny_model_dir, shared_data, tmp_path):
+    """fp16 with a huge learning rate overflows on MLX too: run_failed kind nan, exit 3, no adapter,
+    the checkpoints before it kept with finite weights."""
+    from safetensors.numpy import load_file
+
+    cfg = _write_config(
+        tmp_path,
+        tiny_model_dir,
+        shared_data,
+        precision="fp16",
+        learning_rate=1000.0,
+        save_every=1,
+        warmup_ratio=0,
+    )
+    assert main(["train", "--config", cfg, "--set", "backend=mlx", "--set", "output.run_name=nan"]) == 3
+    run = tmp_path / "runs" / "nan"
+    events = read_events(run / "events.jsonl")
+    failed = events[-1]
+    assert failed["event"] == "run_failed" and failed["kind"] == "nan" and "learning_rate" in failed["hint"]
+    assert failed["step"] == max(_step_losses(run)) < 8
+    assert not (run / "adapter").exists()
+    checkpoints = sorted((run / "checkpoints").glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
+    assert checkpoints[-1].name == f"step-{failed['step']}"
+    weights = load_file(checkpoints[-1] / "adapters.safetensors")
+    assert weights and all(np.isfinite(w).all() for w in weights.values())
