@@ -175,6 +175,9 @@ class ChatPage(QWidget):
         self.model_combo.setMinimumWidth(200)
         self.model_combo.setToolTip("The model chatted with when no adapter is chosen")
         top.addWidget(self.model_combo)
+        self.base_label = QLabel("")
+        self.base_label.setToolTip("The base model the chosen run was trained on")
+        top.addWidget(self.base_label)
         self.side_by_side = QCheckBox("Side by side: base and tuned")
         self.side_by_side.setToolTip("Send each message to the base model and the tuned one and show both")
         top.addWidget(self.side_by_side)
@@ -339,7 +342,11 @@ class ChatPage(QWidget):
         self.adapter_combo.addItem("None: the base model alone", None)
         for run in chat_runs(self.runs_dir or paths.runs_dir()):
             label = f"{run['name']}  ({run['status']}, {run['base_model']})"
-            data = {"adapter": run["path"], "base": run.get("base_model_path") or run["base_model"]}
+            data = {
+                "adapter": run["path"],
+                "base": run.get("base_model_path") or run["base_model"],
+                "base_name": Path(str(run["base_model"])).name,
+            }
             self.adapter_combo.addItem(label, data)
             if current == run["path"]:
                 self.adapter_combo.setCurrentIndex(self.adapter_combo.count() - 1)
@@ -390,12 +397,16 @@ class ChatPage(QWidget):
         adapter = self.current_adapter()
         both = adapter is not None and self.side_by_side.isChecked()
         self.side_by_side.setEnabled(adapter is not None)
-        self.model_combo.setEnabled(adapter is None)
+        self.model_combo.setVisible(adapter is None)
+        self.base_label.setVisible(adapter is not None)
+        data = self.adapter_combo.currentData()
+        base_name = data["base_name"] if data else self.model_combo.currentText()
+        self.base_label.setText(f"<b>{base_name}</b> (the run's)" if data else "")
         self.panes[BASE].setVisible(adapter is None or both)
         self.panes[TUNED].setVisible(adapter is not None)
         if adapter is not None:
             self.panes[TUNED].set_title(f"Tuned: {Path(adapter).name}")
-            self.panes[BASE].set_title("Base model")
+            self.panes[BASE].set_title(f"Base model: {base_name}")
         else:
             self.panes[BASE].set_title(f"Base model: {self.model_combo.currentText()}")
         self.compare_button.setEnabled(adapter is not None and not self.busy())

@@ -70,7 +70,7 @@ def answer_tokens(tiny_model_dir):
     return len(AutoTokenizer.from_pretrained(tiny_model_dir)(ANSWER, add_special_tokens=False)["input_ids"])
 
 
-def test_picker_lists_finished_and_stopped_runs_and_modes(qtbot, page, runs_dir):
+def test_picker_lists_finished_and_stopped_runs_and_modes(qtbot, page, runs_dir, tiny_model_dir):
     _run(runs_dir, "paused", final="stopped", adapter=False, checkpoint=True)
     _run(runs_dir, "broken", final="failed", adapter=False, checkpoint=True)
     _run(runs_dir, "live", adapter=False, checkpoint=True, lock=True)
@@ -81,12 +81,11 @@ def test_picker_lists_finished_and_stopped_runs_and_modes(qtbot, page, runs_dir)
     # Base model alone: one pane, no side by side.
     page.select_adapter(None)
     assert page.visible_streams() == [BASE] and not page.side_by_side.isEnabled()
-    assert page.model_combo.isEnabled()
+    assert not page.model_combo.isHidden() and page.base_label.isHidden()
     page.select_adapter(str(runs_dir / "secret"))
+    assert page.visible_streams() == [TUNED] and page.side_by_side.isEnabled()
     assert (
-        page.visible_streams() == [TUNED]
-        and page.side_by_side.isEnabled()
-        and not page.model_combo.isEnabled()
+        page.model_combo.isHidden() and page.base_label.text() == f"<b>{tiny_model_dir.name}</b> (the run's)"
     )
     page.side_by_side.setChecked(True)
     assert page.visible_streams() == [BASE, TUNED]
