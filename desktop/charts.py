@@ -211,7 +211,8 @@ class Chart(pg.PlotWidget):
         (x0, x1), _ = vb.viewRange()
         width = max(200, int(vb.width() or self.width() or 600))
         max_points = int(width * self._max_points_per_pixel)
-        for series, item in self._curves.values():
+        for name, (series, item) in self._curves.items():
+            self._show_in_legend(name, item, len(series) > 0)
             x, y = series.x, series.y
             if not auto_x and len(x) > max_points:
                 lo = max(0, int(np.searchsorted(x, x0, side="left")) - 1)
@@ -219,6 +220,14 @@ class Chart(pg.PlotWidget):
                 x, y = x[lo:hi], y[lo:hi]
             xd, yd = downsample_minmax(x, y, max_points)
             item.setData(xd.copy(), yd.copy())
+
+    def _show_in_legend(self, name: str, item: pg.PlotDataItem, shown: bool) -> None:
+        # A series without points (e.g. VRAM on a machine without NVIDIA GPU) stays out of the legend.
+        listed = any(sample.item is item for sample, _ in self.legend.items)
+        if shown and not listed:
+            self.legend.addItem(item, name)
+        elif not shown and listed:
+            self.legend.removeItem(item)
 
     def _apply_palette(self) -> None:
         palette = self.palette()

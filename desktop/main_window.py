@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from PySide6.QtCore import QSize, QTimer
-from PySide6.QtGui import QCloseEvent, QPaintEvent, QShowEvent
+from PySide6.QtGui import QCloseEvent, QPaintEvent, QResizeEvent, QShowEvent
 from PySide6.QtWidgets import (
     QFrame,
     QHBoxLayout,
@@ -40,6 +40,39 @@ NAV_TITLES = {
     "chat": "4  Chat",
     "runs": "Runs",
 }
+
+
+class PageScroll(QScrollArea):
+    """Holds a page: it fills the view, and scrolls only where the view is smaller than the page's
+    minimum size, so a small screen never forces the window larger than the screen.
+
+    (QScrollArea's own ``widgetResizable`` sizes pages with wrapped labels to their preferred
+    height-for-width, which would make tall pages scroll on any screen.)
+    """
+
+    def __init__(self, page: QWidget) -> None:
+        super().__init__()
+        self.setFrameShape(QFrame.Shape.NoFrame)
+        self.setWidgetResizable(False)
+        self.setWidget(page)
+
+    def resizeEvent(self, event: QResizeEvent) -> None:  # noqa: N802 (Qt override)
+        """Size the page to the view, but not below its minimum."""
+        super().resizeEvent(event)
+        self._fit()
+
+    def _fit(self) -> None:
+        page = self.widget()
+        least = page.minimumSizeHint().expandedTo(page.minimumSize())
+        view = self.maximumViewportSize()
+        width = max(view.width(), least.width())
+        height = max(view.height(), least.height())
+        # A scroll bar in one direction takes room from the other.
+        if width > view.width():
+            height = max(view.height() - self.horizontalScrollBar().sizeHint().height(), least.height())
+        if height > view.height():
+            width = max(view.width() - self.verticalScrollBar().sizeHint().width(), least.width())
+        page.resize(width, height)
 
 
 class MainWindow(QMainWindow):
@@ -94,13 +127,7 @@ class MainWindow(QMainWindow):
             index = PAGES.index(key)
             placeholder = self._placeholders.pop(key)
             current = self.stack.currentIndex()
-            # In a scroll area: a page wider or taller than a small screen scrolls instead of
-            # forcing the window larger than the screen.
-            scroll = QScrollArea()
-            scroll.setWidgetResizable(True)
-            scroll.setFrameShape(QFrame.Shape.NoFrame)
-            scroll.setWidget(page)
-            self.stack.insertWidget(index, scroll)
+            self.stack.insertWidget(index, PageScroll(page))
             self.stack.removeWidget(placeholder)
             placeholder.deleteLater()
             self.stack.setCurrentIndex(current)

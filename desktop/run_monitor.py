@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from PySide6.QtCore import Qt
-from PySide6.QtGui import QFont, QFontDatabase
+from PySide6.QtGui import QFont, QFontDatabase, QTextCursor
 from PySide6.QtWidgets import (
     QGridLayout,
     QLabel,
@@ -287,6 +287,7 @@ class RunMonitor(QWidget):
         if log.is_file():
             lines = log.read_text(encoding="utf-8", errors="replace").splitlines()[-200:]
             self.log.setPlainText("\n".join(lines))
+            self.log.moveCursor(QTextCursor.MoveOperation.End)
         if not events:
             self.title.setText(f"{run_dir.name}: no events yet")
         elif run_status(RunDir(run_dir), events) == "running":

@@ -50,3 +50,25 @@ def test_chart_draws_a_bounded_number_of_points_for_100k_steps(qtbot):
     chart.refresh()
     x, _ = chart.plotItem.listDataItems()[0].getData()
     assert x.min() <= 100 and x.max() >= 200 and len(x) <= 110
+
+
+def test_chart_follows_a_switch_to_a_dark_palette(qtbot):
+    from PySide6.QtGui import QColor, QPalette
+    from PySide6.QtWidgets import QApplication
+
+    from desktop.charts import COLORS_DARK, is_dark, series_color
+
+    app = QApplication.instance()
+    old = app.palette()
+    chart = Chart("Loss", "step", "loss")
+    qtbot.addWidget(chart)
+    dark = QPalette(old)
+    dark.setColor(QPalette.ColorRole.Window, QColor(30, 30, 30))
+    dark.setColor(QPalette.ColorRole.Base, QColor(20, 20, 20))
+    dark.setColor(QPalette.ColorRole.WindowText, QColor(230, 230, 230))
+    try:
+        app.setPalette(dark)
+        qtbot.waitUntil(lambda: chart.backgroundBrush().color() == QColor(20, 20, 20), timeout=2000)
+        assert is_dark() and series_color(0) == COLORS_DARK[0]
+    finally:
+        app.setPalette(old)

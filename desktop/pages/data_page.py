@@ -40,6 +40,11 @@ from desktop.worker import JsonCommand
 DATA_FILTER = "Datasets (*.jsonl *.json *.csv *.parquet);;All files (*)"
 
 
+def _int(value: Any) -> str:
+    """A token count for display: rounded to a whole number ('-' when missing)."""
+    return "-" if value is None else f"{round(float(value)):,}"
+
+
 def render_spans(text: str, spans: list[Any], highlight: QColor) -> str:
     """HTML of ``text`` with the character ranges ``spans`` ([start, end) pairs) highlighted."""
     colour = highlight.name()
@@ -236,8 +241,8 @@ class DataPage(QWidget):
         ]
         if lengths:
             parts.append(
-                f"tokens per row: min {lengths.get('min')}, median {lengths.get('median')}, "
-                f"95th percentile {lengths.get('p95')}, max {lengths.get('max')}"
+                f"tokens per row: min {_int(lengths.get('min'))}, median {_int(lengths.get('median'))}, "
+                f"95th percentile {_int(lengths.get('p95'))}, max {_int(lengths.get('max'))}"
                 + (f"; {lengths.get('over_max')} longer than the limit" if lengths.get("over_max") else "")
             )
         notices = [html.escape(str(n)) for n in report.get("notices") or []]
