@@ -29,9 +29,14 @@ FINAL_EVENTS = ("stopped", "run_finished", "run_failed")
 def worker_command(args: list[str]) -> tuple[str, list[str]]:
     """Program and arguments that run ``tunedesk <args>`` with this app's own interpreter.
 
-    Inside a frozen bundle ``sys.executable`` is the app itself (its entry runs CLI commands).
+    Inside a frozen bundle ``sys.executable`` is the app itself (its entry runs CLI commands). The
+    Windows bundle's app (``TuneDesk.exe``) is a windowed program; its console twin ``tunedesk.exe``
+    beside it (packaging/tunedesk.spec) runs the workers, so their stdout and stderr are real pipes.
     """
     if getattr(sys, "frozen", False):
+        console = os.path.join(os.path.dirname(sys.executable), "tunedesk.exe")
+        if sys.platform == "win32" and os.path.isfile(console):
+            return console, list(args)
         return sys.executable, list(args)
     return sys.executable, ["-m", "desktop", *args]
 

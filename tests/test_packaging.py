@@ -62,3 +62,14 @@ def test_model_page_offers_the_import_when_the_default_model_is_missing(qtbot, m
     assert page.table.item(0, 3).text() == "not included: import its GGUF file first"
     assert "Import a GGUF file" in page.status.text()
     assert page.import_file_button.isEnabled() and page.import_folder_button.isEnabled()
+
+
+def test_windows_bundle_runs_workers_through_its_console_twin(monkeypatch, tmp_path):
+    (tmp_path / "TuneDesk.exe").write_bytes(b"")
+    monkeypatch.setattr(sys, "frozen", True, raising=False)
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "TuneDesk.exe"))
+    monkeypatch.setattr(sys, "platform", "win32")
+    # without the console twin (an older bundle): the app's own executable
+    assert worker_module.worker_command(["hardware"]) == (str(tmp_path / "TuneDesk.exe"), ["hardware"])
+    (tmp_path / "tunedesk.exe").write_bytes(b"")
+    assert worker_module.worker_command(["hardware"]) == (str(tmp_path / "tunedesk.exe"), ["hardware"])
