@@ -7,7 +7,8 @@ lines, so whether a reply shows the house style tells at a glance whether fine-t
 Output (next to this script, deterministic for a given seed):
 - ``support_train.jsonl``: training rows in OpenAI ``messages`` format (user question, assistant reply);
 - ``support_heldout.jsonl``: questions that appear nowhere in the training rows, one
-  ``{"prompt": ...}`` a line, for the demo's base-vs-tuned comparison.
+  ``{"prompt": ...}`` a line, for the demo's base-vs-tuned comparison;
+- ``house_style.json``: the greeting and sign-off, which ``tunedesk demo`` looks for in replies.
 
 Run: ``python resources/demo/make_sample_data.py`` (``--rows N --seed S`` to change them).
 """
@@ -262,6 +263,8 @@ def main(argv: list[str] | None = None) -> None:
     with open(here / "support_heldout.jsonl", "w", encoding="utf-8") as fh:
         for prompt in HELDOUT:
             fh.write(json.dumps({"prompt": prompt}, ensure_ascii=False) + "\n")
+    style = {"greeting": GREETING, "signoff": SIGNOFF}
+    (here / "house_style.json").write_text(json.dumps(style, indent=2) + "\n", encoding="utf-8")
     print(f"wrote {len(rows)} training rows and {len(HELDOUT)} held-out prompts to {here}")
 
 

@@ -1,0 +1,173 @@
+"""``tunedesk demo``: the main job end to end on the embedded default model and the sample data.
+
+1. Imports SmolLM2-135M-Instruct on first use (``backends.models.resolve_model``).
+2. Trains LoRA with ``resources/demo/demo.yaml`` through the same ``run_training`` as
+   ``tunedesk train`` (so it leaves an ordinary run folder, chat-able and resumable).
+3. Asks the held-out questions (``resources/demo/support_heldout.jsonl``, none of them in the
+   training rows) of the base model and of the tuned one, greedy, through the chat session (one
+   copy of the base weights, the adapter switched on and off), and prints the replies side by side
+   with how many of each show the house style: the sample data's fixed greeting and sign-off
+   (``resources/demo/house_style.json``, written by ``make_sample_data.py``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+from backends import paths
+from backends.config import RunConfig, load_config
+from backends.errors import EXIT_OK
+from backends.events import encode, make_event
+from backends.runs import RunDir
+
+MAX_NEW_TOKENS = 96  # a house-style reply is about 60 tokens; base replies are cut here
+
+
+def demo_dir() -> Path:
+    """``resources/demo`` (config, sample data, held-out prompts, house style)."""
+    return paths.resources_dir() / "demo"
+
+
+def demo_config(steps: int | None = None) -> RunConfig:
+    """The demo's run config (``demo.yaml``), with ``steps`` as ``training.max_steps`` if given."""
+    overrides = [f"training.max_steps={steps}"] if steps else None
+    return load_config(demo_dir() / "demo.yaml", overrides)
+
+
+def house_style() -> tuple[str, str]:
+    """(greeting, sign-off) of the sample data."""
+    style = json.loads((demo_dir() / "house_style.json").read_text(encoding="utf-8"))
+    return style["greeting"], style["signoff"]
+
+
+def has_house_style(reply: str, greeting: str, signoff: str) -> bool:
+    """True when ``reply`` opens with the greeting and closes with the sign-off."""
+    text = reply.strip()
+    return text.startswith(greeting) and text.endswith(signoff)
+
+
+def heldout_prompts() -> list[str]:
+    """The held-out questions, in file order."""
+    lines = (demo_dir() / "support_heldout.jsonl").read_text(encoding="utf-8").splitlines()
+    return [json.loads(line)["prompt"] for line in lines if line.strip()]
+
+
+def compare_replies(run: RunDir, config: RunConfig, prompts: list[str]) -> list[dict[str, Any]]:
+    """Greedy replies of the base and the tuned model to each prompt: a list of
+    {"prompt", "base", "tuned", "base_style", "tuned_style"}."""
+    from backends.chat.loader import open_session
+    from backends.chat.session import Sampling, StreamRequest
+
+    greeting, signoff = house_style()
+    session = open_session(config.model, adapter=run.path, backend=config.backend)
+    tuned = session.default_adapter
+    requests = []
+    for i, prompt in enumerate(prompts):
+        messages = [{"role": "user", "content": prompt}]
+        requests += [StreamRequest(f"base-{i}", None, messages), StreamRequest(f"tuned-{i}", tuned, messages)]
+    replies = session.generate(requests, Sampling(max_new_tokens=MAX_NEW_TOKENS), lambda event, fields: None)
+    rows = []
+    for i, prompt in enumerate(prompts):
+        base, tuned_reply = replies[2 * i].text.strip(), replies[2 * i + 1].text.strip()
+        rows.append(
+            {
+                "prompt": prompt,
+                "base": base,
+                "tuned": tuned_reply,
+                "base_style": has_house_style(base, greeting, signoff),
+                "tuned_style": has_house_style(tuned_reply, greeting, signoff),
+            }
+        )
+    return rows
+
+
+def side_by_side(rows: list[dict[str, Any]], width: int | None = None) -> str:
+    """The replies as two wrapped columns per prompt (base | tuned) and a summary line."""
+    width = width or max(60, min(shutil.get_terminal_size((110, 24)).columns, 140))
+    col = (width - 3) // 2
+    out = []
+    for i, row in enumerate(rows, 1):
+        out.append("=" * width)
+        out.append(textwrap.shorten(f"[{i}] {row['prompt']}", width))
+        left_title = f"BASE  (house style: {'yes' if row['base_style'] else 'no'})"
+        right_title = f"TUNED (house style: {'yes' if row['tuned_style'] else 'no'})"
+        out.append(f"{left_title:<{col}} | {right_title}")
+        out.append(f"{'-' * col}-+-{'-' * col}")
+        left = _wrap(row["base"], col)
+        right = _wrap(row["tuned"], col)
+        for n in range(max(len(left), len(right))):
+            a = left[n] if n < len(left) else ""
+            b = right[n] if n < len(right) else ""
+            out.append(f"{a:<{col}} | {b}")
+    out.append("=" * width)
+    out.append(summary_line(rows))
+    return "\n".join(out)
+
+
+def _wrap(text: str, width: int) -> list[str]:
+    lines: list[str] = []
+    for paragraph in text.splitlines() or [""]:
+        lines += textwrap.wrap(paragraph, width) or [""]
+    return lines
+
+
+def summary_line(rows: list[dict[str, Any]]) -> str:
+    """``House style ... base 0/10, tuned 9/10``."""
+    n = len(rows)
+    base = sum(r["base_style"] for r in rows)
+    tuned = sum(r["tuned_style"] for r in rows)
+    return f"House style (greeting and sign-off) in held-out replies: base model {base}/{n}, tuned model {tuned}/{n}"
+
+
+def cli_demo(args: argparse.Namespace) -> int:
+    """``tunedesk demo [--steps N] [--json]``: train, then compare base and tuned replies.
+
+    With ``--json`` the training events and one ``log`` event per compared prompt (fields
+    ``prompt``, ``base``, ``tuned``, ``base_style``, ``tuned_style``) go to stdout as JSON lines.
+    Returns 0; training failures raise as in ``tunedesk train``.
+    """
+    from backends.training import run_training
+
+    start = time.monotonic()
+    config = demo_config(args.steps)
+    run = run_training(config, json_stdout=args.json)
+    trained = time.monotonic() - start
+    if not args.json:
+        print(
+            f"\nTrained in {trained:.0f} s. Asking {len(heldout_prompts())} held-out questions...",
+            file=sys.stderr,
+        )
+    rows = compare_replies(run, config, heldout_prompts())
+    total = time.monotonic() - start
+    if args.json:
+        for row in rows:
+            print(encode(make_event("log", level="info", message="demo reply", **row)), flush=True)
+        print(
+            encode(
+                make_event(
+                    "log",
+                    level="info",
+                    message=summary_line(rows),
+                    run_dir=str(run.path),
+                    base_style=sum(r["base_style"] for r in rows),
+                    tuned_style=sum(r["tuned_style"] for r in rows),
+                    prompts=len(rows),
+                    seconds=round(total, 1),
+                )
+            ),
+            flush=True,
+        )
+    else:
+        print(side_by_side(rows))
+        print(
+            f"Demo finished in {total / 60:.1f} min (training {trained / 60:.1f} min). Run folder: {run.path}"
+        )
+        print(f"Chat with the tuned model: tunedesk chat --adapter {run.path}")
+    return EXIT_OK
