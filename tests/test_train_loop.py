@@ -285,6 +285,44 @@ def test_nan_loss_fails_with_exit_3_and_keeps_the_last_good_checkpoint(tiny_mode
     assert run_status(run) == "failed"
 
 
+def test_out_of_memory_fails_with_kind_oom_and_concrete_hints(tiny_model_dir, tmp_path, monkeypatch):
+    """A device OOM in a step (simulated: no GPU here) ends the run with kind oom, hints naming
+    the settings to change, and the checkpoints before it kept."""
+    import torch
+
+    from backends.errors import RunFailed
+    from backends.torch_backend.engine import TorchEngine
+
+    real = TorchEngine.loss_sum
+    calls = {"n": 0}
+
+    def loss_sum(self, batch):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(self, batch)
+
+    monkeypatch.setattr(TorchEngine, "loss_sum", loss_sum)
+    runs = tmp_path / "runs"
+    config = config_from_dict(
+        make_config(tiny_model_dir, runs, "oom", max_steps=10, save_every=1, batch_size=4)
+    )
+    with pytest.raises(RunFailed) as info:
+        run_training(config, console=False)
+    assert info.value.kind == "oom"
+    failed = RunDir(runs / "oom").events()[-1]
+    assert failed["event"] == "run_failed" and failed["kind"] == "oom" and failed["step"] == 2
+    assert "out of memory" in failed["message"]
+    for words in (
+        "batch_size (now 4, try 2)",
+        "gradient_accumulation_steps to 2",
+        "max_seq_length (now 160)",
+    ):
+        assert words in failed["hint"]
+    assert "gradient_checkpointing: true" in failed["hint"]
+    assert [s for s, _ in RunDir(runs / "oom").checkpoints()] == [1, 2]
+
+
 def test_incomplete_checkpoints_are_never_resumed(tiny_model_dir, tmp_path):
     """A checkpoint folder without its COMPLETE marker (a kill during the write) and a leftover
     temporary folder are ignored by resume, which continues from the newest complete one."""

@@ -146,8 +146,14 @@ def _oom_hint(config: RunConfig) -> str:
     return "; ".join(tips)
 
 
+# torch.OutOfMemoryError exists from torch 2.5; torch.cuda.OutOfMemoryError before that.
+_OOM_TYPES: tuple[type[BaseException], ...] = (MemoryError,) + tuple(
+    t for t in (getattr(torch, "OutOfMemoryError", None), getattr(torch.cuda, "OutOfMemoryError", None)) if t
+)
+
+
 def _is_oom(exc: BaseException) -> bool:
-    if isinstance(exc, MemoryError | torch.OutOfMemoryError):
+    if isinstance(exc, _OOM_TYPES):
         return True
     text = str(exc)
     return isinstance(exc, RuntimeError) and (
