@@ -16,7 +16,14 @@ replays steps N+1... exactly as an uninterrupted run would.
 Event fields written here beyond the design's required ones: ``step.tokens`` is the cumulative
 number of non-padding tokens trained so far (``step.step_tokens`` those of this step), ``epoch``
 is fractional (epochs completed), ``elapsed`` counts training time of all segments of a resumed
-run, ``eta`` is seconds left at this session's average step time (None before the first step).
+run, ``eta`` is seconds left at this session's average step time. ``run_started`` adds
+``precision``, ``resumed_from`` (the checkpoint step, None for a fresh start), ``train_examples``,
+``validation_examples``, ``steps_per_epoch`` and ``warmup_steps``; ``run_finished`` adds ``tokens``
+and ``elapsed``; ``run_failed.step`` and ``stopped.step`` are the last completed step.
+
+``events.jsonl`` is append-only: a resumed run appends a new ``run_started`` and replays the steps
+after its checkpoint, so a run killed after step N+k and resumed from step N holds steps N+1..N+k
+twice; readers keep the last event of each step.
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from backends.config import RunConfig, load_config
-from backends.errors import EXIT_OK, UserInputError
+from backends.errors import EXIT_OK, RunStopped, UserInputError
 from backends.events import EventSink, encode
 from backends.runs import RunDir, run_status
 from backends.training.engine import Engine
@@ -108,6 +108,11 @@ def run_training(
     def say(message: str) -> None:
         early.emit("log", level="info", message=message)
 
+    def stop_if_asked() -> None:
+        # Ctrl-C while the model or data loads: nothing to save yet, so stop at once.
+        if stop.is_set():
+            raise RunStopped("stopped before training started")
+
     with stop_on_signals(stop):
         run: RunDir | None = None
         checkpoint = None
@@ -135,9 +140,11 @@ def run_training(
             raise UserInputError("no config given", field="--config")
         config = resolve_data_paths(config)
         model_dir = models.resolve_model(config.model, progress=say)
+        stop_if_asked()
         tokenizer = load_tokenizer(model_dir)
         say(f"preparing data from {config.data.train_file}")
         data = prepare_data(config, tokenizer, progress=say)
+        stop_if_asked()
         for notice in getattr(data.report, "notices", []) or []:
             early.emit("log", level="info", message=str(notice))
         if data.report.rows_dropped:
@@ -148,6 +155,7 @@ def run_training(
         engine = make_engine(config)
         say(f"loading {config.model} for {engine.name} on {engine.device}")
         setup_info = engine.setup(config, model_dir)
+        stop_if_asked()
         if run is None:
             run = RunDir.create(config)
         run.acquire_lock()
