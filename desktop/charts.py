@@ -16,6 +16,8 @@ from PySide6.QtCore import QEvent, QTimer
 from PySide6.QtGui import QColor, QPalette
 from PySide6.QtWidgets import QApplication, QWidget
 
+LONG_SERIES = 10_000  # points; longer series redraw at most once a second
+
 # Colour-blind-safe pairs (Okabe-Ito), a darker tone for light and a lighter one for dark backgrounds.
 COLORS_LIGHT = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000"]
 COLORS_DARK = ["#56B4E9", "#E69F00", "#33CC99", "#EE99CC", "#F0E442", "#9AD0F5", "#FFFFFF"]
@@ -38,9 +40,12 @@ class Series:
 
     ``append`` is amortised O(1) (capacity doubles). ``truncate_from(x)`` drops the points at or
     after ``x``, used when a resumed run re-emits steps after its last checkpoint.
+    ``unique_x``: an x equal to the last one replaces that point (steps); otherwise it is added
+    beside it (times, which can repeat at the clock's resolution).
     """
 
-    def __init__(self, capacity: int = 1024) -> None:
+    def __init__(self, capacity: int = 1024, *, unique_x: bool = True) -> None:
+        self.unique_x = unique_x
         self._x = np.empty(capacity, dtype=np.float64)
         self._y = np.empty(capacity, dtype=np.float64)
         self._n = 0
@@ -61,11 +66,12 @@ class Series:
     def append(self, x: float, y: float | None) -> bool:
         """Add one point; a missing or non-finite ``y`` is skipped. Returns True if added.
 
-        A point whose ``x`` is not after the last one first drops the points from ``x`` on.
+        A point whose ``x`` is before the last one (or equal, with ``unique_x``) first drops the
+        points from ``x`` on.
         """
         if y is None or not math.isfinite(y) or x is None or not math.isfinite(x):
             return False
-        if self._n and x <= self._x[self._n - 1]:
+        if self._n and (x < self._x[self._n - 1] or (self.unique_x and x == self._x[self._n - 1])):
             self.truncate_from(x)
         if self._n == len(self._x):
             self._x = np.concatenate([self._x, np.empty_like(self._x)])
@@ -142,17 +148,24 @@ class Chart(pg.PlotWidget):
         self.setMinimumHeight(160)
         self._timer = QTimer(self)
         self._timer.setSingleShot(True)
-        self._timer.setInterval(refresh_ms)
+        self._refresh_ms = refresh_ms
         self._timer.timeout.connect(self.refresh)
         self.plotItem.vb.sigXRangeChanged.connect(lambda *_: self.changed())
         self._apply_palette()
 
     # --- series ---
     def add_series(
-        self, name: str, *, color: str | None = None, dashed: bool = False, symbol: bool = False
+        self,
+        name: str,
+        *,
+        color: str | None = None,
+        dashed: bool = False,
+        symbol: bool = False,
+        unique_x: bool = True,
     ) -> Series:
-        """A new named series drawn as a line (``symbol``: also a marker at each point)."""
-        series = Series()
+        """A new named series drawn as a line (``symbol``: also a marker at each point;
+        ``unique_x``: see ``Series``)."""
+        series = Series(unique_x=unique_x)
         color = color or series_color(len(self._curves))
         pen = pg.mkPen(color=color, width=2, style=pg.QtCore.Qt.PenStyle.DashLine if dashed else None)
         item = self.plotItem.plot(
@@ -193,9 +206,10 @@ class Chart(pg.PlotWidget):
         self.refresh()
 
     def changed(self) -> None:
-        """Schedule a redraw (coalesced)."""
+        """Schedule a redraw (coalesced; once a second for series of more than 10,000 points)."""
         if not self._timer.isActive():
-            self._timer.start()
+            longest = max((len(series) for series, _ in self._curves.values()), default=0)
+            self._timer.start(self._refresh_ms if longest <= LONG_SERIES else max(self._refresh_ms, 1000))
 
     def displayed_points(self, name: str) -> int:
         """How many points the curve ``name`` draws now (after decimation)."""

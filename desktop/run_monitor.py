@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from PySide6.QtCore import Qt
+from PySide6.QtCore import Qt, QTimer
 from PySide6.QtGui import QFont, QFontDatabase, QTextCursor
 from PySide6.QtWidgets import (
     QGridLayout,
@@ -57,6 +57,11 @@ class RunMonitor(QWidget):
         self.last_step = 0
         self.final_event: dict[str, Any] | None = None
         self._t0: float | None = None  # wall time the memory chart counts from
+        self._last_step_event: dict[str, Any] | None = None
+        self._ui_timer = QTimer(self)
+        self._ui_timer.setSingleShot(True)
+        self._ui_timer.setInterval(100)
+        self._ui_timer.timeout.connect(self._update_progress)
 
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
@@ -94,7 +99,7 @@ class RunMonitor(QWidget):
         self.speed_chart.add_series("tokens/s")
         self.memory_chart = Chart("Memory", "time since start (s)", "memory", y_units="B")
         for name in ("worker RSS", "device memory (worker)", "system RAM used", "system VRAM used"):
-            self.memory_chart.add_series(name)
+            self.memory_chart.add_series(name, unique_x=False)
         self.dpo_chart = Chart("Preference (DPO)", "step", "reward")
         self.dpo_chart.add_series("reward margin")
         self.dpo_chart.add_series("reward accuracy")
@@ -131,6 +136,8 @@ class RunMonitor(QWidget):
         self.last_step = 0
         self.final_event = None
         self._t0 = None
+        self._last_step_event = None
+        self._ui_timer.stop()
         self.progress.setRange(0, 1)
         self.progress.setValue(0)
         self.progress.setFormat("Preparing…")
@@ -206,12 +213,23 @@ class RunMonitor(QWidget):
             self.dpo_chart.series("reward margin").append(step, e.get("reward_margin"))
             self.dpo_chart.series("reward accuracy").append(step, e.get("reward_accuracy"))
             self.dpo_chart.changed()
+        self._last_step_event = e
+        if not self._ui_timer.isActive():
+            self._ui_timer.start()
+
+    def _update_progress(self) -> None:
+        # Coalesced (QProgressBar.setValue repaints at once: ~1 ms, too slow once per event when
+        # reading back a 100,000-step run).
+        self._ui_timer.stop()
+        e = self._last_step_event
+        if e is None:
+            return
+        step = int(e["step"])
         if self.max_steps:
             self.progress.setValue(min(step, self.max_steps))
-        epoch = e.get("epoch")
         self.stats.setText(
             f"Step {step}{f' of {self.max_steps}' if self.max_steps else ''} · "
-            f"epoch {_num(epoch, '.2f')} · loss {_num(e.get('loss'))} · "
+            f"epoch {_num(e.get('epoch'), '.2f')} · loss {_num(e.get('loss'))} · "
             f"{_num(e.get('tokens_per_second'), ',.0f')} tokens/s · "
             f"elapsed {format_duration(e.get('elapsed'))} · ETA {format_duration(e.get('eta'))}"
         )
@@ -233,6 +251,7 @@ class RunMonitor(QWidget):
 
     def _on_run_finished(self, e: dict[str, Any]) -> None:
         self.final_event = e
+        self._update_progress()
         if self.max_steps:
             self.progress.setValue(self.max_steps)
         else:
@@ -300,6 +319,7 @@ class RunMonitor(QWidget):
         self.refresh_charts()
 
     def refresh_charts(self) -> None:
-        """Redraw every chart now."""
+        """Redraw every chart, the progress bar and the statistics line now."""
+        self._update_progress()
         for chart in self.charts:
             chart.refresh()

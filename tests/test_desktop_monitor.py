@@ -70,6 +70,7 @@ def test_monitor_shows_a_finished_run(qtbot):
         m.handle_event(step_event(step, 3.0 - step * 0.1))
         if step % 5 == 0:
             m.handle_event(make_event("eval", step=step, val_loss=2.9 - step * 0.05))
+    qtbot.waitUntil(lambda: m.progress.value() == 10, timeout=2000)  # coalesced update
     assert m.progress.value() == 10 and m.progress.maximum() == 10
     assert "ETA 0:00" in m.stats.text() and "epoch 1.00" in m.stats.text()
     m.handle_event(
@@ -148,6 +149,7 @@ def test_load_run_and_resume_rerun_steps(qtbot, tmp_path):
     m.handle_event(started_event(run_dir=str(run.path), max_steps=10))
     for s in range(5, 11):
         m.handle_event(step_event(s, 1.0))
+    m.refresh_charts()
     series = m.loss_chart.series("train loss")
     assert list(series.x) == list(range(1, 11)) and series.y[4] == 1.0
     assert m.progress.value() == 10
