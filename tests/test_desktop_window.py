@@ -204,3 +204,20 @@ def test_train_again_with_a_past_runs_settings(make_window, tmp_path):
     # Only what differs from the preset counts as an edit.
     assert page.form.overrides() == {"training.batch_size": 3}
     assert page.form.editors["lora.rank"].value() == 32
+
+
+@pytest.mark.slow
+def test_header_takes_the_backend_from_the_hardware_child_process(qtbot):
+    import json
+    import subprocess
+
+    window = MainWindow(probe_hardware=True)
+    qtbot.addWidget(window)
+    qtbot.waitUntil(lambda: window.header.final, timeout=120_000)
+    out = subprocess.run(
+        [sys.executable, "-m", "desktop", "hardware", "--json"], capture_output=True, text=True, timeout=120
+    )
+    info = json.loads(out.stdout)
+    assert window.header.summary.text() == hardware.summary_line(info)
+    assert info["reason"] in window.header.reason.text()
+    window.close()
