@@ -4,6 +4,7 @@ let the real training worker run 10 steps, Stop a run mid-way and Resume it."""
 
 from __future__ import annotations
 
+import html
 import json
 import re
 
@@ -163,3 +164,26 @@ def test_bad_rows_are_listed_with_row_numbers(window, qtbot, tiny_model_dir, tmp
     highlighted = re.findall(r"background-color:[^>]*>([^<]*)<", html)
     assert highlighted and "Order 1000 ships tomorrow. Kind regards, Robin" in highlighted[0]
     assert not any("What is the status" in h for h in highlighted)  # the prompt is not trained on
+
+
+@pytest.mark.slow
+def test_a_failed_run_is_explained_in_plain_words(window, qtbot, tiny_model_dir, tmp_path):
+    """fp16 with a huge learning rate overflows (as in tests/test_train_loop.py): the real worker
+    reports run_failed and the window shows its message and hint."""
+    window.state.set_model(str(tiny_model_dir))
+    window.state.set_data_file(write_jsonl(tmp_path / "train.jsonl", messages_rows(24)))
+    small_run_settings(window, 30)
+    form = window.train_page.form
+    form.set_value("training.precision", "fp16")
+    form.set_value("training.learning_rate", 1000.0)
+    form.set_value("training.lr_scheduler", "constant")
+    page = window.train_page
+    assert page.start()
+    qtbot.waitUntil(lambda: not page.is_running(), timeout=RUN_TIMEOUT_MS)
+    failed = page.monitor.final_event
+    assert failed and failed["event"] == "run_failed" and failed["kind"] == "nan"
+    text = html.unescape(page.monitor.status.text())  # the label holds escaped rich text
+    assert failed["message"] in text and f"What to try: {failed['hint']}" in text
+    assert "crashed" not in text
+    window.runs_page.refresh()
+    assert window.runs_page.status_of(page.monitor.run_dir.rsplit("/", 1)[-1]) == "failed"
