@@ -221,3 +221,84 @@ def test_header_takes_the_backend_from_the_hardware_child_process(qtbot):
     assert window.header.summary.text() == hardware.summary_line(info)
     assert info["reason"] in window.header.reason.text()
     window.close()
+
+
+def _answer_question(button) -> None:
+    from PySide6.QtCore import QTimer
+
+    def answer():
+        box = QApplication.activeModalWidget()
+        if isinstance(box, QMessageBox):
+            box.button(button).click()
+        else:
+            QTimer.singleShot(20, answer)
+
+    QTimer.singleShot(0, answer)
+
+
+def test_runs_page_deletes_only_after_confirmation(make_window):
+    from backends import paths
+    from backends.config import config_from_dict
+    from backends.runs import RunDir
+
+    run = RunDir.create(config_from_dict({"model": "m"}), paths.runs_dir(), "to-delete")
+    window = make_window()
+    runs = window.runs_page
+    runs.refresh()
+    runs.select_paths([str(run.path)])
+    _answer_question(QMessageBox.StandardButton.Cancel)
+    assert not runs.delete_selected() and run.path.is_dir()
+    runs.select_paths([str(run.path)])
+    _answer_question(QMessageBox.StandardButton.Yes)
+    assert runs.delete_selected() and not run.path.exists()
+    assert runs.status_of("to-delete") is None
+
+
+def test_drag_and_drop_of_models_and_data(qtbot, tmp_path):
+    from PySide6.QtCore import QMimeData, QPointF, Qt, QUrl
+    from PySide6.QtGui import QDragEnterEvent, QDropEvent
+
+    from desktop.pages.data_page import DataPage
+    from desktop.pages.model_page import ModelPage, importable
+    from desktop.state import AppState
+
+    folder = tmp_path / "hf-model"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    gguf = tmp_path / "m.Q4_0.gguf"
+    gguf.write_bytes(b"GGUF")
+    other = tmp_path / "notes.txt"
+    other.write_text("x")
+    assert importable(folder) and importable(gguf) and not importable(other) and not importable(tmp_path)
+
+    def drag(widget, path):
+        mime = QMimeData()
+        mime.setUrls([QUrl.fromLocalFile(str(path))])
+        enter = QDragEnterEvent(
+            QPointF(5, 5).toPoint(),
+            Qt.DropAction.CopyAction,
+            mime,
+            Qt.MouseButton.LeftButton,
+            Qt.KeyboardModifier.NoModifier,
+        )
+        widget.dragEnterEvent(enter)
+        return enter.isAccepted(), mime
+
+    state = AppState()
+    models = ModelPage(state)
+    qtbot.addWidget(models)
+    assert drag(models, gguf)[0] and drag(models, folder)[0]
+    assert not drag(models, other)[0]
+    data = DataPage(state)
+    qtbot.addWidget(data)
+    accepted, mime = drag(data, other)
+    assert accepted
+    drop = QDropEvent(
+        QPointF(5, 5),
+        Qt.DropAction.CopyAction,
+        mime,
+        Qt.MouseButton.LeftButton,
+        Qt.KeyboardModifier.NoModifier,
+    )
+    data.dropEvent(drop)
+    assert state.data_file == str(other) and data.path_edit.text() == str(other)
