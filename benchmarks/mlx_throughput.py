@@ -36,6 +36,8 @@ never meet its longest batch. The default 128 is reached by many wikisql batches
 tokens/s (mx.compile traces a step for each new batch shape on the GPU; on the CPU our engine
 runs eagerly, mlx-lm compiles, and MLX builds each CPU kernel with the C++ compiler, which costs
 seconds per shape the first time). ``--ours-compile on|off`` forces our engine's choice.
+``--repeats N`` runs each side N times, alternating, and shows the median run: on a shared machine
+the load changes between runs (figures on this 2-core CPU varied by +-25% from run to run).
 """
 
 from __future__ import annotations
@@ -226,6 +228,7 @@ def main() -> None:
     p.add_argument("--alpha", type=float, default=16.0)
     p.add_argument("--learning-rate", type=float, default=1e-4)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--repeats", type=int, default=1, help="runs per side, alternating; the median is shown")
     p.add_argument("--ours-compile", choices=["auto", "on", "off"], default="auto")
     p.add_argument("--worker", choices=["ours", "mlx_lm"], help=argparse.SUPPRESS)
     p.add_argument("--model-dir", help=argparse.SUPPRESS)
@@ -251,7 +254,17 @@ def main() -> None:
             f"batch {args.batch_size}, max_seq_length {args.max_seq_length}, LoRA r{args.rank} alpha "
             f"{args.alpha:g} (mlx-lm scale {args.alpha / args.rank:g}), tokens/s after {args.skip_steps} warm-up steps"
         )
-        results = {side: spawn(side, args) for side in ("mlx_lm", "ours")}
+        runs: dict[str, list[dict]] = {"mlx_lm": [], "ours": []}
+        for _ in range(args.repeats):  # alternate the sides, so a change in machine load hits both
+            for side in runs:
+                runs[side].append(spawn(side, args))
+        # The median run of each side by tokens/s.
+        results = {
+            side: sorted(rs, key=lambda r: r["tokens_per_second"])[len(rs) // 2] for side, rs in runs.items()
+        }
+        if args.repeats > 1:
+            for side, rs in runs.items():
+                print(f"{side} tokens/s per run: " + ", ".join(f"{r['tokens_per_second']:.1f}" for r in rs))
     gib = 2**30
     print(f"{'':10s} {'tokens/s':>10s} {'tokens':>8s} {'peak MLX mem':>13s} {'peak RSS':>10s} {'wall s':>7s}")
     for side, r in results.items():
