@@ -226,6 +226,7 @@ class MLXEngine:
             ) from None
         params_base = get_total_parameters(model)
         self.precision, precision_note = self._pick_precision(t.precision)
+        notes = [f"device {self.device}", precision_note]
         model.set_dtype(DTYPES[self.precision])
         model.freeze()
         targets = resolve_targets(model, lora.target_modules)
@@ -242,6 +243,7 @@ class MLXEngine:
         linear_to_lora_layers(model, self.num_layers, self.lora_parameters, use_dora=lora.use_dora)
         if t.gradient_checkpointing:
             _checkpoint_blocks(model)
+            notes.append("gradient checkpointing on")
         model.train()
         self.model = model
         # torch.optim.AdamW's defaults and update rule (bias-corrected, decoupled weight decay).
@@ -267,7 +269,11 @@ class MLXEngine:
             micro_step = mx.compile(micro_step, inputs=state, outputs=state)
             eval_step = mx.compile(eval_step, inputs=state)
         self._micro_step, self._eval_step = micro_step, eval_step
-        notes = [precision_note, f"{len(targets)} linear layers get {'DoRA' if lora.use_dora else 'LoRA'}"]
+        notes.insert(
+            1,
+            f"{'DoRA' if lora.use_dora else 'LoRA'} rank {lora.rank} alpha {lora.alpha:g} (mlx-lm scale "
+            f"{self.lora_parameters['scale']:g}) on {len(targets)} linear layers",
+        )
         notes.append(self._set_memory_limit())
         trainable = sum(v.size for _, v in tree_flatten(model.trainable_parameters()))
         return {
