@@ -361,42 +361,13 @@ class ChatSession:
                     "n": 0,
                     "first": None,
                     "last": None,
-                    "finish": None,
                 }
             )
         eos = self.engine.eos_token_ids
-        active = list(states)
-        while active:
-            for st in list(active):
-                if self._stop.is_set() or (should_stop is not None and should_stop()):
-                    for s in active:
-                        s["finish"] = "stop"
-                    active = []
-                    break
-                try:
-                    tok = next(st["iter"])
-                except StopIteration:
-                    st["finish"] = "length"
-                    active.remove(st)
-                    continue
-                now = time.perf_counter()
-                st["first"] = st["first"] if st["first"] is not None else now
-                st["last"] = now
-                st["n"] += 1
-                if tok in eos:
-                    st["finish"] = "eos"
-                else:
-                    piece = st["text"].add(tok)
-                    if piece:
-                        st["pieces"].append(piece)
-                        emit("token", {"text": piece, "stream": st["req"].id})
-                    if st["n"] >= sampling.max_new_tokens:
-                        st["finish"] = "length"
-                if st["finish"]:
-                    active.remove(st)
-        replies = []
-        end = time.perf_counter()
-        for st in states:
+        replies: dict[int, Reply] = {}
+
+        def finish(index: int, reason: str) -> None:
+            st = states[index]
             close = getattr(st["iter"], "close", None)
             if close is not None:
                 close()
@@ -404,13 +375,15 @@ class ChatSession:
             if tail:
                 st["pieces"].append(tail)
                 emit("token", {"text": tail, "stream": st["req"].id})
+            now = time.perf_counter()
             n, first, last = st["n"], st["first"], st["last"]
             if n > 1 and last > first:
                 tps = (n - 1) / (last - first)
-            elif n >= 1:
-                tps = n / max(last - start, 1e-9)
+            elif n == 1:
+                tps = 1 / max(last - start, 1e-9)
             else:
                 tps = None
+            info = self.adapters.get(st["adapter"]) if st["adapter"] else None
             reply = Reply(
                 stream=st["req"].id,
                 text="".join(st["pieces"]),
@@ -418,11 +391,44 @@ class ChatSession:
                 prompt_tokens=len(st["prompt"]),
                 time_to_first_token=(first - start) if first is not None else None,
                 tokens_per_second=tps,
-                elapsed=end - start,
-                finish_reason=st["finish"] or "stop",
-                adapter=str(self.adapters[st["adapter"]].run_dir or st["adapter"]) if st["adapter"] else None,
+                elapsed=now - start,
+                finish_reason=reason,
+                adapter=str(info.run_dir or info.path) if info else None,
                 template_sha256=template_digest(st["template"]),
             )
+            replies[index] = reply
             emit("reply_finished", reply.fields())
-            replies.append(reply)
-        return replies
+
+        active = list(range(len(states)))
+        while active:
+            for index in list(active):
+                if self._stop.is_set() or (should_stop is not None and should_stop()):
+                    for i in active:
+                        finish(i, "stop")
+                    active = []
+                    break
+                st = states[index]
+                try:
+                    tok = next(st["iter"])
+                except StopIteration:
+                    active.remove(index)
+                    finish(index, "length")
+                    continue
+                now = time.perf_counter()
+                st["first"] = st["first"] if st["first"] is not None else now
+                st["last"] = now
+                st["n"] += 1
+                reason = None
+                if tok in eos:
+                    reason = "eos"
+                else:
+                    piece = st["text"].add(tok)
+                    if piece:
+                        st["pieces"].append(piece)
+                        emit("token", {"text": piece, "stream": st["req"].id})
+                    if st["n"] >= sampling.max_new_tokens:
+                        reason = "length"
+                if reason:
+                    active.remove(index)
+                    finish(index, reason)
+        return [replies[i] for i in range(len(states))]
