@@ -239,3 +239,31 @@ def test_stop_ends_a_long_reply_at_once(session):
     assert not thread.is_alive()
     assert result["reply"].finish_reason == "stop" and result["reply"].tokens < 100_000
     assert latency < 1.0, f"stop took {latency:.3f} s"
+
+
+def test_open_session_warns_when_a_training_run_is_active_and_memory_is_short(
+    tmp_path, runs, tiny_model_dir, monkeypatch
+):
+    import os
+    import socket
+
+    import backends.chat.memory as memory
+
+    live = tmp_path / "runs" / "training-now"
+    live.mkdir(parents=True)
+    (live / "config.yaml").write_text("model: x\n")
+    (live / "run.lock").write_text(f"{socket.gethostname()} {os.getpid()}\n")
+    said = []
+    monkeypatch.setattr(memory, "free_memory", lambda device, gpus=None: 10_000)
+    session = open_session(
+        adapter=runs["banana"], backend="torch", runs_dir=tmp_path / "runs", say=lambda *a: said.append(a)
+    )
+    warnings = [m for level, m in said if level == "warning"]
+    assert len(warnings) == 1 and "training-now" in warnings[0] and "may not fit" in warnings[0]
+    assert session.default_adapter is not None  # a warning, not a refusal
+    said.clear()
+    monkeypatch.setattr(memory, "free_memory", lambda device, gpus=None: 10**13)
+    open_session(
+        adapter=runs["banana"], backend="torch", runs_dir=tmp_path / "runs", say=lambda *a: said.append(a)
+    )
+    assert not [m for level, m in said if level == "warning"]
