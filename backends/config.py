@@ -166,6 +166,8 @@ class RunConfig(_Strict):
     def _check(self) -> RunConfig:
         if self.model.strip() == "":
             raise ValueError("model: must name a model")
+        if self.method == "dpo" and self.data.packing:
+            raise ValueError("data.packing: DPO trains on whole preference pairs, which are not packed")
         return self
 
 

@@ -167,11 +167,17 @@ def make_preference_batches(
     pad_token_id: int,
     seed: int,
     epoch: int,
+    packing: bool = False,
+    max_seq_length: int | None = None,
 ) -> list[PreferenceBatch]:
     """One epoch of DPO micro-batches, deterministic for (examples, seed, epoch), length-grouped
     like ``make_batches``. Each holds up to ``batch_size`` pairs as ``2 * B`` rows (chosen rows
     first, then the rejected rows in the same order); labels are the answer tokens only.
-    Raises ValueError for an empty list or a batch size below 1."""
+    ``packing``/``max_seq_length``: the keywords of ``make_batches`` (so the training loop calls
+    either the same way); pairs are never packed and are already cut to ``max_seq_length``.
+    Raises ValueError for an empty list, a batch size below 1, or ``packing``."""
+    if packing:
+        raise ValueError("preference pairs are not packed (set data.packing: false for DPO)")
     if not examples:
         raise ValueError("no examples to batch")
     if batch_size < 1:

@@ -146,6 +146,11 @@ class PreferenceBatch(Batch):
     """A DPO micro-batch: ``2 * num_pairs`` rows of shape [2B, T]; rows ``[0, B)`` are prompt +
     chosen answer, rows ``[B, 2B)`` the same prompts + rejected answer (concatenated forward, as
     TRL does). ``labels`` are IGNORE_INDEX on the prompt and padding, so summing the per-token
-    log-probabilities of the labelled targets gives log p(answer | prompt)."""
+    log-probabilities of the labelled targets gives log p(answer | prompt).
+
+    ``reference_log_probs``: float64 [2B], the reference model's summed answer log-probabilities
+    of each row (same order), when precomputed (``dpo.precompute_ref_log_probs``; set by the
+    training loop); None: the engine computes them with the adapter disabled."""
 
     num_pairs: int = 0
+    reference_log_probs: np.ndarray | None = None

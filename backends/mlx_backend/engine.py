@@ -25,12 +25,22 @@ Memory: on Apple silicon the engine sets MLX's memory limit to ``MEMORY_LIMIT_FR
 GPU's recommended working set, and fails the run with ``RunFailed(kind="oom")`` when an allocation
 fails or a step's peak memory went over that limit (the point where macOS starts to page GPU
 memory and the machine freezes), so the user gets a hint instead of a frozen Mac.
+
+DPO (``method: dpo``; mlx-lm has none): our loss on mlx-lm's pieces. The chosen and rejected rows
+of a ``PreferenceBatch`` go through one forward; each row's answer log-probability is the sum over
+its labelled tokens (``sequence_log_probs``); the reference is the same model with every LoRA/DoRA
+layer bypassed (``adapters_bypassed``: the wrapped base layers stand in for them during the
+reference forward, so no second copy of the weights exists), unless the loop precomputed it. The
+loss formula is the shared ``backends.training.dpo.sigmoid_dpo_loss``.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import math
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -44,10 +54,11 @@ from mlx_lm.tuner.utils import linear_to_lora_layers
 from mlx_lm.utils import get_total_parameters, load_model
 
 from backends.config import RunConfig
-from backends.data.types import IGNORE_INDEX, Batch
+from backends.data.types import IGNORE_INDEX, Batch, PreferenceBatch
 from backends.errors import RunFailed, UserInputError
 from backends.export import CONFIG_FILE, MLX_WEIGHTS, lora_scale, mlx_adapter_config
 from backends.lora_targets import select_targets
+from backends.training.dpo import PreferenceStats, sigmoid_dpo_loss
 
 # Share of the recommended GPU working set MLX may use on Apple silicon (the rest stays for macOS).
 MEMORY_LIMIT_FRACTION = 0.85
@@ -183,6 +194,77 @@ def loss_sum(model: nn.Module, inputs: mx.array, targets: mx.array) -> mx.array:
     return (ce * keep).sum()
 
 
+def sequence_log_probs(model: nn.Module, inputs: mx.array, targets: mx.array) -> mx.array:
+    """Each row's summed log-probability (fp32, shape [R]) of its targets (``inputs``/``targets``
+    as for ``loss_sum``); for a preference batch, log p(answer | prompt) of each row."""
+    logits = model(inputs).astype(mx.float32)
+    keep = targets != IGNORE_INDEX
+    ce = nn.losses.cross_entropy(logits, mx.where(keep, targets, 0))
+    return -(ce * keep).sum(axis=1)
+
+
+def dpo_loss(
+    model: nn.Module,
+    inputs: mx.array,
+    targets: mx.array,
+    reference: mx.array,
+    *,
+    beta: float,
+    label_smoothing: float,
+) -> tuple[mx.array, mx.array, mx.array, mx.array]:
+    """(summed DPO loss, per-pair losses [B], chosen rewards [B], rejected rewards [B]) of one
+    preference batch: rows [0, B) chosen, [B, 2B) rejected; ``reference`` [2B] the reference
+    log-probabilities in the same order (``backends.training.dpo.sigmoid_dpo_loss``). The first
+    output is the one ``nn.value_and_grad`` differentiates."""
+    logps = sequence_log_probs(model, inputs, targets)
+    n = logps.shape[0] // 2
+    losses, chosen, rejected = sigmoid_dpo_loss(
+        logps[:n],
+        logps[n:],
+        reference[:n],
+        reference[n:],
+        beta=beta,
+        label_smoothing=label_smoothing,
+        log_sigmoid=nn.log_sigmoid,
+    )
+    return losses.sum(), losses, chosen, rejected
+
+
+def _adapter_base(module: nn.Module) -> nn.Module | None:
+    """The base layer an mlx-lm adapter layer wraps (LoRALinear/DoRALinear/LoRASwitchLinear:
+    ``linear``; LoRAEmbedding: ``embedding``), or None for any other module."""
+    if "lora_a" not in module:
+        return None
+    for name in ("linear", "embedding"):
+        if isinstance(module.get(name), nn.Module):
+            return module[name]
+    raise TypeError(f"adapter layer {type(module).__name__} wraps no base layer this engine knows")
+
+
+@contextlib.contextmanager
+def adapters_bypassed(model: nn.Module) -> Iterator[nn.Module]:
+    """While active, ``model`` is the base model: each LoRA/DoRA layer is replaced by the base layer
+    it wraps (the same arrays, no copy), so its forward equals the model without the adapter
+    (DoRA's magnitude vector is bypassed too, which a LoRA scale of 0 would not do). The adapter
+    layers are put back on exit."""
+    swaps = []
+    for path, module in model.named_modules():
+        base = _adapter_base(module)
+        if base is not None and path:
+            *parents, key = path.split(".")
+            holder: Any = model
+            for part in parents:
+                holder = holder[int(part)] if isinstance(holder, list) else holder[part]
+            swaps.append((holder, int(key) if isinstance(holder, list) else key, module, base))
+    for holder, key, _, base in swaps:
+        holder[key] = base
+    try:
+        yield model
+    finally:
+        for holder, key, adapter, _ in swaps:
+            holder[key] = adapter
+
+
 class MLXEngine:
     """The MLX implementation of ``backends.training.engine.Engine`` (see that protocol)."""
 
@@ -263,12 +345,24 @@ class MLXEngine:
         def eval_step(inputs: mx.array, targets: mx.array) -> mx.array:
             return loss_sum(model, inputs, targets)
 
+        dpo = functools.partial(dpo_loss, beta=config.dpo.beta, label_smoothing=config.dpo.label_smoothing)
+        dpo_value_and_grad = nn.value_and_grad(model, dpo)
+
+        def dpo_step(inputs: mx.array, targets: mx.array, reference: mx.array) -> tuple[tuple, dict]:
+            return dpo_value_and_grad(model, inputs, targets, reference)
+
+        def dpo_eval(inputs: mx.array, targets: mx.array, reference: mx.array) -> tuple:
+            return dpo(model, inputs, targets, reference)
+
         self.compiled = self.device == "gpu" if COMPILE is None else COMPILE
         if self.compiled:
             state = [model.state, mx.random.state]
             micro_step = mx.compile(micro_step, inputs=state, outputs=state)
             eval_step = mx.compile(eval_step, inputs=state)
+            dpo_step = mx.compile(dpo_step, inputs=state, outputs=state)
+            dpo_eval = mx.compile(dpo_eval, inputs=state)
         self._micro_step, self._eval_step = micro_step, eval_step
+        self._dpo_step, self._dpo_eval = dpo_step, dpo_eval
         notes.insert(
             1,
             f"{'DoRA' if lora.use_dora else 'LoRA'} rank {lora.rank} alpha {lora.alpha:g} (mlx-lm scale "
@@ -310,6 +404,9 @@ class MLXEngine:
         The loss is sum(token CE) / sum(label tokens) over all micro-batches; gradients likewise.
         Raises RunFailed("oom") on MLX allocation failures or when the step went over the memory
         limit, RunFailed("data") when the micro-batches hold no label token.
+
+        DPO (``method: dpo``): the sigmoid DPO loss summed over the step's pairs / their number;
+        the result adds the reward means of ``backends.training.dpo.STEP_FIELDS``.
         """
         assert self.model is not None and self.optimizer is not None, "setup() first"
         n_tokens = sum(b.num_label_tokens for b in micro_batches)
@@ -319,17 +416,9 @@ class MLXEngine:
                 "data", f"a training step has no label tokens (rows {rows[:10]})", "check the data"
             )
         try:
-            total = mx.array(0.0)
-            grads = None
-            for batch in micro_batches:
-                ids, labels = batch_rows(batch, PAD_MULTIPLE if self.compiled else 1)
-                loss, g = self._micro_step(mx.array(ids[:, :-1]), mx.array(labels[:, 1:]))
-                total = total + loss
-                grads = g if grads is None else tree_map(mx.add, grads, g)
-                mx.eval(total, grads)
-            grads = tree_map(lambda g: g / n_tokens, grads)
+            loss_value, grads, extra = self.loss_and_gradients(micro_batches)
             norm = mx.sqrt(sum(mx.sum(mx.square(g.astype(mx.float32))) for _, g in tree_flatten(grads)))
-            loss_value, norm_value = (total / n_tokens).item(), norm.item()
+            norm_value = norm.item()
             if not (math.isfinite(loss_value) and math.isfinite(norm_value)):
                 return {"loss": loss_value, "grad_norm": norm_value}
             max_norm = self.config.training.max_grad_norm
@@ -346,28 +435,98 @@ class MLXEngine:
                 raise self._oom(str(exc)) from exc
             raise
         self._check_peak()
-        return {"loss": loss_value, "grad_norm": norm_value}
+        return {"loss": loss_value, "grad_norm": norm_value, **extra}
+
+    def _inputs(self, batch: Batch) -> tuple[mx.array, mx.array]:
+        ids, labels = batch_rows(batch, PAD_MULTIPLE if self.compiled else 1)
+        return mx.array(ids[:, :-1]), mx.array(labels[:, 1:])
+
+    def loss_and_gradients(self, micro_batches: list[Batch]) -> tuple[float, dict, dict[str, float]]:
+        """The step's mean loss, its gradients (a tree like the trainable parameters, before
+        clipping) and the extra metrics (DPO: ``STEP_FIELDS``; SFT: none). SFT: the summed token
+        cross-entropy / the label tokens of all micro-batches; DPO: the summed pair losses / the
+        pairs of all micro-batches."""
+        assert self.model is not None and self.config is not None, "setup() first"
+        grads = None
+        if self.config.method == "dpo":
+            stats = PreferenceStats()
+            for batch in micro_batches:
+                inputs, targets = self._inputs(batch)
+                reference = mx.array(self._reference(batch), dtype=mx.float32)
+                (_, losses, chosen, rejected), g = self._dpo_step(inputs, targets, reference)
+                grads = g if grads is None else tree_map(mx.add, grads, g)
+                mx.eval(grads, losses, chosen, rejected)
+                stats.add(np.array(losses), np.array(chosen), np.array(rejected))
+            extra = stats.metrics()
+            divisor = sum(b.num_pairs for b in micro_batches)
+            return extra.pop("loss"), tree_map(lambda g: g / divisor, grads), extra
+        total = mx.array(0.0)
+        for batch in micro_batches:
+            loss, g = self._micro_step(*self._inputs(batch))
+            total = total + loss
+            grads = g if grads is None else tree_map(mx.add, grads, g)
+            mx.eval(total, grads)
+        n_tokens = sum(b.num_label_tokens for b in micro_batches)
+        return (total / n_tokens).item(), tree_map(lambda g: g / n_tokens, grads), {}
+
+    def reference_log_probs(self, batch: PreferenceBatch) -> np.ndarray:
+        """The reference model's summed answer log-probability of each row (float64 [2B]): this
+        model with its adapter layers bypassed (``adapters_bypassed``), no gradient."""
+        assert self.model is not None, "setup() first"
+        inputs, targets = self._inputs(batch)
+        try:
+            with adapters_bypassed(self.model):
+                logps = sequence_log_probs(self.model, inputs, targets)
+                mx.eval(logps)
+        except (RuntimeError, MemoryError) as exc:
+            if is_oom_error(exc):
+                raise self._oom(str(exc)) from exc
+            raise
+        return np.array(logps).astype(np.float64)
+
+    def _reference(self, batch: PreferenceBatch) -> np.ndarray:
+        if batch.reference_log_probs is not None:
+            return batch.reference_log_probs
+        return self.reference_log_probs(batch)
 
     def eval_loss(self, batches: list[Batch]) -> float:
         """Mean token cross-entropy over ``batches`` without dropout or gradients; NaN when they hold
-        no label token (as the PyTorch engine)."""
-        assert self.model is not None, "setup() first"
+        no label token (as the PyTorch engine). DPO: the mean DPO loss per pair."""
+        return self.eval_metrics(batches)["val_loss"]
+
+    def eval_metrics(self, batches: list[Batch]) -> dict[str, float]:
+        """{"val_loss": see ``eval_loss``}; DPO adds ``reward_accuracy`` and ``reward_margin``."""
+        assert self.model is not None and self.config is not None, "setup() first"
+        dpo = self.config.method == "dpo"
         n_tokens = sum(b.num_label_tokens for b in batches)
-        if n_tokens == 0:
-            return float("nan")
+        if n_tokens == 0 and not dpo:
+            return {"val_loss": float("nan")}
+        stats = PreferenceStats()
+        total = 0.0
         self.model.eval()
         try:
-            total = 0.0
             for batch in batches:
-                ids, labels = batch_rows(batch, PAD_MULTIPLE if self.compiled else 1)
-                total += self._eval_step(mx.array(ids[:, :-1]), mx.array(labels[:, 1:])).item()
+                inputs, targets = self._inputs(batch)
+                if dpo:
+                    reference = mx.array(self._reference(batch), dtype=mx.float32)
+                    _, losses, chosen, rejected = self._dpo_eval(inputs, targets, reference)
+                    stats.add(np.array(losses), np.array(chosen), np.array(rejected))
+                else:
+                    total += self._eval_step(inputs, targets).item()
         except (RuntimeError, MemoryError) as exc:
             if is_oom_error(exc):
                 raise self._oom(str(exc)) from exc
             raise
         finally:
             self.model.train()
-        return total / n_tokens
+        if dpo:
+            m = stats.metrics()
+            return {
+                "val_loss": m["loss"],
+                "reward_accuracy": m["reward_accuracy"],
+                "reward_margin": m["reward_margin"],
+            }
+        return {"val_loss": total / n_tokens}
 
     # --- state -------------------------------------------------------------------------------
     def adapter_weights(self) -> dict[str, mx.array]:

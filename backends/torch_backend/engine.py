@@ -8,6 +8,12 @@ The loss is the token-level causal-LM cross-entropy: position t predicts ``label
 ``lm_head(hidden)`` (``FAST_LOSS_MODEL_TYPES``) the head is applied only at positions that carry a
 label, which skips most of the vocabulary projection for completion-only data; other models go
 through their own ``forward`` (same loss, more work).
+
+DPO (``method: dpo``): the chosen and rejected rows of a ``PreferenceBatch`` go through one
+forward; each row's answer log-probability is the sum of its labelled tokens' log-probabilities
+(``sequence_log_probs``); the reference is the same model inside peft's ``disable_adapter()``
+context (no second copy of the weights), unless the loop precomputed it. The loss formula is the
+shared ``backends.training.dpo.sigmoid_dpo_loss``.
 """
 
 from __future__ import annotations
@@ -19,13 +25,15 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from backends.config import RunConfig
-from backends.data.types import IGNORE_INDEX, Batch
+from backends.data.types import IGNORE_INDEX, Batch, PreferenceBatch
 from backends.errors import RunFailed, UserInputError
+from backends.training.dpo import PreferenceStats, sigmoid_dpo_loss
 
 # The 'attention' target preset: the usual names of the query/key/value/output projections, in the
 # order tried. The first group that exists in the model is used.
@@ -262,7 +270,22 @@ class TorchEngine:
         return torch.as_tensor(array, device=self.device)
 
     def loss_sum(self, batch: Batch) -> torch.Tensor:
-        """Summed cross-entropy (fp32 scalar) over the batch's label positions.
+        """Summed cross-entropy (fp32 scalar) over the batch's label positions (see
+        ``labelled_logits``)."""
+        logits, targets, _ = self.labelled_logits(batch)
+        return F.cross_entropy(logits, targets, reduction="sum")
+
+    def sequence_log_probs(self, batch: Batch) -> torch.Tensor:
+        """Each row's summed log-probability of its labelled tokens (fp32, shape [R] for R rows):
+        for a ``PreferenceBatch``, log p(answer | prompt) of each row (DPO's log pi(y|x))."""
+        logits, targets, rows = self.labelled_logits(batch)
+        token_logps = -F.cross_entropy(logits, targets, reduction="none")
+        out = torch.zeros(batch.input_ids.shape[0], dtype=torch.float32, device=token_logps.device)
+        return out.index_add(0, rows, token_logps)
+
+    def labelled_logits(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The forward pass at the batch's label positions: (logits fp32 [N, V], targets [N],
+        row index [N]) for the N positions that carry a target.
 
         Position t predicts ``labels[:, t + 1]``; positions whose target is ``IGNORE_INDEX`` (and,
         in packed batches, the first token of each segment) carry no loss. Packed batches
@@ -296,7 +319,44 @@ class TorchEngine:
                 logits = hf_model(
                     input_ids=input_ids, attention_mask=mask, position_ids=position_ids, use_cache=False
                 ).logits[:, :-1][selected]
-        return F.cross_entropy(logits.float(), targets[selected], reduction="sum")
+        rows = torch.nonzero(selected, as_tuple=True)[0]
+        return logits.float(), targets[selected], rows
+
+    # --- DPO -------------------------------------------------------------------------------
+    def reference_log_probs(self, batch: PreferenceBatch) -> np.ndarray:
+        """The reference model's summed answer log-probability of each row (float64 [2B]): this
+        model with the adapter disabled (peft ``disable_adapter()``), no gradient."""
+        assert self.model is not None
+        try:
+            return self._reference(batch).double().cpu().numpy()
+        except Exception as exc:
+            self._raise_if_oom(exc)
+            raise
+
+    def _reference(self, batch: PreferenceBatch) -> torch.Tensor:
+        if batch.reference_log_probs is not None:
+            return torch.as_tensor(batch.reference_log_probs, dtype=torch.float32, device=self.device)
+        with torch.no_grad(), self.model.disable_adapter():
+            return self.sequence_log_probs(batch)
+
+    def dpo_loss(self, batch: PreferenceBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per-pair sigmoid DPO losses [B] and the chosen/rejected rewards [B] of one preference
+        batch (``backends.training.dpo.sigmoid_dpo_loss`` with the run's beta and label smoothing);
+        the policy part carries gradients."""
+        assert self.config is not None
+        reference = self._reference(batch)
+        policy = self.sequence_log_probs(batch)
+        n = batch.num_pairs
+        dpo = self.config.dpo
+        return sigmoid_dpo_loss(
+            policy[:n],
+            policy[n:],
+            reference[:n],
+            reference[n:],
+            beta=dpo.beta,
+            label_smoothing=dpo.label_smoothing,
+            log_sigmoid=F.logsigmoid,
+        )
 
     # --- steps -----------------------------------------------------------------------------
     def train_step(self, micro_batches: list[Batch], learning_rate: float) -> dict[str, float]:
@@ -307,6 +367,10 @@ class TorchEngine:
         scaling an overflowing step is skipped normally and marked {"skipped": 1.0}). Raises
         RunFailed(kind="oom") when the device runs out of memory, RunFailed(kind="data") for
         micro-batches without a label token.
+
+        DPO (``method: dpo``, ``PreferenceBatch`` micro-batches): the loss is the sigmoid DPO loss
+        summed over the step's pairs and divided by their number; the result adds the reward
+        means of ``backends.training.dpo.STEP_FIELDS``.
         """
         assert self.model is not None and self.optimizer is not None and self.config is not None
         total_labels = sum(int(b.num_label_tokens) for b in micro_batches)
@@ -319,19 +383,41 @@ class TorchEngine:
             group["lr"] = learning_rate
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
-        loss_total = 0.0
+        extra: dict[str, float] = {}
         try:
-            for batch in micro_batches:
-                loss = self.loss_sum(batch)
-                scaled = loss / total_labels
-                if self.scaler is not None:
-                    scaled = self.scaler.scale(scaled)
-                scaled.backward()
-                loss_total += float(loss.detach())
+            if self.config.method == "dpo":
+                extra = self._dpo_backward(micro_batches)
+                mean_loss = extra.pop("loss")
+            else:
+                loss_total = 0.0
+                for batch in micro_batches:
+                    loss = self.loss_sum(batch)
+                    self._backward(loss / total_labels)
+                    loss_total += float(loss.detach())
+                mean_loss = loss_total / total_labels
         except Exception as exc:
             self._raise_if_oom(exc)
             raise
-        mean_loss = loss_total / total_labels
+        result = self._update(mean_loss)
+        return {**result, **extra}
+
+    def _backward(self, loss: torch.Tensor) -> None:
+        (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+
+    def _dpo_backward(self, micro_batches: list[Batch]) -> dict[str, float]:
+        """Backward of the DPO loss summed over the step's pairs / their number; returns the
+        step's ``PreferenceStats.metrics()``."""
+        pairs = sum(int(b.num_pairs) for b in micro_batches)
+        stats = PreferenceStats()
+        for batch in micro_batches:
+            losses, chosen, rejected = self.dpo_loss(batch)
+            self._backward(losses.sum() / pairs)
+            stats.add(*(t.detach().double().cpu().numpy() for t in (losses, chosen, rejected)))
+        return stats.metrics()
+
+    def _update(self, mean_loss: float) -> dict[str, float]:
+        """Clip and apply the accumulated gradients (see ``train_step``)."""
+        assert self.optimizer is not None and self.config is not None
         if not math.isfinite(mean_loss):
             self.optimizer.zero_grad(set_to_none=True)
             return {"loss": mean_loss, "grad_norm": float("nan")}
@@ -353,7 +439,33 @@ class TorchEngine:
 
     def eval_loss(self, batches: list[Batch]) -> float:
         """Mean loss per label token over ``batches`` (dropout off, no gradient); NaN when they
-        hold no label token."""
+        hold no label token. DPO: the mean DPO loss per pair."""
+        return self.eval_metrics(batches)["val_loss"]
+
+    def eval_metrics(self, batches: list[Batch]) -> dict[str, float]:
+        """{"val_loss": see ``eval_loss``}; DPO adds ``reward_accuracy`` and ``reward_margin``."""
+        assert self.model is not None and self.config is not None
+        if self.config.method == "dpo":
+            stats = PreferenceStats()
+            self.model.eval()
+            try:
+                with torch.no_grad():
+                    for batch in batches:
+                        stats.add(*(t.double().cpu().numpy() for t in self.dpo_loss(batch)))
+            except Exception as exc:
+                self._raise_if_oom(exc)
+                raise
+            finally:
+                self.model.train()
+            m = stats.metrics()
+            return {
+                "val_loss": m["loss"],
+                "reward_accuracy": m["reward_accuracy"],
+                "reward_margin": m["reward_margin"],
+            }
+        return {"val_loss": self._sft_eval_loss(batches)}
+
+    def _sft_eval_loss(self, batches: list[Batch]) -> float:
         assert self.model is not None
         total = sum(int(b.num_label_tokens) for b in batches)
         if total == 0:

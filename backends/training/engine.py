@@ -26,6 +26,17 @@ Changes to this protocol (compatible additions only):
 - ``setup`` may return an optional ``"notes"`` list of strings (e.g. which precision ``auto``
   picked and why); the loop logs them.
 - ``create_engine(config)`` module-level factory, documented above.
+- DPO (``config.method == "dpo"``, math in ``backends.training.dpo``): the micro-batches are
+  ``PreferenceBatch`` (2B rows, chosen first). ``train_step`` then minimises the sigmoid DPO loss
+  summed over pairs and divided by the pairs of the whole step, against the reference log-probs
+  on the batch (``PreferenceBatch.reference_log_probs``) or, when None, computed with the adapter
+  disabled; it returns the mean loss per pair and also ``dpo.STEP_FIELDS`` (rewards_chosen,
+  rewards_rejected, reward_margin, reward_accuracy). ``eval_loss`` is the mean DPO loss per pair.
+- ``reference_log_probs(batch: PreferenceBatch) -> numpy float64 [2B]``: the base model's (adapter
+  disabled) log-probability of each row's answer, summed over its tokens; the loop calls it to
+  precompute (``dpo.precompute_ref_log_probs``).
+- optional ``eval_metrics(batches) -> dict``: {"val_loss": what ``eval_loss`` returns, plus any of
+  ``dpo.EVAL_FIELDS``}; the loop prefers it to ``eval_loss`` when an engine has it.
 """
 
 from __future__ import annotations

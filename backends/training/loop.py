@@ -21,6 +21,14 @@ run, ``eta`` is seconds left at this session's average step time. ``run_started`
 ``validation_examples``, ``steps_per_epoch`` and ``warmup_steps``; ``run_finished`` adds ``tokens``
 and ``elapsed``; ``run_failed.step`` and ``stopped.step`` are the last completed step.
 
+DPO (``method: dpo``, see ``backends.training.dpo``) runs through this same loop: the batcher is
+``make_preference_batches``, the engine's ``train_step`` returns the DPO loss per pair and the
+reward statistics, which ``step`` events carry (``dpo.STEP_FIELDS``), and ``eval`` events add
+``reward_accuracy`` and ``reward_margin`` when the engine has ``eval_metrics``. With
+``dpo.precompute_ref_log_probs`` the loop has the engine compute the reference log-probabilities
+of every training and validation pair once before the first step (``dpo.ReferenceCache``), hands
+them to the engine on the batches, and keeps them in every checkpoint, so a resume reuses them.
+
 ``events.jsonl`` is append-only: a resumed run appends a new ``run_started`` and replays the steps
 after its checkpoint, so a run killed after step N+k and resumed from step N holds steps N+1..N+k
 twice; readers keep the last event of each step.
@@ -46,10 +54,11 @@ import numpy as np
 import psutil
 
 from backends.config import RunConfig
-from backends.data.types import Batch, PreparedData
+from backends.data.types import Batch, PreferenceBatch, PreferenceExample, PreparedData
 from backends.errors import RunFailed, RunStopped, UserInputError
 from backends.events import EventSink
 from backends.runs import RunDir, atomic_dir, atomic_write_text
+from backends.training.dpo import EVAL_FIELDS, STEP_FIELDS, ReferenceCache
 from backends.training.engine import Engine
 from backends.training.schedule import learning_rate, warmup_steps
 
@@ -114,12 +123,18 @@ def _set_numpy_rng_state(state: list[Any]) -> None:
 
 
 def data_fingerprint(examples: list) -> str:
-    """A short hash of the tokenised training examples (input ids and labels), to notice a data
-    file that changed between a checkpoint and its resume."""
+    """A short hash of the tokenised training examples (input ids and labels; for preference pairs
+    the prompt, chosen and rejected ids and the row), to notice a data file that changed between a
+    checkpoint and its resume."""
     h = hashlib.sha256()
     for ex in examples:
-        h.update(np.asarray(ex.input_ids, dtype=np.int64).tobytes())
-        h.update(np.asarray(ex.labels, dtype=np.int64).tobytes())
+        if isinstance(ex, PreferenceExample):
+            parts = [ex.prompt_ids, ex.chosen_ids, ex.rejected_ids, [ex.row]]
+        else:
+            parts = [ex.input_ids, ex.labels]
+        for part in parts:
+            h.update(np.asarray(part, dtype=np.int64).tobytes())
+            h.update(b",")
         h.update(b"|")
     return h.hexdigest()[:16]
 
@@ -203,6 +218,9 @@ class TrainingLoop:
         self.warmup = warmup_steps(self.max_steps, t.warmup_ratio)
         self.fingerprint = data_fingerprint(data.train)
         self._last_checkpoint_step: int | None = None
+        self.reference: ReferenceCache | None = (
+            ReferenceCache() if config.method == "dpo" and config.dpo.precompute_ref_log_probs else None
+        )
 
     # --- data ------------------------------------------------------------------------------
     def _batches(self, epoch: int) -> list[Batch]:
@@ -232,7 +250,16 @@ class TrainingLoop:
             batches = self._batches(s.epoch)
         chunk = batches[s.batch_index : s.batch_index + self.accum]
         s.batch_index += len(chunk)
-        return chunk
+        return self._with_reference("train", chunk)
+
+    def _with_reference(self, split: str, batches: list[Batch]) -> list[Batch]:
+        """Attach the precomputed reference log-probabilities (DPO with precomputation) to the
+        batches of ``split``; other batches pass through unchanged."""
+        if self.reference is not None and self.reference.has(split):
+            for batch in batches:
+                if isinstance(batch, PreferenceBatch):
+                    self.reference.attach(split, batch)
+        return batches
 
     def _epoch_progress(self) -> float:
         n = len(self._batches(self.state.epoch))
@@ -250,7 +277,44 @@ class TrainingLoop:
                 packing=False,
                 max_seq_length=t.max_seq_length,
             )
-        return self._val_batches
+        return self._with_reference("validation", self._val_batches)
+
+    def _precompute_reference(self) -> None:
+        """DPO with ``precompute_ref_log_probs``: the reference log-probabilities of every training
+        and validation pair, once (kept from the checkpoint on a resume). A stop request during the
+        computation leaves it incomplete; the run then stops at step 0 as usual."""
+        cache = self.reference
+        if cache is None:
+            return
+        cache.fingerprint = self.fingerprint
+        t = self.config.training
+        splits = [("train", self.data.train)] + (
+            [("validation", self.data.validation)] if self.data.validation else []
+        )
+        for split, examples in splits:
+            if cache.has(split):
+                continue
+            start = time.monotonic()
+            batches = self.batcher(
+                examples,
+                batch_size=t.batch_size,
+                pad_token_id=self.pad_token_id,
+                seed=t.seed,
+                epoch=0,
+                packing=False,
+                max_seq_length=t.max_seq_length,
+            )
+            try:
+                done = cache.compute(split, batches, self.engine.reference_log_probs, self.stop.is_set)
+            except RunFailed as exc:
+                raise self._fail(exc.kind, exc.message, exc.hint) from exc
+            if not done:
+                return
+            self._log(
+                "info",
+                f"reference log-probabilities of {len(examples)} {split} pairs computed in "
+                f"{time.monotonic() - start:.1f} s (dpo.precompute_ref_log_probs)",
+            )
 
     # --- checkpoints -----------------------------------------------------------------------
     def save_checkpoint(self) -> Path:
@@ -261,6 +325,8 @@ class TrainingLoop:
         s.numpy_rng = _numpy_rng_state()
         with self.run.new_checkpoint(s.step) as tmp:
             self.engine.save_state(tmp)
+            if self.reference is not None:
+                self.reference.save(tmp)
             atomic_write_text(tmp / STATE_FILE, s.to_json())
             _readable(tmp)
         path = self.run.checkpoints_dir / f"step-{s.step}"
@@ -285,6 +351,8 @@ class TrainingLoop:
             )
         self.state = state
         self._last_checkpoint_step = state.step
+        if self.reference is not None and self.reference.load(checkpoint, self.fingerprint):
+            self._log("info", "reference log-probabilities restored from the checkpoint")
 
     # --- events ----------------------------------------------------------------------------
     def _log(self, level: str, message: str) -> None:
@@ -329,6 +397,7 @@ class TrainingLoop:
         for note in self.setup_info.get("notes") or []:
             self._log("info", note)
         try:
+            self._precompute_reference()
             return self._train()
         except (RunFailed, RunStopped):
             raise
@@ -405,6 +474,7 @@ class TrainingLoop:
                 eta=round(per_step * (self.max_steps - s.step), 1),
                 memory={"rss": rss_bytes(), **self.engine.memory()},
                 **({"skipped": True} if skipped else {}),
+                **{k: float(result[k]) for k in STEP_FIELDS if k in result},
             )
             if (
                 self.data.validation
@@ -420,12 +490,18 @@ class TrainingLoop:
         return self._finish()
 
     def _evaluate(self) -> float:
+        batches = self._validation_batches()
         try:
-            val = self.engine.eval_loss(self._validation_batches())
+            if hasattr(self.engine, "eval_metrics"):
+                metrics = self.engine.eval_metrics(batches)
+            else:
+                metrics = {"val_loss": self.engine.eval_loss(batches)}
         except RunFailed as exc:
             raise self._fail(exc.kind, exc.message, exc.hint) from exc
+        val = float(metrics["val_loss"])
         self.state.val_loss = val if math.isfinite(val) else None
-        self.sink.emit("eval", step=self.state.step, val_loss=val)
+        extra = {k: float(metrics[k]) for k in EVAL_FIELDS if k in metrics}
+        self.sink.emit("eval", step=self.state.step, val_loss=val, **extra)
         return val
 
     def _stop(self) -> None:
