@@ -2,8 +2,9 @@
 
 Every event is one JSON object on one line with ``"v": SCHEMA_VERSION``, ``"event"`` (its name)
 and ``"time"`` (Unix seconds). Required fields per event are in ``REQUIRED`` and come from
-``../shared/design.md``; times are seconds, memory is bytes. Extra fields are allowed (e.g. DPO
-rewards on ``step``). Readers must ignore unknown events and fields.
+``../shared/design.md``; times are seconds, memory is bytes. Extra fields are allowed; the
+documented optional ones are in ``OPTIONAL`` (DPO rewards on ``step`` and ``eval``). Readers must
+ignore unknown events and fields.
 """
 
 from __future__ import annotations
@@ -58,6 +59,18 @@ REQUIRED: dict[str, tuple[str, ...]] = {
     "chat_error": ("kind", "message", "hint"),
     "validation_prompts": ("run_dir", "prompts"),
 }
+
+# Optional fields of DPO runs (``method: dpo``; see backends/training/dpo.py for the formulas).
+# ``step``: means over the step's preference pairs of the implicit rewards
+#   rewards_chosen   = beta * (log pi(chosen|prompt) - log ref(chosen|prompt)),
+#   rewards_rejected = the same for the rejected answer,
+#   reward_margin    = rewards_chosen - rewards_rejected,
+#   reward_accuracy  = share of pairs with chosen reward > rejected reward (0..1);
+# ``step.loss`` is then the DPO loss per pair. ``eval``: ``val_loss`` is the DPO loss on the
+# validation pairs, plus reward_accuracy and reward_margin over them.
+DPO_STEP_FIELDS = ("rewards_chosen", "rewards_rejected", "reward_margin", "reward_accuracy")
+DPO_EVAL_FIELDS = ("reward_accuracy", "reward_margin")
+OPTIONAL: dict[str, tuple[str, ...]] = {"step": DPO_STEP_FIELDS, "eval": DPO_EVAL_FIELDS}
 
 MEMORY_FIELDS = ("rss", "device_allocated", "device_peak")
 FAILURE_KINDS = ("nan", "oom", "data", "model", "crash")

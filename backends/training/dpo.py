@@ -38,11 +38,11 @@ from typing import Any, TypeVar
 import numpy as np
 
 from backends.data.types import PreferenceBatch
+from backends.events import DPO_EVAL_FIELDS, DPO_STEP_FIELDS
 
-# Extra fields of `step` events for DPO runs (also documented in backends/events.py).
-STEP_FIELDS = ("rewards_chosen", "rewards_rejected", "reward_margin", "reward_accuracy")
-# Extra fields of `eval` events for DPO runs (val_loss is the DPO loss on the validation pairs).
-EVAL_FIELDS = ("reward_accuracy", "reward_margin")
+# Extra fields of `step` and `eval` events for DPO runs (the schema lives in backends/events.py).
+STEP_FIELDS = DPO_STEP_FIELDS
+EVAL_FIELDS = DPO_EVAL_FIELDS
 
 # The file a checkpoint keeps precomputed reference log-probabilities in.
 REFERENCE_FILE = "reference_log_probs.npz"
