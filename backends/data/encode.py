@@ -286,7 +286,7 @@ class Encoder:
     def encode_preference(self, rows: Sequence[tuple[int, Preference]]) -> list[Encoded]:
         """Tokenise preference pairs: the prompt once, each answer on its own (ending with the
         end-of-turn token). Answers are cut so prompt + answer fits ``max_seq_length``; a pair
-        with no room for either answer is dropped."""
+        with no room for either answer, or whose answers are identical once cut, is dropped."""
         results: list[Encoded | None] = [None] * len(rows)
         texts: list[str] = []
         starts: list[bool] = []
@@ -312,6 +312,14 @@ class Encoder:
                     "(length)",
                     f"the prompt alone has {len(prompt_ids)} tokens, no room for an answer within "
                     f"max_seq_length {self.max_seq_length}; dropped",
+                )
+                results[k] = Encoded(row, None, length, err)
+                continue
+            if chosen[:room] == rejected[:room]:
+                err = RowError(
+                    "rejected",
+                    f"identical to chosen within max_seq_length {self.max_seq_length} (the answers "
+                    "differ only in tokens that were cut); dropped",
                 )
                 results[k] = Encoded(row, None, length, err)
                 continue

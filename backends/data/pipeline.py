@@ -171,11 +171,20 @@ def analyze_file(
     method = _check_method(path, fmt, method)
     report = DataReport(file=str(path), format=fmt, rows_read=len(rows))
     valid: list[tuple[int, Any]] = []
+    same: list[int] = []
     for number, obj in rows:
         try:
-            valid.append((number, parse_row(fmt, obj, system_prompt=system_prompt)))
+            parsed = parse_row(fmt, obj, system_prompt=system_prompt)
         except RowError as err:
             report.problems.append(Problem(str(path), number, err.field, err.reason, rows.unit))
+            continue
+        if isinstance(parsed, Preference) and parsed.chosen.strip() == parsed.rejected.strip():
+            # No preference signal: the DPO loss of such a pair is ln 2 with zero gradient.
+            reason = "identical to chosen: the pair carries no preference; dropped"
+            report.problems.append(Problem(str(path), number, "rejected", reason, rows.unit))
+            same.append(number)
+            continue
+        valid.append((number, parsed))
     if strict and report.problems:
         p = report.problems[0]
         more = len(report.problems) - 1
@@ -189,12 +198,12 @@ def analyze_file(
         )
     if report.problems:
         report.notices.append(f"{len(report.problems)} invalid row(s) dropped")
-    if fmt == "preference":
-        same = sum(1 for _, p in valid if isinstance(p, Preference) and p.chosen == p.rejected)
-        if same:
-            report.notices.append(
-                f"{same} row(s) have identical chosen and rejected answers (they teach nothing)"
-            )
+    if same:
+        listed = ", ".join(str(r) for r in same[:10]) + (", ..." if len(same) > 10 else "")
+        report.notices.append(
+            f"{len(same)} pair(s) with identical chosen and rejected answers dropped: no preference "
+            f"to learn ({rows.unit}s {listed})"
+        )
     if tokenizer is None or not valid:
         report.rows_kept = len(valid)
         return [], report, None, method
