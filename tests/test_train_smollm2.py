@@ -78,17 +78,24 @@ def test_wikisql_20_steps(smollm2_dir, shared_data, tmp_path):
     run = train_20_steps(smollm2_dir, data, tmp_path / "runs", tmp_path)
     check_run(run)
     text = json.loads(data.read_text().splitlines()[0])["text"]
-    prompt = text[: text.index("\nA: ") + 4]  # the table, columns and question; the SQL is the answer
+    prompt = text[: text.index("\nA: ") + 3]  # up to "A:"; the answer is " SELECT ..."
     before, after = reply_changes(run, smollm2_dir, prompt)
     assert before != after
     assert after.lstrip().startswith("SELECT")  # it learnt the answer format
 
 
 def test_alpaca_20_steps(smollm2_dir, smollm2_tokenizer, shared_data, tmp_path):
-    data = shared_data / "llamafactory" / "alpaca_en_demo.json"
+    """SmolLM2-Instruct already follows Alpaca instructions, so over 20 fresh batches of the whole
+    file its loss is batch-to-batch noise (measured: first-5 mean 1.39, last-5 mean 1.64, with the
+    longest batch last). Two passes over the file's first 40 rows show the adapter fitting them."""
+    rows = json.loads((shared_data / "llamafactory" / "alpaca_en_demo.json").read_text())[:40]
+    data = tmp_path / "alpaca_en_demo.json"
+    data.write_text(json.dumps(rows))
     run = train_20_steps(smollm2_dir, data, tmp_path / "runs", tmp_path)
     check_run(run)
-    row = json.loads(data.read_text())[0]
+    started = next(e for e in run.events() if e["event"] == "run_started")
+    assert started["steps_per_epoch"] == 10  # 40 rows, batch 4: the last 10 steps are the second pass
+    row = rows[0]
     template = (run.adapter_dir / "chat_template.jinja").read_text()
     prompt = smollm2_tokenizer.apply_chat_template(
         [{"role": "user", "content": row["instruction"] + ("\n" + row["input"] if row["input"] else "")}],
