@@ -52,6 +52,8 @@ def test_bundle_without_default_model_asks_for_an_import(monkeypatch):
 
 
 def test_model_page_offers_the_import_when_the_default_model_is_missing(qtbot, monkeypatch):
+    from PySide6.QtWidgets import QLabel
+
     from desktop.pages import model_page
     from desktop.state import AppState
 
@@ -61,6 +63,9 @@ def test_model_page_offers_the_import_when_the_default_model_is_missing(qtbot, m
     assert page.model_names() == [DEFAULT_MODEL]
     assert page.table.item(0, 3).text() == "not included: import its GGUF file first"
     assert "Import a GGUF file" in page.status.text()
+    texts = [label.text() for label in page.findChildren(QLabel)]
+    assert any("does not include the default model" in t for t in texts)
+    assert not any("built in" in t for t in texts)
     assert page.import_file_button.isEnabled() and page.import_folder_button.isEnabled()
 
 

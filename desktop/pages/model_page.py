@@ -71,10 +71,15 @@ class ModelPage(QWidget):
         layout = QVBoxLayout(self)
         heading = QLabel("<h2>1. Choose a model</h2>")
         layout.addWidget(heading)
+        default = (
+            "The default, SmolLM2-135M-Instruct, is built in and imported on first use."
+            if default_model_installed()
+            else "This installer does not include the default model, SmolLM2-135M-Instruct: import it first."
+        )
         layout.addWidget(
             intro_label(
-                "The model you fine-tune. The default, SmolLM2-135M-Instruct, is built in and imported on "
-                "first use. Import a GGUF file or a Hugging Face model folder, or drop one on this page."
+                f"The model you fine-tune. {default} Import a GGUF file or a Hugging Face model folder, "
+                "or drop one on this page."
             )
         )
         self.table = QTableWidget(0, len(COLUMNS))
