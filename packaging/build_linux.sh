@@ -27,6 +27,30 @@ if ! "$PY" -c "import PyInstaller" >/dev/null 2>&1; then
   "$PY" -m pip install -q -e ".[packaging]" 2>&1 | grep -v -e "is ignored: it is neither a file nor a directory" -e "^$" || true
 fi
 
+# Qt's xcb plugin (the window on X11 desktops) links a dozen small X libraries. PyInstaller bundles
+# the ones found here, so the bundle works on desktops that lack some (libxcb-cursor0 is missing on
+# many): every one must be found on the build machine. On Debian/Ubuntu as root, install them.
+qt=$("$PY" -c "import PySide6, os; print(os.path.join(os.path.dirname(PySide6.__file__), 'Qt'))")
+missing_xcb() { ldd "$qt/plugins/platforms/libqxcb.so" "$qt/lib/libQt6XcbQpa.so.6" | awk '/not found/ {print $1}' | sort -u; }
+missing=$(missing_xcb)
+if [ -n "$missing" ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  # Debian's package of libNAME.so.N is libNAMEN, or libNAME-N when NAME ends in a digit (policy 8.1)
+  pkgs=$(echo "$missing" | "$PY" -c "
+import re, sys
+for so in sys.stdin.read().split():
+    name, n = re.match(r'(.+)\.so\.(\d+)$', so).groups()
+    print((name + ('-' if name[-1].isdigit() else '') + n).lower())")
+  echo "installing the X libraries Qt's xcb plugin needs: $(echo $pkgs)"
+  apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $pkgs >/dev/null
+  missing=$(missing_xcb)
+fi
+if [ -n "$missing" ]; then
+  echo "Qt's xcb plugin needs libraries this machine lacks: $(echo $missing)" >&2
+  echo "install them (Debian/Ubuntu: libxcb-icccm4 libxcb-keysyms1 libxcb-cursor0 libxkbcommon-x11-0 ...), or set" >&2
+  echo "ALLOW_MISSING_XCB=1 to build a bundle that needs them on the user's machine" >&2
+  [ -n "${ALLOW_MISSING_XCB:-}" ] || exit 1
+fi
+
 version=$("$PY" -c "import backends; print(backends.__version__)")
 arch=$(uname -m)
 args=(--noconfirm --distpath dist --workpath build/pyinstaller)
