@@ -27,7 +27,7 @@ from backends.errors import EXIT_OK
 from backends.events import encode, make_event
 from backends.runs import RunDir
 
-MAX_NEW_TOKENS = 96  # a house-style reply is about 60 tokens; base replies are cut here
+MAX_NEW_TOKENS = 80  # a house-style reply is at most about 65 tokens; base replies are cut here
 
 
 def demo_dir() -> Path:
