@@ -100,9 +100,11 @@ class RunMonitor(QWidget):
         self.memory_chart = Chart("Memory", "time since start (s)", "memory", y_units="B")
         for name in ("worker RSS", "device memory (worker)", "system RAM used", "system VRAM used"):
             self.memory_chart.add_series(name, unique_x=False)
-        self.dpo_chart = Chart("Preference (DPO)", "step", "reward")
+        # DPO runs (method dpo): the reward margin and accuracy of each step, validation accuracy.
+        self.dpo_chart = Chart("Preference (DPO)", "step", "reward margin / accuracy")
         self.dpo_chart.add_series("reward margin")
         self.dpo_chart.add_series("reward accuracy")
+        self.dpo_chart.add_series("validation reward accuracy", symbol=True)
         self.dpo_chart.setVisible(False)
         grid.addWidget(self.loss_chart, 0, 0)
         grid.addWidget(self.lr_chart, 0, 1)
@@ -176,6 +178,7 @@ class RunMonitor(QWidget):
     def _on_run_started(self, e: dict[str, Any]) -> None:
         self.run_dir = e.get("run_dir")
         self.method = e.get("method")
+        self.dpo_chart.setVisible(self.method == "dpo")
         self.max_steps = int(e.get("max_steps") or 0) or None
         if self.max_steps:
             self.progress.setRange(0, self.max_steps)
@@ -237,7 +240,13 @@ class RunMonitor(QWidget):
     def _on_eval(self, e: dict[str, Any]) -> None:
         self.loss_chart.series("validation loss").append(int(e["step"]), e.get("val_loss"))
         self.loss_chart.changed()
-        self.add_log(f"validation at step {e['step']}: val loss {_num(e.get('val_loss'))}")
+        if "reward_accuracy" in e:
+            self.dpo_chart.series("validation reward accuracy").append(
+                int(e["step"]), e.get("reward_accuracy")
+            )
+            self.dpo_chart.changed()
+        accuracy = f", reward accuracy {_num(e['reward_accuracy'], '.2f')}" if "reward_accuracy" in e else ""
+        self.add_log(f"validation at step {e['step']}: val loss {_num(e.get('val_loss'))}{accuracy}")
 
     def _on_checkpoint(self, e: dict[str, Any]) -> None:
         self.add_log(f"checkpoint saved at step {e['step']}: {e.get('path')}")
