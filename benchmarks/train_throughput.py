@@ -18,7 +18,9 @@ process, so its peak RSS is its own.
   each batch's attention mask.
 
 Printed per side: tokens/s (non-padding tokens over the wall time of the steps after the first
-``--skip-steps``), seconds per step, peak RSS; then the ratios ours / TRL. Goal: tokens/s
+``--skip-steps``), seconds per step, peak RSS; then the ratios ours / TRL. With ``--repeats N``
+the sides run alternately N times each and the median run of each side is shown (peak RSS: the
+highest), which evens out other load on a shared machine. Goal: tokens/s
 ratio >= 1.5 at no more memory.
 
     python benchmarks/train_throughput.py                    # 20 steps, batch 4, 256 tokens
@@ -193,6 +195,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--max-seq-length", type=int, default=256)
     parser.add_argument("--rank", type=int, default=16)
+    parser.add_argument(
+        "--repeats", type=int, default=1, help="runs per side (alternating); the median is shown"
+    )
     parser.add_argument("--peer", choices=["ours", "trl"], help=argparse.SUPPRESS)
     parser.add_argument("--workdir", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -208,22 +213,29 @@ def main() -> None:
         workdir = Path(tmp)
         rows = json.loads(ALPACA.read_text(encoding="utf-8"))[: args.rows]
         (workdir / "alpaca_first_rows.json").write_text(json.dumps(rows), encoding="utf-8")
+        runs: dict[str, list[dict]] = {"ours": [], "trl": []}
+        for repeat in range(args.repeats):
+            for peer in ("ours", "trl"):  # alternating, so a busy spell on the machine hits both
+                cmd = [sys.executable, __file__, "--peer", peer, "--workdir", str(workdir)]
+                for key in ("model", "rows", "steps", "skip_steps", "batch_size", "max_seq_length", "rank"):
+                    cmd += [f"--{key.replace('_', '-')}", str(getattr(args, key))]
+                print(f"running {peer} ({repeat + 1}/{args.repeats})...", file=sys.stderr, flush=True)
+                out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+                line = next((x for x in out.stdout.splitlines() if x.startswith(RESULT)), None)
+                if out.returncode != 0 or line is None:
+                    sys.exit(f"{peer} failed (exit {out.returncode}):\n{out.stderr[-4000:]}")
+                runs[peer].append(json.loads(line[len(RESULT) :]))
+                print(f"  {peer}: {json.dumps(runs[peer][-1])}", file=sys.stderr, flush=True)
+        # the run with the median tokens/s of each side; peak RSS is the highest seen
         results = {}
-        for peer in ("ours", "trl"):
-            cmd = [sys.executable, __file__, "--peer", peer, "--workdir", str(workdir)]
-            for key in ("model", "rows", "steps", "skip_steps", "batch_size", "max_seq_length", "rank"):
-                cmd += [f"--{key.replace('_', '-')}", str(getattr(args, key))]
-            print(f"running {peer}...", file=sys.stderr, flush=True)
-            out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
-            line = next((x for x in out.stdout.splitlines() if x.startswith(RESULT)), None)
-            if out.returncode != 0 or line is None:
-                sys.exit(f"{peer} failed (exit {out.returncode}):\n{out.stderr[-4000:]}")
-            results[peer] = json.loads(line[len(RESULT) :])
+        for peer, rs in runs.items():
+            ranked = sorted(rs, key=lambda r: r["tokens"] / r["seconds"])
+            results[peer] = {**ranked[len(ranked) // 2], "peak_rss": max(r["peak_rss"] for r in rs)}
 
     print(
         f"SmolLM2 LoRA r{args.rank} all-linear, first {args.rows} Alpaca rows, batch {args.batch_size}, "
         f"max {args.max_seq_length} tokens, {args.steps} steps (first {args.skip_steps} not timed), "
-        f"{os.cpu_count()} CPU threads"
+        f"{os.cpu_count()} CPU threads, median of {args.repeats} run(s) per side"
     )
     print(f"{'':6s} {'tokens/s':>10s} {'s/step':>8s} {'peak RSS':>10s} {'tokens':>8s} {'mean loss':>9s}")
     for peer, r in results.items():
