@@ -13,13 +13,14 @@ What is measured, per reply (after one warm-up reply each):
 - tokens/s (decode): (tokens - 1) / (time of the last token - time of the first), the same formula
   for both (mlx-lm's ``generation_tps`` is this too); ours is timed by the client from the token
   events it reads, so the protocol's cost is included.
-Runs alternate (raw, ours, raw, ours, ...) so background load hits both alike; medians are printed
-with the ratio ours / raw. Goal: tokens/s >= 0.95x the raw library's. Both must produce the same
+Runs alternate (raw, ours, raw, ours, ...), each after a short rest, so background load hits both
+alike; medians are printed with the ratio ours / raw. Goal: tokens/s >= 0.95x the raw library's. Both must produce the same
 text (greedy), which is checked.
 
 Usage:
     python benchmarks/chat_latency.py [--model SmolLM2-135M-Instruct] [--backends torch,mlx]
-        [--max-new-tokens 128] [--mlx-max-new-tokens 32] [--repeats 3] [--prompt TEXT]
+        [--max-new-tokens 128] [--mlx-max-new-tokens 32] [--repeats 5] [--pause 1] [--threads N]
+        [--prompt TEXT]
 
 MLX on a Linux CPU (mlx[cpu]) runs SmolLM2 at a few tokens/s, hence the shorter MLX replies by
 default; on a Mac with Apple silicon pass ``--mlx-max-new-tokens 128`` for the same length.
@@ -56,8 +57,10 @@ def decode_rate(stamps: list[float]) -> float | None:
 class Worker:
     """Our chat worker process; events are read on a thread and time-stamped on arrival."""
 
-    def __init__(self, model: str, backend: str) -> None:
+    def __init__(self, model: str, backend: str, threads: int | None = None) -> None:
         env = dict(os.environ, PYTHONUNBUFFERED="1", TOKENIZERS_PARALLELISM="false")
+        if threads:
+            env["OMP_NUM_THREADS"] = str(threads)  # torch's intra-op threads, as set_num_threads
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "desktop", "chat", "--serve", "--model", model, "--backend", backend],
             cwd=ROOT,
@@ -118,9 +121,12 @@ class Worker:
         self.proc.wait(60)
 
 
-def raw_torch(model_dir: Path) -> Any:
+def raw_torch(model_dir: Path, threads: int | None = None) -> Any:
     """A function prompt_ids, n -> result, running plain transformers ``generate``."""
     import torch
+
+    if threads:
+        torch.set_num_threads(threads)
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.generation.streamers import BaseStreamer
 
@@ -168,7 +174,7 @@ def raw_torch(model_dir: Path) -> Any:
     return tok, run
 
 
-def raw_mlx(model_dir: Path) -> Any:
+def raw_mlx(model_dir: Path, threads: int | None = None) -> Any:
     """A function prompt_ids, n -> result, running mlx-lm's ``stream_generate``."""
     import mlx_lm
 
@@ -203,20 +209,30 @@ def fmt(v: float | None, unit: str = "") -> str:
 
 
 def bench(
-    backend: str, model_dir: Path, messages: list[dict[str, str]], n: int, repeats: int
+    backend: str,
+    model_dir: Path,
+    messages: list[dict[str, str]],
+    n: int,
+    repeats: int,
+    pause: float,
+    threads: int | None = None,
 ) -> dict[str, Any]:
     from backends.chat.session import render_prompt
 
     print(f"\n== {backend}: {model_dir.name}, {n} new tokens, {repeats} repeats", flush=True)
-    tok, raw = (raw_torch if backend == "torch" else raw_mlx)(model_dir)
+    tok, raw = (raw_torch if backend == "torch" else raw_mlx)(model_dir, threads)
     ids = render_prompt(tok, messages, tok.chat_template)
-    worker = Worker(str(model_dir), backend)
+    worker = Worker(str(model_dir), backend, threads)
     try:
         raw(ids, n)  # warm-up
         worker.reply(messages, n)
         raws, ours = [], []
         for i in range(repeats):
+            # A pause before each measurement lets the other process's OpenMP threads stop
+            # spin-waiting (on 2 cores they would otherwise slow down whichever runs next).
+            time.sleep(pause)
             raws.append(raw(ids, n))
+            time.sleep(pause)
             ours.append(worker.reply(messages, n))
             print(
                 f"  run {i + 1}: raw {raws[-1]['tokens']} tok, ttft {fmt(raws[-1]['ttft'], ' s')}, "
@@ -253,7 +269,14 @@ def main() -> int:
     parser.add_argument("--backends", default="torch,mlx")
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--mlx-max-new-tokens", type=int, default=32)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--pause", type=float, default=1.0, help="seconds of rest before each measurement")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads for both sides (default: torch's own choice); 1 is steadier on a busy machine",
+    )
     parser.add_argument("--prompt", default=DEFAULT_PROMPT)
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -268,7 +291,7 @@ def main() -> int:
             print("\n(mlx-lm is not installed: MLX skipped)")
             continue
         n = args.max_new_tokens if backend == "torch" else args.mlx_max_new_tokens
-        results.append(bench(backend, model_dir, messages, n, args.repeats))
+        results.append(bench(backend, model_dir, messages, n, args.repeats, args.pause, args.threads))
     print(
         "\n| backend | new tokens | TTFT raw | TTFT ours (worker / client) | tok/s raw | tok/s ours | ratio | same text |"
     )
@@ -284,6 +307,7 @@ def main() -> int:
         print(
             f"{r['backend']}: ours / raw tokens/s = {fmt(r.get('ratio'))} (goal >= {GOAL}): {'met' if ok else 'NOT met'}"
         )
+    print(f"load average at the end: {os.getloadavg()[0]:.1f} (this machine's other jobs share the cores)")
     print(json.dumps(results))
     return 0
 
