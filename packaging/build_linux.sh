@@ -56,6 +56,7 @@ arch=$(uname -m)
 args=(--noconfirm --distpath dist --workpath build/pyinstaller)
 if [ -n "${PYINSTALLER_CLEAN:-}" ]; then args+=(--clean); fi
 echo "building dist/tunedesk with PyInstaller $("$PY" -m PyInstaller --version) (takes 10-20 minutes on 2 cores)..."
+mkdir -p build
 start=$(date +%s)
 # nice: the build is long and CPU-bound; keep the machine usable meanwhile.
 nice -n 19 "$PY" -m PyInstaller "${args[@]}" packaging/tunedesk.spec 2>build/pyinstaller.log || {
