@@ -135,3 +135,14 @@ def test_stop_ends_a_long_reply_at_once(session):
     latency = time.perf_counter() - t0
     assert not thread.is_alive() and result["reply"].finish_reason == "stop"
     assert latency < 1.0, f"stop took {latency:.3f} s"
+
+
+def test_peft_adapter_is_converted_for_mlx(tmp_path, tiny_model_dir):
+    from backends.chat.loader import open_session
+    from tests.chat_adapters import make_peft_run
+
+    run = make_peft_run(tmp_path / "peft-run", tiny_model_dir, template=CUSTOM_TEMPLATE)
+    session = open_session(adapter=run, backend="mlx")
+    info = session.adapters[session.default_adapter]
+    assert session.engine.name == "mlx" and info.format == "mlx" and info.run_dir == run
+    assert reply(session, session.default_adapter, n_answer(session)).text == ANSWER

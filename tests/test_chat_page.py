@@ -6,7 +6,9 @@ validation comparison fills its table, and a broken adapter shows an error namin
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import time
 from pathlib import Path
 
@@ -166,6 +168,17 @@ def test_side_by_side_stop_switch_and_compare_with_a_real_worker(qtbot, page, ru
         assert base and tuned and base != tuned
         assert "tokens/s" in page.table.item(row, 3).toolTip()
     assert "from validation data" in page.compare_note.text() and page.compare_note.text().endswith("done")
+
+    # A worker that dies mid-reply is reported in words, and the page is usable again.
+    page.tabs.setCurrentIndex(0)
+    page.max_new_tokens.setValue(100_000)
+    page.prompt.setPlainText("Tell me a very long story.")
+    page.send_button.click()
+    qtbot.waitUntil(lambda: len(page.panes[TUNED].view.toPlainText()) > 80, timeout=TIMEOUT_MS)
+    os.kill(page.client.worker.pid(), signal.SIGKILL)  # from outside, as a crash would
+    qtbot.waitUntil(lambda: not page.busy(), timeout=30_000)
+    assert "chat process crashed" in page.banner_text() and page.send_button.isEnabled()
+    assert not page.client.is_running() and "starts it again" in page.status.text()
 
 
 def test_broken_adapter_shows_an_error_naming_the_path(qtbot, page, runs_dir, tiny_model_dir):
