@@ -7,7 +7,9 @@ is checked before the model is loaded, so a mistake fails in a second, not after
 
 from __future__ import annotations
 
+import atexit
 import importlib.util
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -78,7 +80,9 @@ def convert_for(info: AdapterInfo, backend: str, say: Say = _say_nothing) -> Ada
         return info
     from backends.export import export_adapter
 
-    out = Path(tempfile.mkdtemp(prefix="tunedesk-chat-adapter-")) / "adapter"
+    tmp = Path(tempfile.mkdtemp(prefix="tunedesk-chat-adapter-"))
+    atexit.register(shutil.rmtree, tmp, ignore_errors=True)  # the loaded copy lives as long as the chat
+    out = tmp / "adapter"
     say("info", f"converting the {info.format} adapter {info.path} to {want} for the {backend} backend")
     export_adapter(info.path, want, out)
     converted = read_adapter(out)
