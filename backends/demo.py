@@ -18,6 +18,7 @@ import shutil
 import sys
 import textwrap
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -66,7 +67,10 @@ def compare_replies(run: RunDir, config: RunConfig, prompts: list[str]) -> list[
     from backends.chat.session import Sampling, StreamRequest
 
     greeting, signoff = house_style()
-    session = open_session(config.model, adapter=run.path, backend=config.backend)
+    with warnings.catch_warnings():
+        # peft reads transformers' deprecated `is_gradient_checkpointing` while loading: not ours to act on.
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        session = open_session(config.model, adapter=run.path, backend=config.backend)
     tuned = session.default_adapter
     requests = []
     for i, prompt in enumerate(prompts):
