@@ -64,7 +64,7 @@ def test_model_page_offers_the_import_when_the_default_model_is_missing(qtbot, m
     assert page.table.item(0, 3).text() == "not included: import its GGUF file first"
     assert "Import a GGUF file" in page.status.text()
     texts = [label.text() for label in page.findChildren(QLabel)]
-    assert any("does not include the default model" in t for t in texts)
+    assert any("leaves out the default model" in t for t in texts)
     assert not any("built in" in t for t in texts)
     assert page.import_file_button.isEnabled() and page.import_folder_button.isEnabled()
 

@@ -74,7 +74,7 @@ class ModelPage(QWidget):
         default = (
             "The default, SmolLM2-135M-Instruct, is built in and imported on first use."
             if default_model_installed()
-            else "This installer does not include the default model, SmolLM2-135M-Instruct: import it first."
+            else "The installer leaves out the default model, SmolLM2-135M-Instruct: import its GGUF file once."
         )
         layout.addWidget(
             intro_label(
