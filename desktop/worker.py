@@ -30,11 +30,12 @@ def worker_command(args: list[str]) -> tuple[str, list[str]]:
     """Program and arguments that run ``tunedesk <args>`` with this app's own interpreter.
 
     Inside a frozen bundle ``sys.executable`` is the app itself (its entry runs CLI commands). The
-    Windows bundle's app (``TuneDesk.exe``) is a windowed program; its console twin ``tunedesk.exe``
-    beside it (packaging/tunedesk.spec) runs the workers, so their stdout and stderr are real pipes.
+    Windows bundle's app (``TuneDesk.exe``) is a windowed program; its console twin
+    ``tunedesk-cli.exe`` beside it (packaging/tunedesk.spec) runs the workers, so their stdout and
+    stderr are real pipes.
     """
     if getattr(sys, "frozen", False):
-        console = os.path.join(os.path.dirname(sys.executable), "tunedesk.exe")
+        console = os.path.join(os.path.dirname(sys.executable), "tunedesk-cli.exe")
         if sys.platform == "win32" and os.path.isfile(console):
             return console, list(args)
         return sys.executable, list(args)

@@ -1,5 +1,5 @@
 # Build the Windows installer: a one-folder PyInstaller bundle (dist\tunedesk\: TuneDesk.exe, the
-# windowed app, and tunedesk.exe, its console twin for the command line and the app's workers),
+# windowed app, and tunedesk-cli.exe, its console twin for the command line and the app's workers),
 # then dist\TuneDesk-<version>-windows-x64-setup.exe with Inno Setup 6 (packaging\tunedesk.iss) if
 # ISCC.exe is installed, else (or with -Zip) dist\TuneDesk-<version>-windows-x64.zip.
 # In PowerShell, from a fresh clone (Python 3.10-3.12 64-bit from python.org on PATH):
@@ -57,7 +57,7 @@ if ($LASTEXITCODE -ne 0) {
 Write-Host ("PyInstaller done in {0:N0} s (log: build\pyinstaller.log)" -f ((Get-Date) - $start).TotalSeconds)
 
 $bundle = "dist\tunedesk"
-foreach ($exe in @("TuneDesk.exe", "tunedesk.exe")) {
+foreach ($exe in @("TuneDesk.exe", "tunedesk-cli.exe")) {
     if (-not (Test-Path (Join-Path $bundle $exe))) { throw "$exe is missing in $bundle" }
 }
 if ($flavour -eq "cpu") {
@@ -66,8 +66,8 @@ if ($flavour -eq "cpu") {
     Write-Host "no CUDA libraries in the bundle"
 }
 # The bundled console executable must run on its own (the hardware probe imports torch inside it).
-& "$bundle\tunedesk.exe" hardware --json > build\hardware.json
-if ($LASTEXITCODE -ne 0) { throw "the bundled tunedesk.exe hardware --json failed" }
+& "$bundle\tunedesk-cli.exe" hardware --json > build\hardware.json
+if ($LASTEXITCODE -ne 0) { throw "the bundled tunedesk-cli.exe hardware --json failed" }
 $hw = Get-Content build\hardware.json -Raw | ConvertFrom-Json
 Write-Host "bundle check: backend $($hw.backend) on $($hw.device) ($($hw.reason))"
 

@@ -76,5 +76,5 @@ def test_windows_bundle_runs_workers_through_its_console_twin(monkeypatch, tmp_p
     monkeypatch.setattr(sys, "platform", "win32")
     # without the console twin (an older bundle): the app's own executable
     assert worker_module.worker_command(["hardware"]) == (str(tmp_path / "TuneDesk.exe"), ["hardware"])
-    (tmp_path / "tunedesk.exe").write_bytes(b"")
-    assert worker_module.worker_command(["hardware"]) == (str(tmp_path / "tunedesk.exe"), ["hardware"])
+    (tmp_path / "tunedesk-cli.exe").write_bytes(b"")
+    assert worker_module.worker_command(["hardware"]) == (str(tmp_path / "tunedesk-cli.exe"), ["hardware"])
