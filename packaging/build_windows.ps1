@@ -17,6 +17,9 @@ param(
     [switch]$Clean
 )
 $ErrorActionPreference = "Stop"
+# Native commands write their output as they like; none of them has its stderr redirected with 2>
+# (Windows PowerShell 5.1 would turn each stderr line into a terminating error under "Stop"), and
+# each one's exit code is checked.
 Set-Location (Join-Path $PSScriptRoot "..")
 
 function Invoke-Checked([string]$What, [scriptblock]$Block) {
@@ -28,7 +31,7 @@ $py = ".venv\Scripts\python.exe"
 if (-not (Test-Path $py)) {
     Invoke-Checked "creating .venv" { python -m venv .venv }
 }
-& $py -c "import torch" 2>$null
+& $py -c "import importlib.util, sys; sys.exit(0 if importlib.util.find_spec('torch') else 1)"
 if ($LASTEXITCODE -ne 0) {
     Write-Host "installing torch $TorchVersion..."
     $torchArgs = @("-m", "pip", "install", "-q", "torch==$TorchVersion")
@@ -49,8 +52,10 @@ if ($Clean) { $piArgs += "--clean" }
 $piArgs += "packaging\tunedesk.spec"
 Write-Host "building dist\tunedesk with PyInstaller..."
 $start = Get-Date
-& $py @piArgs 2> build\pyinstaller.log
-if ($LASTEXITCODE -ne 0) {
+# PyInstaller logs on stderr: into build\pyinstaller.log through Start-Process (see above)
+$proc = Start-Process -FilePath $py -ArgumentList $piArgs -NoNewWindow -Wait -PassThru `
+    -RedirectStandardError build\pyinstaller.log
+if ($proc.ExitCode -ne 0) {
     Get-Content build\pyinstaller.log -Tail 40
     throw "PyInstaller failed: full log in build\pyinstaller.log"
 }
