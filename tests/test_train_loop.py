@@ -23,7 +23,7 @@ from backends.errors import RunStopped, UserInputError
 from backends.events import MEMORY_FIELDS, REQUIRED, read_events
 from backends.runs import COMPLETE_MARKER, RunDir, run_status
 from backends.training import make_engine, run_training
-from backends.training.loop import STATE_FILE
+from backends.training.loop import STATE_FILE, STOP_FILE
 from backends.training.schedule import learning_rate
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -236,7 +236,9 @@ def test_sigterm_stops_with_a_checkpoint_then_resume_finishes(tiny_model_dir, tm
     assert run_status(run) == "stopped"
     assert "stopped" in (tmp_path / "term.log").read_text()
 
-    # --set cannot change a run being resumed; a plain --resume continues to the end
+    # --set cannot change a run being resumed; a plain --resume continues to the end (a stale
+    # stop request does not stop it again)
+    (run.path / STOP_FILE).write_text("")
     code = cli.main(["train", "--resume", str(run.path), "--set", "training.max_steps=3"])
     assert code == 1
     proc = start_train("--resume", str(run.path), log=tmp_path / "resume.log")
@@ -321,6 +323,28 @@ def test_out_of_memory_fails_with_kind_oom_and_concrete_hints(tiny_model_dir, tm
         assert words in failed["hint"]
     assert "gradient_checkpointing: true" in failed["hint"]
     assert [s for s, _ in RunDir(runs / "oom").checkpoints()] == [1, 2]
+
+
+def test_a_stop_request_file_stops_the_run(tiny_model_dir, tmp_path):
+    """Where signals cannot reach the worker (Windows), a ``stop.request`` file in the run folder
+    stops it the same way: checkpoint, ``stopped``, RunStopped (exit 130); the file is removed."""
+    runs = tmp_path / "runs"
+    config = config_from_dict(make_config(tiny_model_dir, runs, "filestop", max_steps=200, save_every=0))
+    events_path = runs / "filestop" / "events.jsonl"
+
+    def request_stop_after_step_2() -> None:
+        while not any(e["event"] == "step" and e["step"] >= 2 for e in read_events(events_path)):
+            time.sleep(0.02)
+        (runs / "filestop" / STOP_FILE).write_text("")
+
+    threading.Thread(target=request_stop_after_step_2, daemon=True).start()
+    with pytest.raises(RunStopped):
+        run_training(config, console=False)
+    run = RunDir(runs / "filestop")
+    stopped = run.events()[-1]
+    assert stopped["event"] == "stopped" and 2 <= stopped["step"] < 200
+    assert run.latest_checkpoint() == Path(stopped["checkpoint"])
+    assert not (run.path / STOP_FILE).exists()
 
 
 def test_incomplete_checkpoints_are_never_resumed(tiny_model_dir, tmp_path):

@@ -63,6 +63,9 @@ from backends.training.engine import Engine
 from backends.training.schedule import learning_rate, warmup_steps
 
 STATE_FILE = "trainer_state.json"
+# Creating this file in the run folder asks the loop to stop after the current step, as SIGTERM
+# does: the way to stop a worker where signals cannot be sent to it (Windows).
+STOP_FILE = "stop.request"
 RECENT_LOSSES = 10  # run_finished.train_loss is the mean loss of the last this-many steps
 
 NAN_HINT = (
@@ -180,6 +183,7 @@ class TrainingLoop:
     pipeline's ``make_batches`` (injectable for tests). ``stop``: set it (or send SIGINT/SIGTERM
     while ``stop_on_signals`` is active) to checkpoint and stop after the current step.
     ``adapter_info``: extra fields for ``tunedesk.json`` (base model name and path, ...).
+    A file named ``STOP_FILE`` appearing in the run folder stops the run like ``stop``.
     """
 
     def __init__(
@@ -372,6 +376,8 @@ class TrainingLoop:
         """
         resumed_from = None
         self.run.prune_checkpoints(self.config.training.keep_checkpoints)  # and stale temp folders
+        with contextlib.suppress(FileNotFoundError):
+            (self.run.path / STOP_FILE).unlink()  # a stop request of an earlier session
         if resume_from is not None:
             self.restore(resume_from)
             resumed_from = self.state.step
@@ -425,8 +431,9 @@ class TrainingLoop:
         session_start = time.monotonic()
         session_steps = 0
         elapsed_before = s.elapsed
+        stop_file = self.run.path / STOP_FILE
         while s.step < self.max_steps:
-            if self.stop.is_set():
+            if self.stop.is_set() or stop_file.exists():
                 self._stop()
             micro = self._next_micro_batches()
             lr = learning_rate(
@@ -509,6 +516,8 @@ class TrainingLoop:
         if self._last_checkpoint_step != self.state.step or not path.is_dir():
             path = self.save_checkpoint()
         self.sink.emit("stopped", step=self.state.step, checkpoint=str(path))
+        with contextlib.suppress(FileNotFoundError):
+            (self.run.path / STOP_FILE).unlink()
         raise RunStopped(
             f"stopped at step {self.state.step}; resume with `tunedesk train --resume {self.run.path}`"
         )
