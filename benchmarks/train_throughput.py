@@ -4,7 +4,11 @@ Both sides train the same model (SmolLM2-135M-Instruct, imported from its GGUF o
 the same tokens: the first ``--rows`` rows of ``../shared/data/llamafactory/alpaca_en_demo.json``
 tokenised once by our data pipeline (the model's chat template, completion-only labels, cut at
 ``--max-seq-length``); TRL gets them as a pre-tokenised dataset with ``input_ids`` and ``labels``
-(it then skips its own tokenisation and keeps our labels). Same LoRA (rank, alpha, dropout, every
+(it then skips its own tokenisation and keeps our labels). By default (``--trl-order ours``) the
+dataset is in the order of our batches and TRL samples it sequentially (transformers'
+``train_sampling_strategy="sequential"``), so both sides train on exactly the same rows in every
+step and the comparison is of the training step alone; ``--trl-order random`` gives TRL its
+default random sampler (other rows per step, so other lengths and padding). Same LoRA (rank, alpha, dropout, every
 linear layer), AdamW, learning rate, batch size, no gradient accumulation, fp32 on the CPU (the
 model's precision elsewhere follows each side's default), no gradient checkpointing, no
 evaluation or checkpoints, the same number of optimizer steps. Each side runs in its own fresh
@@ -83,6 +87,13 @@ def _config(args: argparse.Namespace, data_file: Path, runs_dir: Path):
     )
 
 
+def torch_threads() -> int:
+    """The number of threads torch uses for its CPU kernels (OMP_NUM_THREADS or the core count)."""
+    import torch
+
+    return torch.get_num_threads()
+
+
 def _peak_rss() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
@@ -107,14 +118,26 @@ def run_trl(args: argparse.Namespace, data_file: Path, workdir: Path) -> dict:
     from trl import SFTConfig, SFTTrainer
 
     from backends import models
-    from backends.data import load_tokenizer, prepare_data
+    from backends.data import load_tokenizer, make_batches, prepare_data
     from backends.torch_backend import pick_device, resolve_precision
 
     config = _config(args, data_file, workdir / "runs")
     model_dir = models.resolve_model(config.model)
     tokenizer = load_tokenizer(model_dir)
     data = prepare_data(config, tokenizer)
-    dataset = Dataset.from_list([{"input_ids": e.input_ids, "labels": e.labels} for e in data.train])
+    examples = data.train
+    if args.trl_order == "ours":
+        batches = make_batches(
+            data.train,
+            batch_size=args.batch_size,
+            pad_token_id=data.pad_token_id or 0,
+            seed=config.training.seed,
+            epoch=0,
+            max_seq_length=args.max_seq_length,
+        )
+        by_row = {e.row: e for e in data.train}
+        examples = [by_row[r] for b in batches for r in b.rows]
+    dataset = Dataset.from_list([{"input_ids": e.input_ids, "labels": e.labels} for e in examples])
     precision, _ = resolve_precision("auto", pick_device())
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, use_safetensors=True)
@@ -149,6 +172,7 @@ def run_trl(args: argparse.Namespace, data_file: Path, workdir: Path) -> dict:
         report_to="none",
         seed=0,
         dataloader_num_workers=0,
+        train_sampling_strategy="sequential" if args.trl_order == "ours" else "random",
     )
     lora = LoraConfig(
         r=args.rank,
@@ -198,6 +222,12 @@ def main() -> None:
     parser.add_argument(
         "--repeats", type=int, default=1, help="runs per side (alternating); the median is shown"
     )
+    parser.add_argument(
+        "--trl-order",
+        choices=["ours", "random"],
+        default="ours",
+        help="TRL's rows per step: ours, or its random sampler",
+    )
     parser.add_argument("--peer", choices=["ours", "trl"], help=argparse.SUPPRESS)
     parser.add_argument("--workdir", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -217,7 +247,16 @@ def main() -> None:
         for repeat in range(args.repeats):
             for peer in ("ours", "trl"):  # alternating, so a busy spell on the machine hits both
                 cmd = [sys.executable, __file__, "--peer", peer, "--workdir", str(workdir)]
-                for key in ("model", "rows", "steps", "skip_steps", "batch_size", "max_seq_length", "rank"):
+                for key in (
+                    "model",
+                    "rows",
+                    "steps",
+                    "skip_steps",
+                    "batch_size",
+                    "max_seq_length",
+                    "rank",
+                    "trl_order",
+                ):
                     cmd += [f"--{key.replace('_', '-')}", str(getattr(args, key))]
                 print(f"running {peer} ({repeat + 1}/{args.repeats})...", file=sys.stderr, flush=True)
                 out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
@@ -235,7 +274,8 @@ def main() -> None:
     print(
         f"SmolLM2 LoRA r{args.rank} all-linear, first {args.rows} Alpaca rows, batch {args.batch_size}, "
         f"max {args.max_seq_length} tokens, {args.steps} steps (first {args.skip_steps} not timed), "
-        f"{os.cpu_count()} CPU threads, median of {args.repeats} run(s) per side"
+        f"TRL rows per step: {args.trl_order}, {torch_threads()} torch threads, "
+        f"median of {args.repeats} run(s) per side"
     )
     print(f"{'':6s} {'tokens/s':>10s} {'s/step':>8s} {'peak RSS':>10s} {'tokens':>8s} {'mean loss':>9s}")
     for peer, r in results.items():
