@@ -177,6 +177,8 @@ class TorchChatEngine:
             self.model = self.model.unload()  # removes the LoRA layers, no merge
             self.base = self.model
         else:
+            if name in self.model.active_adapters:  # peft wants another active one first
+                self.model.set_adapter(next(iter(self._names.values())))
             self.model.delete_adapter(name)
         self._active = "?"
 
