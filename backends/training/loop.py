@@ -132,12 +132,12 @@ def data_fingerprint(examples: list) -> str:
     h = hashlib.sha256()
     for ex in examples:
         if isinstance(ex, PreferenceExample):
-            parts = [ex.prompt_ids, ex.chosen_ids, ex.rejected_ids, [ex.row]]
+            for part in (ex.prompt_ids, ex.chosen_ids, ex.rejected_ids, [ex.row]):
+                h.update(np.asarray(part, dtype=np.int64).tobytes())
+                h.update(b",")
         else:
-            parts = [ex.input_ids, ex.labels]
-        for part in parts:
-            h.update(np.asarray(part, dtype=np.int64).tobytes())
-            h.update(b",")
+            h.update(np.asarray(ex.input_ids, dtype=np.int64).tobytes())
+            h.update(np.asarray(ex.labels, dtype=np.int64).tobytes())
         h.update(b"|")
     return h.hexdigest()[:16]
 
@@ -225,6 +225,8 @@ class TrainingLoop:
         self.reference: ReferenceCache | None = (
             ReferenceCache() if config.method == "dpo" and config.dpo.precompute_ref_log_probs else None
         )
+        # The precomputed reference log-probs belong to these training and validation pairs.
+        self._reference_key = f"{self.fingerprint}/{data_fingerprint(data.validation or [])}"
 
     # --- data ------------------------------------------------------------------------------
     def _batches(self, epoch: int) -> list[Batch]:
@@ -290,7 +292,7 @@ class TrainingLoop:
         cache = self.reference
         if cache is None:
             return
-        cache.fingerprint = self.fingerprint
+        cache.fingerprint = self._reference_key
         t = self.config.training
         splits = [("train", self.data.train)] + (
             [("validation", self.data.validation)] if self.data.validation else []
@@ -355,7 +357,7 @@ class TrainingLoop:
             )
         self.state = state
         self._last_checkpoint_step = state.step
-        if self.reference is not None and self.reference.load(checkpoint, self.fingerprint):
+        if self.reference is not None and self.reference.load(checkpoint, self._reference_key):
             self._log("info", "reference log-probabilities restored from the checkpoint")
 
     # --- events ----------------------------------------------------------------------------
