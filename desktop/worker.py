@@ -272,7 +272,7 @@ class JsonCommand(QObject):
     def _on_finished(self, result: WorkerResult) -> None:
         if not result.ok:
             if result.exit_code == EXIT_USER_INPUT or result.start_error:
-                text = result.error_text()
+                text = _json_error_message(result.stdout) or result.error_text()
             else:
                 tail = "\n".join(result.log_tail[-8:]) or "(no output)"
                 text = f"`tunedesk {' '.join(self.worker.args)}` failed (exit {result.exit_code}):\n{tail}"
@@ -285,3 +285,15 @@ class JsonCommand(QObject):
             self.done.emit(None, f"unreadable answer from the worker: {exc}")
             return
         self.done.emit(answer, "")
+
+
+def _json_error_message(stdout: list[str]) -> str:
+    """The message of a ``--json`` command's ``{"ok": false, "error": {...}}`` answer, else ""."""
+    try:
+        answer = json.loads("\n".join(stdout).strip() or "null")
+    except json.JSONDecodeError:
+        return ""
+    error = answer.get("error") if isinstance(answer, dict) else None
+    if not isinstance(error, dict) or not error.get("message"):
+        return ""
+    return str(error["message"])  # already names file, line and field
