@@ -11,8 +11,8 @@ the per-token log-probabilities over the answer's tokens only (the prompt is con
 target). ``ref`` is the reference model: the same base model with the adapter disabled, so no
 second copy of the weights is held. ``eps`` is the label smoothing of conservative DPO (cDPO,
 Mitchell 2023: the preference label is taken as flipped with probability eps; ``eps = 0`` is plain
-sigmoid DPO). This is TRL's ``sigmoid`` loss with ``label_smoothing`` (TRL <= 0.2x; TRL 1.x keeps
-the same two terms in its ``aot`` losses and moved label smoothing to ``robust``/``exo_pair``).
+sigmoid DPO). This is the ``sigmoid`` loss with ``label_smoothing`` of older TRL releases (TRL 1.x
+keeps the same two terms in its ``aot`` losses and uses label smoothing in ``robust``/``exo_pair``).
 At initialisation LoRA's B is zero, so the policy equals the reference: h = 0 and the loss is
 ln 2 = 0.693147 whatever beta and eps are.
 
