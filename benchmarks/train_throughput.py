@@ -4,31 +4,31 @@ Both sides train the same model (SmolLM2-135M-Instruct, imported from its GGUF o
 the same tokens: the first ``--rows`` rows of ``../shared/data/llamafactory/alpaca_en_demo.json``
 tokenised once by our data pipeline (the model's chat template, completion-only labels, cut at
 ``--max-seq-length``); TRL gets them as a pre-tokenised dataset with ``input_ids`` and ``labels``
-(it then skips its own tokenisation and keeps our labels). By default (``--trl-order ours``) the
-dataset is in the order of our batches and TRL samples it sequentially (transformers'
-``train_sampling_strategy="sequential"``), so both sides train on exactly the same rows in every
-step and the comparison is of the training step alone; ``--trl-order random`` gives TRL its
-default random sampler (other rows per step, so other lengths and padding). Same LoRA (rank, alpha, dropout, every
+(it then skips its own tokenisation and keeps our labels). Same LoRA (rank, alpha, dropout, every
 linear layer), AdamW, learning rate, batch size, no gradient accumulation, fp32 on the CPU (the
 model's precision elsewhere follows each side's default), no gradient checkpointing, no
-evaluation or checkpoints, the same number of optimizer steps. Each side runs in its own fresh
-process, so its peak RSS is its own.
+evaluation or checkpoints, the same number of optimizer steps: by default one epoch over the rows
+(``--steps N`` for fewer). Each side runs in its own fresh process, so its peak RSS is its own.
 
-- ours: ``backends.training.run_training`` (pipeline batches grouped by length, loss head applied at
-  labelled positions only), timed from its ``step`` events;
+- ours: ``backends.training.run_training`` (the pipeline's length-grouped batches, loss head
+  applied at labelled positions only), timed from its ``step`` events;
 - TRL: ``trl.SFTTrainer(model, args=SFTConfig(...), peft_config=LoraConfig(...))`` with its
-  defaults otherwise (random batches padded to the longest row, its per-step token-accuracy and
-  entropy metrics), timed by a ``TrainerCallback``; its real (non-padding) tokens are counted from
-  each batch's attention mask.
+  defaults otherwise (``--trl-order random``: random batches padded to the longest row; its
+  per-step token-accuracy and entropy metrics), timed by a ``TrainerCallback``; its real
+  (non-padding) tokens are counted from each batch's attention mask. Over one epoch both sides
+  see every row once, so both train on the same tokens, batched each its own way.
+  ``--trl-order ours`` instead puts the dataset in the order of our batches and has TRL sample it
+  sequentially (transformers' ``train_sampling_strategy="sequential"``): then both train on the
+  same rows in every step, which compares the training step alone.
 
 Printed per side: tokens/s (non-padding tokens over the wall time of the steps after the first
 ``--skip-steps``), seconds per step, peak RSS; then the ratios ours / TRL. With ``--repeats N``
 the sides run alternately N times each and the median run of each side is shown (peak RSS: the
-highest), which evens out other load on a shared machine. Goal: tokens/s
-ratio >= 1.5 at no more memory.
+highest), which evens out other load on a shared machine. Goal: tokens/s ratio >= 1.5 at no more
+memory.
 
-    python benchmarks/train_throughput.py                    # 20 steps, batch 4, 256 tokens
-    python benchmarks/train_throughput.py --steps 50 --max-seq-length 512
+    python benchmarks/train_throughput.py                        # one epoch of 200 rows, batch 4
+    python benchmarks/train_throughput.py --trl-order ours --steps 10 --repeats 3
 """
 
 from __future__ import annotations
@@ -74,7 +74,8 @@ def _config(args: argparse.Namespace, data_file: Path, runs_dir: Path):
                 "learning_rate": 2e-4,
                 "lr_scheduler": "linear",
                 "warmup_ratio": 0.0,
-                "max_steps": args.steps,
+                "max_steps": args.steps or None,
+                "epochs": 1,
                 "batch_size": args.batch_size,
                 "max_seq_length": args.max_seq_length,
                 "precision": "auto",
@@ -157,7 +158,8 @@ def run_trl(args: argparse.Namespace, data_file: Path, workdir: Path) -> dict:
 
     sft = SFTConfig(
         output_dir=str(workdir / "trl"),
-        max_steps=args.steps,
+        max_steps=args.steps or -1,
+        num_train_epochs=1,
         per_device_train_batch_size=args.batch_size,
         gradient_accumulation_steps=1,
         learning_rate=2e-4,
@@ -214,7 +216,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="SmolLM2-135M-Instruct")
     parser.add_argument("--rows", type=int, default=200)
-    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--steps", type=int, default=0, help="optimizer steps (0: one epoch over the rows)")
     parser.add_argument("--skip-steps", type=int, default=2, help="warm-up steps left out of the timing")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--max-seq-length", type=int, default=256)
@@ -225,7 +227,7 @@ def main() -> None:
     parser.add_argument(
         "--trl-order",
         choices=["ours", "random"],
-        default="ours",
+        default="random",
         help="TRL's rows per step: ours, or its random sampler",
     )
     parser.add_argument("--peer", choices=["ours", "trl"], help=argparse.SUPPRESS)
@@ -273,7 +275,8 @@ def main() -> None:
 
     print(
         f"SmolLM2 LoRA r{args.rank} all-linear, first {args.rows} Alpaca rows, batch {args.batch_size}, "
-        f"max {args.max_seq_length} tokens, {args.steps} steps (first {args.skip_steps} not timed), "
+        f"max {args.max_seq_length} tokens, {results['ours']['steps'] + args.skip_steps} steps "
+        f"(first {args.skip_steps} not timed), "
         f"TRL rows per step: {args.trl_order}, {torch_threads()} torch threads, "
         f"median of {args.repeats} run(s) per side"
     )
