@@ -59,6 +59,7 @@ from backends.errors import RunFailed, UserInputError
 from backends.export import CONFIG_FILE, MLX_WEIGHTS, lora_scale, mlx_adapter_config
 from backends.lora_targets import select_targets
 from backends.training.dpo import PreferenceStats, sigmoid_dpo_loss
+from backends.training.oom import oom_hint
 
 # Share of the recommended GPU working set MLX may use on Apple silicon (the rest stays for macOS).
 MEMORY_LIMIT_FRACTION = 0.85
@@ -104,22 +105,6 @@ def is_oom_error(exc: BaseException) -> bool:
         return True
     text = str(exc).lower()
     return isinstance(exc, RuntimeError) and any(w in text for w in _OOM_WORDS)
-
-
-def oom_hint(config: RunConfig) -> str:
-    """Concrete ways out of an out-of-memory failure for this config."""
-    t = config.training
-    tips = []
-    if t.batch_size > 1:
-        tips.append(
-            f"lower training.batch_size (now {t.batch_size}, try {max(1, t.batch_size // 2)}) and raise "
-            f"training.gradient_accumulation_steps to {t.gradient_accumulation_steps * 2} to keep the effective batch"
-        )
-    tips.append(f"lower training.max_seq_length (now {t.max_seq_length})")
-    if not t.gradient_checkpointing:
-        tips.append("set training.gradient_checkpointing: true")
-    tips.append("or use a smaller model")
-    return "; ".join(tips)
 
 
 def resolve_targets(model: nn.Module, target_modules: str | list[str]) -> list[str]:

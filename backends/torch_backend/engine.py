@@ -34,6 +34,7 @@ from backends.config import RunConfig
 from backends.data.types import IGNORE_INDEX, Batch, PreferenceBatch
 from backends.errors import RunFailed, UserInputError
 from backends.training.dpo import PreferenceStats, sigmoid_dpo_loss
+from backends.training.oom import oom_hint
 
 # The 'attention' target preset: the usual names of the query/key/value/output projections, in the
 # order tried. The first group that exists in the model is used.
@@ -137,21 +138,6 @@ def resolve_target_modules(model: nn.Module, targets: str | list[str]) -> str | 
                 field="lora.target_modules",
             )
     return list(targets)
-
-
-def _oom_hint(config: RunConfig) -> str:
-    t = config.training
-    tips = []
-    if t.batch_size > 1:
-        tips.append(
-            f"lower training.batch_size (now {t.batch_size}, try {max(1, t.batch_size // 2)}) and raise "
-            f"training.gradient_accumulation_steps to {t.gradient_accumulation_steps * 2} to keep the effective batch"
-        )
-    tips.append(f"lower training.max_seq_length (now {t.max_seq_length})")
-    if not t.gradient_checkpointing:
-        tips.append("set training.gradient_checkpointing: true")
-    tips.append("or use a smaller model (QLoRA 4-bit loading is not available in TuneDesk yet)")
-    return "; ".join(tips)
 
 
 # torch.OutOfMemoryError exists from torch 2.5; torch.cuda.OutOfMemoryError before that.
@@ -493,7 +479,7 @@ class TorchEngine:
         elif self.device == "mps":
             torch.mps.empty_cache()
         raise RunFailed(
-            "oom", f"out of memory on {self.device}: {str(exc).splitlines()[0][:300]}", _oom_hint(self.config)
+            "oom", f"out of memory on {self.device}: {str(exc).splitlines()[0][:300]}", oom_hint(self.config)
         ) from exc
 
     # --- state -----------------------------------------------------------------------------
