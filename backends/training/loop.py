@@ -500,6 +500,12 @@ class TrainingLoop:
 
     def _evaluate(self) -> float:
         batches = self._validation_batches()
+        # Say so: on a slow CPU a validation pass can take minutes with no step events.
+        self.sink.emit(
+            "log",
+            level="info",
+            message=f"validation at step {self.state.step}: {len(batches)} batches of {len(self.data.validation or [])} rows",
+        )
         try:
             if hasattr(self.engine, "eval_metrics"):
                 metrics = self.engine.eval_metrics(batches)
