@@ -68,8 +68,8 @@ def test_first_step_matches_torch_and_is_ln2(tiny_model_dir, shared_data, tmp_pa
         np.testing.assert_allclose(
             mlx_engine.reference_log_probs(batch),
             torch_engine.reference_log_probs(batch),
-            atol=1e-3,
-            rtol=1e-5,
+            atol=1e-3,  # sums over ~50-200 tokens; MLX and torch kernels differ in rounding
+            rtol=0,
         )
     mlx_loss, mlx_grads, mlx_extra = mlx_engine.loss_and_gradients(micro)
     torch_result = torch_engine.train_step(micro, 0.0)  # lr 0, no clipping: the gradients stay in .grad

@@ -80,15 +80,11 @@ def answer_log_probs_by_hand(model, prompt_ids, answer_ids) -> float:
     return float(sum(logps[t - 1, ids[0, t]] for t in range(start, ids.shape[1])))
 
 
-@pytest.mark.parametrize("label_smoothing", [0.0, 0.1])
-def test_step0_loss_is_ln2_and_the_reference_stays_the_base_model(
-    tiny_model_dir, shared_data, label_smoothing
-):
+def test_step0_loss_is_ln2_and_the_reference_stays_the_base_model(tiny_model_dir, shared_data):
+    """With cDPO label smoothing (ln 2 at step 0 holds for any eps; the other tests use eps 0)."""
     from transformers import AutoModelForCausalLM
 
-    engine, batches, data = engine_and_batches(
-        tiny_model_dir, shared_data, dpo={"label_smoothing": label_smoothing}
-    )
+    engine, batches, data = engine_and_batches(tiny_model_dir, shared_data, dpo={"label_smoothing": 0.1})
     # the reference (adapter disabled) is the base model: compare with plain transformers
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
     batch = batches[0]
@@ -97,7 +93,7 @@ def test_step0_loss_is_ln2_and_the_reference_stays_the_base_model(
     expected = [answer_log_probs_by_hand(base, p.prompt_ids, p.chosen_ids) for p in pairs]
     expected += [answer_log_probs_by_hand(base, p.prompt_ids, p.rejected_ids) for p in pairs]
     reference = engine.reference_log_probs(batch)
-    np.testing.assert_allclose(reference, expected, atol=2e-3, rtol=1e-5)
+    np.testing.assert_allclose(reference, expected, atol=2e-4, rtol=0)  # fp32 sums of ~50 tokens: ~3e-5 off
     assert reference.shape == (2 * batch.num_pairs,) and np.all(reference < 0)
 
     # step 0: LoRA B is zero, so policy == reference and the loss is ln 2
