@@ -311,7 +311,12 @@ class TrainingLoop:
                 max_seq_length=t.max_seq_length,
             )
             try:
-                done = cache.compute(split, batches, self.engine.reference_log_probs, self.stop.is_set)
+                done = cache.compute(
+                    split,
+                    batches,
+                    self.engine.reference_log_probs,
+                    lambda: self.stop.is_set() or (self.run.path / STOP_FILE).exists(),
+                )
             except RunFailed as exc:
                 raise self._fail(exc.kind, exc.message, exc.hint) from exc
             if not done:
