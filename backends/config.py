@@ -41,6 +41,13 @@ class DataConfig(_Strict):
         lt=1.0,
         description="Share of training rows held out for validation when no file is given (0: off).",
     )
+    validation_max_rows: int = Field(
+        200,
+        ge=0,
+        description="Most validation rows (0: no limit). A larger held-out share is cut to this many "
+        "(the rest stay in training); a validation file is sampled down to it. Keeps each "
+        "validation pass short on a CPU.",
+    )
     format: DataFormat = Field("auto", description="Dataset format; 'auto' detects it from the first row.")
     strict: bool = Field(
         False, description="Any invalid row is an error (default: invalid rows are dropped and listed)."

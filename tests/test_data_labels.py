@@ -400,6 +400,25 @@ def test_validation_split_is_seeded_and_never_empty(tmp_path):
     assert len(sep.train) == 20 and [e.row for e in sep.validation] == [1, 2, 3, 4]
 
 
+def test_validation_is_capped_by_validation_max_rows(tmp_path):
+    """A held-out share above ``data.validation_max_rows`` is cut to it and the rest trains; a
+    validation file is sampled down to it in file order; 0 lifts the cap."""
+    tok = toy_tokenizer(False)
+    path = write_rows(tmp_path, [{"text": f"Hello {i}"} for i in range(40)])
+    capped = prepare_data(config_for(path, validation_fraction=0.5, validation_max_rows=3), tok)
+    assert len(capped.validation) == 3 and len(capped.train) == 37
+    assert sorted(e.row for e in capped.train + capped.validation) == list(range(1, 41))
+    assert any("at most data.validation_max_rows 3" in n for n in capped.report.notices)
+    uncapped = prepare_data(config_for(path, validation_fraction=0.5, validation_max_rows=0), tok)
+    assert len(uncapped.validation) == 20 and len(uncapped.train) == 20
+    val_file = write_rows(tmp_path, [{"text": f"Held {i}"} for i in range(10)], "val.jsonl")
+    sampled = prepare_data(config_for(path, validation_file=str(val_file), validation_max_rows=4), tok)
+    rows = [e.row for e in sampled.validation]
+    assert len(rows) == 4 and rows == sorted(rows) and set(rows) <= set(range(1, 11))
+    assert len(sampled.train) == 40
+    assert any("4 of 10 rows used" in n for n in sampled.report.notices)
+
+
 def test_missing_sample_data_is_a_user_error(monkeypatch, tmp_path):
     from backends import paths
 

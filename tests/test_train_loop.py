@@ -347,6 +347,54 @@ def test_a_stop_request_file_stops_the_run(tiny_model_dir, tmp_path):
     assert not (run.path / STOP_FILE).exists()
 
 
+def test_stop_during_the_final_validation_saves_and_resume_evaluates(tiny_model_dir, tmp_path, monkeypatch):
+    """Validation goes a batch at a time: a stop asked during the final pass stops before the
+    next batch with a checkpoint of the last step (no adapter yet); the resumed run only
+    evaluates and finishes. The batch-wise val_loss (weighted by label tokens) equals the
+    engine's loss over all validation batches at once."""
+    from backends.torch_backend.engine import TorchEngine
+
+    runs = tmp_path / "runs"
+    stop = threading.Event()
+    seen: list = []
+    original = TorchEngine.eval_metrics
+
+    def eval_and_stop(self, batches):
+        seen.extend(batches)
+        stop.set()  # as if Ctrl-C came during the first validation batch
+        return original(self, batches)
+
+    monkeypatch.setattr(TorchEngine, "eval_metrics", eval_and_stop)
+    raw = make_config(tiny_model_dir, runs, "valstop", max_steps=3, data={"validation_fraction": 0.1})
+    with pytest.raises(RunStopped):
+        run_training(config_from_dict(raw), console=False, stop=stop)
+    run = RunDir(runs / "valstop")
+    events = run.events()
+    assert len(seen) == 1  # stopped after one batch, not after the whole pass
+    assert not [e for e in events if e["event"] == "eval"]
+    assert events[-1]["event"] == "stopped" and events[-1]["step"] == 3
+    assert run.latest_checkpoint().name == "step-3" and not run.adapter_dir.exists()
+
+    seen.clear()
+    monkeypatch.setattr(TorchEngine, "eval_metrics", lambda self, b: seen.extend(b) or original(self, b))
+    captured: dict = {}
+    monkeypatch.setattr(
+        TorchEngine,
+        "save_adapter",
+        lambda self, path, _orig=TorchEngine.save_adapter: (
+            captured.setdefault("whole", original(self, list(seen))["val_loss"]),
+            _orig(self, path),
+        )[1],
+    )
+    run_training(None, resume_dir=run.path, console=False)
+    events = run.events()
+    assert [e["step"] for e in events if e["event"] == "step"] == [1, 2, 3]  # no step trained twice
+    (final,) = [e for e in events if e["event"] == "eval"]
+    assert len(seen) > 1 and final["step"] == 3
+    assert final["val_loss"] == pytest.approx(captured["whole"], rel=1e-6)
+    assert events[-1]["event"] == "run_finished" and (run.adapter_dir / "adapter_config.json").is_file()
+
+
 def test_incomplete_checkpoints_are_never_resumed(tiny_model_dir, tmp_path):
     """A checkpoint folder without its COMPLETE marker (a kill during the write) and a leftover
     temporary folder are ignored by resume, which continues from the newest complete one."""

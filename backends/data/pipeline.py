@@ -260,7 +260,20 @@ def no_rows_error(report: DataReport, unit: str | None = None) -> UserInputError
     )
 
 
-def _split(examples: list, fraction: float, seed: int, report: DataReport) -> tuple[list, list | None]:
+def _cap_validation(validation: list, max_rows: int, seed: int, report: DataReport) -> list:
+    """At most ``max_rows`` validation examples (0: all), a seeded sample kept in file order."""
+    if not max_rows or len(validation) <= max_rows:
+        return validation
+    keep = set(np.random.default_rng(seed).permutation(len(validation))[:max_rows].tolist())
+    report.notices.append(
+        f"validation: {max_rows} of {len(validation)} rows used (data.validation_max_rows {max_rows})"
+    )
+    return [e for i, e in enumerate(validation) if i in keep]
+
+
+def _split(
+    examples: list, fraction: float, seed: int, report: DataReport, max_rows: int = 0
+) -> tuple[list, list | None]:
     if fraction <= 0:
         report.notices.append("validation is off (no data.validation_file and data.validation_fraction is 0)")
         return examples, None
@@ -269,9 +282,14 @@ def _split(examples: list, fraction: float, seed: int, report: DataReport) -> tu
         report.notices.append(f"validation is off: only {n} usable row(s), none to hold out")
         return examples, None
     n_val = min(n - 1, max(1, round(fraction * n)))
+    capped = bool(max_rows) and n_val > max_rows
+    if capped:
+        n_val = max_rows
     held = set(np.random.default_rng(seed).permutation(n)[:n_val].tolist())
     report.notices.append(
-        f"validation: {n_val} of {n} rows held out (data.validation_fraction {fraction}, seed {seed})"
+        f"validation: {n_val} of {n} rows held out (data.validation_fraction {fraction}"
+        + (f", at most data.validation_max_rows {max_rows}" if capped else "")
+        + f", seed {seed})"
     )
     return [e for i, e in enumerate(examples) if i not in held], [
         e for i, e in enumerate(examples) if i in held
@@ -290,7 +308,8 @@ def prepare_data(config: Any, tokenizer: Any, *, progress: Progress | None = Non
     with the model's chat template (``data.chat_template``), ``data.format``, ``data.strict``,
     ``data.train_on``, ``data.system_prompt`` and ``training.max_seq_length``; validation comes
     from ``data.validation_file`` or a ``data.validation_fraction`` of the usable rows chosen with
-    ``training.seed`` (at least one row; otherwise validation is off with a notice).
+    ``training.seed`` (at least one row; otherwise validation is off with a notice), at most
+    ``data.validation_max_rows`` of them.
     Returns ``PreparedData`` with ``Example`` lists for method 'sft' and ``PreferenceExample``
     lists for 'dpo'. Raises UserInputError (exit 1) naming file, row and field when a file is
     unreadable, mixes formats, does not fit the method, (strict) has an invalid row, or has no
@@ -324,8 +343,11 @@ def prepare_data(config: Any, tokenizer: Any, *, progress: Progress | None = Non
         if not validation:
             raise no_rows_error(val_report)
         report.notices.append(f"validation: {len(validation)} rows from {data.validation_file}")
+        validation = _cap_validation(validation, data.validation_max_rows, config.training.seed, report)
     else:
-        train, validation = _split(train, data.validation_fraction, config.training.seed, report)
+        train, validation = _split(
+            train, data.validation_fraction, config.training.seed, report, data.validation_max_rows
+        )
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     return PreparedData(
         train=train,

@@ -504,23 +504,41 @@ class TrainingLoop:
         return self._finish()
 
     def _evaluate(self) -> float:
+        """One validation pass, a batch at a time so that a stop request (signal or stop file)
+        is honoured between batches: the run then stops with a checkpoint of the current step.
+        Per-batch metrics are combined as the engine would over all batches: SFT ``val_loss``
+        weighted by label tokens, DPO metrics by pairs."""
         batches = self._validation_batches()
         # Say so: on a slow CPU a validation pass can take minutes with no step events.
         self.sink.emit(
             "log",
             level="info",
-            message=f"validation at step {self.state.step}: {len(batches)} batches of {len(self.data.validation or [])} rows",
+            message=f"validation at step {self.state.step}: {len(batches)} batches of "
+            f"{len(self.data.validation or [])} rows",
         )
-        try:
-            if hasattr(self.engine, "eval_metrics"):
-                metrics = self.engine.eval_metrics(batches)
-            else:
-                metrics = {"val_loss": self.engine.eval_loss(batches)}
-        except RunFailed as exc:
-            raise self._fail(exc.kind, exc.message, exc.hint) from exc
-        val = float(metrics["val_loss"])
+        stop_file = self.run.path / STOP_FILE
+        sums: dict[str, float] = {}
+        weight_total = 0.0
+        for batch in batches:
+            if self.stop.is_set() or stop_file.exists():
+                self._stop()
+            weight = float(batch.num_pairs if isinstance(batch, PreferenceBatch) else batch.num_label_tokens)
+            if weight <= 0:
+                continue
+            try:
+                if hasattr(self.engine, "eval_metrics"):
+                    metrics = self.engine.eval_metrics([batch])
+                else:
+                    metrics = {"val_loss": self.engine.eval_loss([batch])}
+            except RunFailed as exc:
+                raise self._fail(exc.kind, exc.message, exc.hint) from exc
+            weight_total += weight
+            for key, value in metrics.items():
+                sums[key] = sums.get(key, 0.0) + weight * float(value)
+        means = {k: v / weight_total for k, v in sums.items()} if weight_total else {}
+        val = means.get("val_loss", float("nan"))
         self.state.val_loss = val if math.isfinite(val) else None
-        extra = {k: float(metrics[k]) for k in EVAL_FIELDS if k in metrics}
+        extra = {k: means[k] for k in EVAL_FIELDS if k in means}
         self.sink.emit("eval", step=self.state.step, val_loss=val, **extra)
         return val
 
