@@ -227,21 +227,40 @@ def resolve_model(name_or_path: str, progress: Progress | None = None) -> Path:
         stored = paths.models_dir() / sanitize_name(
             re.sub(r"\.(Q\d\w*|F16|F32|BF16)$", "", candidate.stem, flags=re.I)
         )
-        if (stored / "config.json").is_file():
-            return stored
-        return import_model(candidate, progress=progress)
+        return _import_once(candidate, stored.name, progress, None)
     stored = paths.models_dir() / name_or_path
     if (stored / "config.json").is_file():
         return stored
     if name_or_path == DEFAULT_MODEL:
-        _say(progress, f"First use of {DEFAULT_MODEL}: importing it from the {DEFAULT_PACKAGE} package...")
-        return import_model(default_gguf_path(), DEFAULT_MODEL, progress=progress)
+        return _import_once(
+            None,
+            DEFAULT_MODEL,
+            progress,
+            f"First use of {DEFAULT_MODEL}: importing it from the {DEFAULT_PACKAGE} package...",
+        )
     known = ", ".join(m["name"] for m in list_models()) or "none yet"
     raise UserInputError(
         f"unknown model {name_or_path!r} (imported: {known})",
         field="model",
         hint="import it with `tunedesk models import PATH`",
     )
+
+
+def _import_once(src: Path | None, name: str, progress: Progress | None, announce: str | None) -> Path:
+    """Import ``src`` (None: the default model's GGUF) as ``name`` unless the store has it,
+    holding a lock file (``models/.NAME.lock``, via filelock) so that two processes asking at
+    once (the app and a CLI run, say) import it once: the second waits, then uses it."""
+    from filelock import FileLock
+
+    stored = paths.models_dir() / name
+    stored.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(stored.parent / f".{name}.lock"))
+    with lock.acquire(poll_interval=0.2):
+        if (stored / "config.json").is_file():
+            return stored  # another process imported it while this one waited
+        if announce:
+            _say(progress, announce)
+        return import_model(src if src is not None else default_gguf_path(), name, progress=progress)
 
 
 def print_progress(message: str) -> None:

@@ -104,3 +104,19 @@ def test_strict_check_fails_on_the_first_invalid_row(capsys, tmp_path, smollm2_d
     result = json.loads(out)
     assert rc == 1 and result["error"]["row"] == 2 and result["error"]["field"] == "text"
     assert f"{path}: row 2: text: is null" in result["error"]["message"]
+
+
+def test_a_missing_file_is_reported_before_any_model_is_loaded(capsys, tmp_path, monkeypatch):
+    from backends import models
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded for a file that does not exist")
+
+    monkeypatch.setattr(models, "resolve_model", no_model)
+    missing = tmp_path / "nope.jsonl"
+    assert main(["data", "check", str(missing)]) == 1
+    err = capsys.readouterr().err
+    assert "no such file" in err and str(missing) in err
+    assert main(["data", "check", str(tmp_path), "--json"]) == 1
+    report = json.loads(capsys.readouterr().out)
+    assert report["ok"] is False and report["error"]["message"].endswith("not a file")

@@ -82,3 +82,36 @@ def test_gguf_import_answers_paris_and_matches_mlx(smollm2_dir):
     mlx_model, _ = mlx_lm.load(str(smollm2_dir))
     mlx_logits = np.array(mlx_model(mx.array(enc["input_ids"].numpy()))[0].astype(mx.float32))
     assert np.abs(torch_logits - mlx_logits).max() < 1e-3
+
+
+def test_two_first_uses_at_once_import_the_default_model_once(monkeypatch):
+    """The app and a CLI run asking for the default model at the same moment: one imports it
+    while the other waits on the store's lock file, then both get the same folder."""
+    import threading
+    import time
+
+    from backends import paths
+
+    calls: list[str] = []
+
+    def slow_import(src, name, progress=None):
+        calls.append(name)
+        time.sleep(0.5)  # long enough for the other caller to arrive while this one imports
+        folder = paths.models_dir() / name
+        folder.mkdir(parents=True)
+        (folder / "config.json").write_text("{}")
+        return folder
+
+    monkeypatch.setattr(models, "import_model", slow_import)
+    monkeypatch.setattr(models, "default_gguf_path", lambda: "unused.gguf")
+    results: list = []
+    threads = [
+        threading.Thread(target=lambda: results.append(models.resolve_model(models.DEFAULT_MODEL)))
+        for _ in range(2)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert calls == [models.DEFAULT_MODEL]
+    assert len(results) == 2 and results[0] == results[1] == paths.models_dir() / models.DEFAULT_MODEL

@@ -184,6 +184,12 @@ def cli_check(args: argparse.Namespace) -> int:
     from backends.config import DEFAULT_MODEL
 
     try:
+        # A missing or unreadable file is reported before the model is loaded (or imported).
+        source = Path(args.file)
+        if not source.is_file():
+            raise UserInputError(
+                "no such file" if not source.exists() else "not a file", file=source, field="file"
+            )
         model_dir = models.resolve_model(
             args.model or DEFAULT_MODEL, progress=lambda m: print(m, file=sys.stderr)
         )
