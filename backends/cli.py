@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 
@@ -220,6 +221,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_USAGE
+    if not sys.stderr.isatty():
+        # Into a log file, a pipe or the app's worker, the libraries' tqdm bars (GGUF conversion,
+        # weight loading) are carriage-return redraws; our own progress prints plain lines there.
+        os.environ.setdefault("TQDM_DISABLE", "1")
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     try:
         return int(args.func(args) or 0)
     except UserInputError as exc:

@@ -94,3 +94,39 @@ def test_status_from_events(tmp_path):
     assert info["status"] == "finished" and info["backend"] == "torch" and info["max_steps"] == 2
     # A second run of the same name gets its own folder.
     assert RunDir.create(RunConfig(), runs_dir=tmp_path, name="r").path.name == "r-2"
+
+
+def test_console_progress_without_a_terminal_prints_plain_lines():
+    """Into a pipe or log file the progress is plain lines (every 5% of the steps and the last),
+    not tqdm redraws with carriage returns."""
+    import io
+
+    from backends.training.progress import ConsoleProgress
+
+    out = io.StringIO()
+    view = ConsoleProgress(out)
+    view(
+        {
+            "event": "run_started",
+            "max_steps": 40,
+            "model": "m",
+            "method": "sft",
+            "backend": "torch",
+            "device": "cpu",
+            "params_trainable": 1,
+            "params_total": 2,
+            "run_dir": "r",
+        }
+    )
+    for step in range(1, 41):
+        view(
+            {"event": "step", "step": step, "loss": 1.0 / step, "tokens_per_second": 100.0, "eta": 40 - step}
+        )
+    view({"event": "run_finished", "step": 40, "train_loss": 0.1, "val_loss": None, "adapter": "a"})
+    text = out.getvalue()
+    assert "\r" not in text
+    lines = text.splitlines()
+    step_lines = [line for line in lines if line.startswith("step ")]
+    assert len(step_lines) == 20 and step_lines[0].startswith("step 2/40 (5%), loss 0.5000")
+    assert step_lines[-1].startswith("step 40/40 (100%), loss 0.0250, 100 tok/s, ETA 0s")
+    assert lines[0].startswith("run started: m (sft)") and lines[-1].startswith("finished at step 40")

@@ -82,35 +82,47 @@ class LogFile:
 
 
 class ConsoleProgress:
-    """The console view when events do not go to stdout: a tqdm bar with loss, tokens/s and ETA
-    on ``stream`` (stderr), and the other events as lines above it."""
+    """The console view when events do not go to stdout: on a terminal, a tqdm bar with loss,
+    tokens/s and ETA on ``stream`` (stderr) and the other events as lines above it; when the
+    stream is not a terminal (a log file, a pipe, CI), plain lines instead of bar redraws, one
+    every 5% of the steps and at the last one."""
 
     def __init__(self, stream: TextIO | None = None) -> None:
         self.stream = stream or sys.stderr
         self.bar: Any = None
+        self.interactive = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.total = 0
+        self.every = 1
 
     def __call__(self, event: dict[str, Any]) -> None:
         name = event["event"]
         if name == "run_started":
-            from tqdm import tqdm
-
             self.close()
-            self.bar = tqdm(
-                total=event["max_steps"],
-                initial=event.get("resumed_from") or 0,
-                file=self.stream,
-                unit="step",
-                dynamic_ncols=True,
-                bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt}{postfix}",
-            )
+            self.total = int(event["max_steps"])
+            self.every = max(1, self.total // 20)
+            if self.interactive:
+                from tqdm import tqdm
+
+                self.bar = tqdm(
+                    total=self.total,
+                    initial=event.get("resumed_from") or 0,
+                    file=self.stream,
+                    unit="step",
+                    dynamic_ncols=True,
+                    bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt}{postfix}",
+                )
             self._write(format_event(event))
-        elif name == "step" and self.bar is not None:
-            self.bar.set_postfix_str(
+        elif name == "step":
+            status = (
                 f"loss {_num(event['loss'], '.4f')}, {_num(event['tokens_per_second'], '.0f')} tok/s, "
-                f"ETA {format_duration(event['eta'])}",
-                refresh=False,
+                f"ETA {format_duration(event['eta'])}"
             )
-            self.bar.update(event["step"] - self.bar.n)
+            if self.bar is not None:
+                self.bar.set_postfix_str(status, refresh=False)
+                self.bar.update(event["step"] - self.bar.n)
+            elif event["step"] % self.every == 0 or event["step"] >= self.total:
+                percent = 100 * event["step"] / self.total if self.total else 100
+                self._write(f"step {event['step']}/{self.total} ({percent:.0f}%), {status}")
         else:
             self._write(format_event(event))
             if name in ("run_finished", "run_failed", "stopped"):
