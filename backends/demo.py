@@ -24,7 +24,7 @@ from typing import Any
 
 from backends import paths
 from backends.config import RunConfig, load_config
-from backends.errors import EXIT_OK
+from backends.errors import EXIT_OK, RunStopped
 from backends.events import encode, make_event
 from backends.runs import RunDir
 
@@ -141,11 +141,20 @@ def cli_demo(args: argparse.Namespace) -> int:
 
     start = time.monotonic()
     config = demo_config(args.steps)
-    run = run_training(config, json_stdout=args.json)
-    trained = time.monotonic() - start
+    try:
+        run = run_training(config, json_stdout=args.json)
+    except RunStopped as exc:
+        raise RunStopped(
+            f"{exc} (that finishes the training only); or run `tunedesk demo` again to start over"
+        ) from exc
+    finished = [e for e in run.events() if e["event"] == "run_finished"]
+    trained = float(finished[-1]["elapsed"]) if finished else time.monotonic() - start
+    setup = max(0.0, time.monotonic() - start - trained)
     if not args.json:
         print(
-            f"\nTrained in {trained:.0f} s. Asking {len(heldout_prompts())} held-out questions...",
+            f"\nTrained {config.training.max_steps} steps in {trained:.0f} s (after {setup:.0f} s of "
+            f"setup: model import on first use, data, loading). Asking {len(heldout_prompts())} "
+            "held-out questions...",
             file=sys.stderr,
         )
     rows = compare_replies(run, config, heldout_prompts())
