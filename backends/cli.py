@@ -16,6 +16,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+from backends import paths
 from backends.errors import (
     EXIT_OK,
     EXIT_STOPPED,
@@ -98,9 +99,13 @@ def _cmd_runs(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
+        if not rows:
+            print(f"no runs yet in {args.runs_dir or paths.runs_dir()}", file=sys.stderr)
+        else:
+            print(f"{'RUN':50s} {'STATUS':9s} {'STEPS':>6} TRAIN LOSS")
         for r in rows:
             loss = f"{r['train_loss']:.4f}" if r["train_loss"] is not None else "-"
-            print(f"{r['name']:50s} {r['status']:9s} step {r['steps']:>6} loss {loss}")
+            print(f"{r['name']:50s} {r['status']:9s} {r['steps']:>6} {loss}")
     return EXIT_OK
 
 

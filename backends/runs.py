@@ -54,7 +54,8 @@ def atomic_dir(final: str | Path) -> Iterator[Path]:
     """Yield a temporary folder beside ``final``; on success it is renamed to ``final``.
 
     An existing ``final`` is replaced. On an exception the temporary folder is removed and
-    ``final`` is untouched.
+    ``final`` is untouched. Files are made 0644 before the rename: some writers (safetensors)
+    create 0600 files, and run folders and the model store are the user's ordinary files.
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -62,6 +63,9 @@ def atomic_dir(final: str | Path) -> Iterator[Path]:
     os.chmod(tmp, 0o755)  # mkdtemp creates 0700
     try:
         yield tmp
+        for path in tmp.rglob("*"):
+            if path.is_file():
+                path.chmod(0o644)
         if final.exists():
             old = final.with_name(f".old-{final.name}-{os.getpid()}")
             os.replace(final, old)

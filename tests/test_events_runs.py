@@ -58,6 +58,21 @@ def test_atomic_dir_leaves_nothing_on_failure(tmp_path):
     assert not final.exists() and list(tmp_path.iterdir()) == []
 
 
+def test_atomic_dir_makes_private_files_readable(tmp_path):
+    """Files a writer created 0600 (safetensors does) end up 0644, like the user's other files."""
+    import os
+    import stat
+
+    final = tmp_path / "model"
+    with atomic_dir(final) as tmp:
+        (tmp / "sub").mkdir()
+        for name in ("model.safetensors", "sub/x.json"):
+            fd = os.open(tmp / name, os.O_CREAT | os.O_WRONLY, 0o600)
+            os.close(fd)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in final.rglob("*") if p.is_file()}
+    assert modes == {"model.safetensors": 0o644, "x.json": 0o644}
+
+
 def test_only_complete_checkpoints_count(tmp_path):
     run = RunDir.create(RunConfig(), runs_dir=tmp_path, name="r")
     with run.new_checkpoint(5) as ck:
@@ -130,3 +145,29 @@ def test_console_progress_without_a_terminal_prints_plain_lines():
     assert len(step_lines) == 20 and step_lines[0].startswith("step 2/40 (5%), loss 0.5000")
     assert step_lines[-1].startswith("step 40/40 (100%), loss 0.0250, 100 tok/s, ETA 0s")
     assert lines[0].startswith("run started: m (sft)") and lines[-1].startswith("finished at step 40")
+
+
+def test_runs_command_prints_a_table_with_a_header(tmp_path, capsys):
+    from backends.cli import main
+
+    assert main(["runs", "--runs-dir", str(tmp_path)]) == 0
+    assert capsys.readouterr().err.startswith(f"no runs yet in {tmp_path}")
+    run = RunDir.create(RunConfig(), runs_dir=tmp_path, name="first")
+    with EventSink(run.events_path) as sink:
+        for step in range(1, 8):
+            sink.emit(
+                "step",
+                step=step,
+                loss=1.25 + (7 - step),
+                **dict.fromkeys(("epoch", "learning_rate", "grad_norm", "tokens", "tokens_per_second"), 0),
+                **{
+                    "elapsed": 0.0,
+                    "eta": 0.0,
+                    "memory": {"rss": 1, "device_allocated": None, "device_peak": None},
+                },
+            )
+        sink.emit("run_finished", step=7, adapter="a", train_loss=1.25, val_loss=None, tokens=10, elapsed=1.0)
+    assert main(["runs", "--runs-dir", str(tmp_path)]) == 0
+    header, row = capsys.readouterr().out.splitlines()
+    assert header.split() == ["RUN", "STATUS", "STEPS", "TRAIN", "LOSS"]
+    assert row.split() == ["first", "finished", "7", "1.2500"]

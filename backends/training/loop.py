@@ -164,13 +164,6 @@ def stop_on_signals(stop: threading.Event) -> Iterator[None]:
             signal.signal(sig, previous)
 
 
-def _readable(folder: Path) -> None:
-    # Some writers (safetensors) create 0600 files; a run folder is the user's ordinary files.
-    for path in Path(folder).rglob("*"):
-        if path.is_file():
-            path.chmod(0o644)
-
-
 def rss_bytes() -> int:
     """Resident set size of this process in bytes."""
     return int(psutil.Process().memory_info().rss)
@@ -339,7 +332,6 @@ class TrainingLoop:
             if self.reference is not None:
                 self.reference.save(tmp)
             atomic_write_text(tmp / STATE_FILE, s.to_json())
-            _readable(tmp)
         path = self.run.checkpoints_dir / f"step-{s.step}"
         self._last_checkpoint_step = s.step
         self.sink.emit("checkpoint", step=s.step, path=str(path))
@@ -569,7 +561,6 @@ class TrainingLoop:
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             }
             atomic_write_text(tmp / "tunedesk.json", json.dumps(info, indent=2) + "\n")
-            _readable(tmp)
         train_loss = sum(s.recent_losses) / len(s.recent_losses) if s.recent_losses else None
         return self.sink.emit(
             "run_finished",
