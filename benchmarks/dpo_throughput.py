@@ -32,10 +32,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -43,10 +41,9 @@ for path in (ROOT, Path(__file__).resolve().parent):
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
 
-from train_throughput import _home, _peak_rss  # noqa: E402  (the SFT benchmark's helpers)
+import peers  # noqa: E402  (benchmarks/peers.py: what the ours-against-TRL benchmarks share)
 
 PAIRS = ROOT.parent / "shared" / "data" / "llamafactory" / "dpo_en_demo.json"
-RESULT = "DPO-THROUGHPUT-RESULT "
 BETA = 0.1
 LEARNING_RATE = 5e-5
 
@@ -88,14 +85,7 @@ def run_ours(args: argparse.Namespace, data_file: Path, workdir: Path) -> dict:
     from backends.training import run_training
 
     run = run_training(_config(args, data_file, workdir / "runs"), console=False)
-    steps = [e for e in run.events() if e["event"] == "step"]
-    first, last = steps[args.skip_steps - 1] if args.skip_steps else None, steps[-1]
-    return {
-        "tokens": last["tokens"] - (first["tokens"] if first else 0),
-        "seconds": last["elapsed"] - (first["elapsed"] if first else 0.0),
-        "steps": len(steps) - args.skip_steps,
-        "loss": sum(e["loss"] for e in steps) / len(steps),
-    }
+    return peers.ours_result(run, args.skip_steps)
 
 
 def _trl_rows(rows: list[dict]) -> list[dict]:
@@ -115,36 +105,16 @@ def _trl_rows(rows: list[dict]) -> list[dict]:
 
 
 def run_trl(args: argparse.Namespace, data_file: Path, workdir: Path) -> dict:
-    import torch
     from datasets import Dataset
-    from peft import LoraConfig
-    from transformers import AutoModelForCausalLM, TrainerCallback
     from trl import DPOConfig, DPOTrainer
 
     from backends import models
     from backends.data import load_tokenizer
-    from backends.torch_backend import pick_device, resolve_precision
 
     model_dir = models.resolve_model(args.model)
     tokenizer = load_tokenizer(model_dir)
     dataset = Dataset.from_list(_trl_rows(json.loads(data_file.read_text(encoding="utf-8"))))
-    precision, _ = resolve_precision("auto", pick_device())
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, use_safetensors=True)
-
-    step_times: list[float] = []
-    step_tokens: list[int] = []
-
-    class Timer(TrainerCallback):
-        def on_step_end(self, *a, **k):
-            step_times.append(time.perf_counter())
-
-    class CountingTrainer(DPOTrainer):
-        def compute_loss(self, model, inputs, *a, **k):
-            if model.training:
-                step_tokens.append(int(inputs["attention_mask"].sum()))
-            return super().compute_loss(model, inputs, *a, **k)
-
+    model, lora, precision = peers.trl_model(model_dir, args.rank)
     config = DPOConfig(
         output_dir=str(workdir / "trl"),
         max_steps=args.steps,
@@ -166,94 +136,47 @@ def run_trl(args: argparse.Namespace, data_file: Path, workdir: Path) -> dict:
         seed=0,
         dataloader_num_workers=0,
     )
-    lora = LoraConfig(
-        r=args.rank,
-        lora_alpha=2 * args.rank,
-        lora_dropout=0.05,
-        target_modules="all-linear",
-        task_type="CAUSAL_LM",
-    )
-    trainer = CountingTrainer(
+    return peers.trl_timed_train(
+        DPOTrainer,
+        args.skip_steps,
         model=model,
         args=config,
         train_dataset=dataset,
         processing_class=tokenizer,
         peft_config=lora,
-        callbacks=[Timer()],
     )
-    start = time.perf_counter()
-    result = trainer.train()
-    times = [start, *step_times]
-    skip = args.skip_steps
-    return {
-        "tokens": sum(step_tokens[skip:]),
-        "seconds": times[-1] - times[skip],
-        "steps": len(step_times) - skip,
-        "loss": result.training_loss,
-    }
-
-
-def child(args: argparse.Namespace) -> None:
-    _home()
-    workdir = Path(args.workdir)
-    data_file = workdir / "dpo_first_rows.json"
-    result = (run_ours if args.peer == "ours" else run_trl)(args, data_file, workdir)
-    result["peak_rss"] = _peak_rss()
-    print(RESULT + json.dumps(result), flush=True)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="SmolLM2-135M-Instruct")
-    parser.add_argument("--rows", type=int, default=64)
-    parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--skip-steps", type=int, default=2, help="warm-up steps left out of the timing")
-    parser.add_argument("--batch-size", type=int, default=2, help="pairs per step")
-    parser.add_argument("--max-seq-length", type=int, default=256)
-    parser.add_argument("--rank", type=int, default=16)
-    parser.add_argument("--peer", choices=["ours", "trl"], help=argparse.SUPPRESS)
-    parser.add_argument("--workdir", help=argparse.SUPPRESS)
+    parser = peers.parser(
+        __doc__.split("\n\n")[0],
+        rows=64,
+        steps=10,
+        batch_size=2,
+        steps_help="optimizer steps",
+        batch_help="pairs per step",
+    )
     args = parser.parse_args()
     if args.peer:
-        child(args)
+        peers.child(args, "dpo_first_rows.json", run_ours, run_trl)
         return
 
-    _home()
+    peers.home()
     from backends import models
 
     models.resolve_model(args.model)  # import once, outside the timed children
+    keys = ("model", "rows", "steps", "skip_steps", "batch_size", "max_seq_length", "rank")
     with tempfile.TemporaryDirectory(prefix="dpo-bench-") as tmp:
         workdir = Path(tmp)
         rows = json.loads(PAIRS.read_text(encoding="utf-8"))[: args.rows]
         (workdir / "dpo_first_rows.json").write_text(json.dumps(rows), encoding="utf-8")
-        results = {}
-        for peer in ("ours", "trl"):
-            cmd = [sys.executable, __file__, "--peer", peer, "--workdir", str(workdir)]
-            for key in ("model", "rows", "steps", "skip_steps", "batch_size", "max_seq_length", "rank"):
-                cmd += [f"--{key.replace('_', '-')}", str(getattr(args, key))]
-            print(f"running {peer}...", file=sys.stderr, flush=True)
-            out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
-            line = next((x for x in out.stdout.splitlines() if x.startswith(RESULT)), None)
-            if out.returncode != 0 or line is None:
-                sys.exit(f"{peer} failed (exit {out.returncode}):\n{out.stderr[-4000:]}")
-            results[peer] = json.loads(line[len(RESULT) :])
-
-    print(
+        results = peers.run_sides(__file__, args, keys, workdir)
+    peers.print_comparison(
         f"DPO, {Path(args.model).name} LoRA r{args.rank} all-linear, first {args.rows} pairs of dpo_en_demo, "
         f"{args.batch_size} pairs a step, max {args.max_seq_length} tokens, {args.steps} steps "
-        f"(first {args.skip_steps} not timed), {os.cpu_count()} CPU threads"
+        f"(first {args.skip_steps} not timed), {os.cpu_count()} CPU threads",
+        results,
     )
-    print(f"{'':6s} {'tokens/s':>10s} {'s/step':>8s} {'peak RSS':>10s} {'tokens':>8s} {'mean loss':>9s}")
-    for peer, r in results.items():
-        tps = r["tokens"] / r["seconds"]
-        print(
-            f"{peer:6s} {tps:10.1f} {r['seconds'] / r['steps']:8.2f} {r['peak_rss'] / 2**20:8.0f} MB "
-            f"{r['tokens']:8d} {r['loss']:9.4f}"
-        )
-    ours, trl = results["ours"], results["trl"]
-    speed = (ours["tokens"] / ours["seconds"]) / (trl["tokens"] / trl["seconds"])
-    memory = ours["peak_rss"] / trl["peak_rss"]
-    print(f"ratio ours/TRL: tokens/s {speed:.2f}x, peak RSS {memory:.2f}x")
 
 
 if __name__ == "__main__":

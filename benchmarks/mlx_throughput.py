@@ -45,7 +45,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -54,16 +53,15 @@ from pathlib import Path
 from types import SimpleNamespace
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+for path in (ROOT, Path(__file__).resolve().parent):
+    if str(path) not in sys.path:
+        sys.path.insert(0, str(path))
+
+from peers import peak_rss  # noqa: E402  (benchmarks/peers.py)
+
 DATA_DIR = ROOT.parent / "shared" / "data" / "wikisql"
 RESULT = "MLX-THROUGHPUT-RESULT "
 PRECISION = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
-
-
-def _peak_rss() -> int:
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return int(rss if sys.platform == "darwin" else rss * 1024)  # macOS: bytes, Linux: KiB
 
 
 def _model_precision(model_dir: Path) -> str:
@@ -79,7 +77,7 @@ def _summary(step_tokens: list[int], step_seconds: list[float], skip: int, peak_
         "seconds": seconds,
         "tokens_per_second": tokens / seconds if seconds else 0.0,
         "peak_mlx_memory": peak_mlx,
-        "peak_rss": _peak_rss(),
+        "peak_rss": peak_rss(),
     }
 
 

@@ -35,25 +35,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import resource
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+for path in (ROOT, Path(__file__).resolve().parent):
+    if str(path) not in sys.path:
+        sys.path.insert(0, str(path))
+
+import peers  # noqa: E402  (benchmarks/peers.py: what the ours-against-TRL benchmarks share)
+
 ALPACA = ROOT.parent / "shared" / "data" / "llamafactory" / "alpaca_en_demo.json"
-RESULT = "TRAIN-THROUGHPUT-RESULT "
-
-
-def _home() -> Path:
-    home = os.environ.get("TUNEDESK_HOME") or str(Path.home() / ".cache" / "tunedesk-bench")
-    os.environ["TUNEDESK_HOME"] = home
-    return Path(home)
 
 
 def _config(args: argparse.Namespace, data_file: Path, runs_dir: Path):
@@ -95,32 +88,19 @@ def torch_threads() -> int:
     return torch.get_num_threads()
 
 
-def _peak_rss() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
-
-
 def run_ours(args: argparse.Namespace, data_file: Path, workdir: Path) -> dict:
     from backends.training import run_training
 
     run = run_training(_config(args, data_file, workdir / "runs"), console=False)
-    steps = [e for e in run.events() if e["event"] == "step"]
-    first, last = steps[args.skip_steps - 1] if args.skip_steps else None, steps[-1]
-    seconds = last["elapsed"] - (first["elapsed"] if first else 0.0)
-    tokens = last["tokens"] - (first["tokens"] if first else 0)
-    loss = sum(e["loss"] for e in steps) / len(steps)
-    return {"tokens": tokens, "seconds": seconds, "steps": len(steps) - args.skip_steps, "loss": loss}
+    return peers.ours_result(run, args.skip_steps)
 
 
 def run_trl(args: argparse.Namespace, data_file: Path, workdir: Path) -> dict:
-    import torch
     from datasets import Dataset
-    from peft import LoraConfig
-    from transformers import AutoModelForCausalLM, TrainerCallback
     from trl import SFTConfig, SFTTrainer
 
     from backends import models
     from backends.data import load_tokenizer, make_batches, prepare_data
-    from backends.torch_backend import pick_device, resolve_precision
 
     config = _config(args, data_file, workdir / "runs")
     model_dir = models.resolve_model(config.model)
@@ -139,23 +119,7 @@ def run_trl(args: argparse.Namespace, data_file: Path, workdir: Path) -> dict:
         by_row = {e.row: e for e in data.train}
         examples = [by_row[r] for b in batches for r in b.rows]
     dataset = Dataset.from_list([{"input_ids": e.input_ids, "labels": e.labels} for e in examples])
-    precision, _ = resolve_precision("auto", pick_device())
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, use_safetensors=True)
-
-    step_times: list[float] = []
-    step_tokens: list[int] = []
-
-    class Timer(TrainerCallback):
-        def on_step_end(self, *a, **k):
-            step_times.append(time.perf_counter())
-
-    class CountingTrainer(SFTTrainer):
-        def compute_loss(self, model, inputs, *a, **k):
-            if model.training:
-                step_tokens.append(int(inputs["attention_mask"].sum()))
-            return super().compute_loss(model, inputs, *a, **k)
-
+    model, lora, precision = peers.trl_model(model_dir, args.rank)
     sft = SFTConfig(
         output_dir=str(workdir / "trl"),
         max_steps=args.steps or -1,
@@ -176,51 +140,26 @@ def run_trl(args: argparse.Namespace, data_file: Path, workdir: Path) -> dict:
         dataloader_num_workers=0,
         train_sampling_strategy="sequential" if args.trl_order == "ours" else "random",
     )
-    lora = LoraConfig(
-        r=args.rank,
-        lora_alpha=2 * args.rank,
-        lora_dropout=0.05,
-        target_modules="all-linear",
-        task_type="CAUSAL_LM",
-    )
-    trainer = CountingTrainer(
+    return peers.trl_timed_train(
+        SFTTrainer,
+        args.skip_steps,
         model=model,
         args=sft,
         train_dataset=dataset,
         processing_class=tokenizer,
         peft_config=lora,
-        callbacks=[Timer()],
     )
-    start = time.perf_counter()
-    result = trainer.train()
-    times = [start, *step_times]
-    skip = args.skip_steps
-    return {
-        "tokens": sum(step_tokens[skip:]),
-        "seconds": times[-1] - times[skip],
-        "steps": len(step_times) - skip,
-        "loss": result.training_loss,
-    }
-
-
-def child(args: argparse.Namespace) -> None:
-    _home()
-    workdir = Path(args.workdir)
-    data_file = workdir / "alpaca_first_rows.json"
-    result = (run_ours if args.peer == "ours" else run_trl)(args, data_file, workdir)
-    result["peak_rss"] = _peak_rss()
-    print(RESULT + json.dumps(result), flush=True)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="SmolLM2-135M-Instruct")
-    parser.add_argument("--rows", type=int, default=200)
-    parser.add_argument("--steps", type=int, default=0, help="optimizer steps (0: one epoch over the rows)")
-    parser.add_argument("--skip-steps", type=int, default=2, help="warm-up steps left out of the timing")
-    parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--max-seq-length", type=int, default=256)
-    parser.add_argument("--rank", type=int, default=16)
+    parser = peers.parser(
+        __doc__.split("\n\n")[0],
+        rows=200,
+        steps=0,
+        batch_size=4,
+        steps_help="optimizer steps (0: one epoch over the rows)",
+        batch_help="rows per step",
+    )
     parser.add_argument(
         "--repeats", type=int, default=1, help="runs per side (alternating); the median is shown"
     )
@@ -230,67 +169,29 @@ def main() -> None:
         default="random",
         help="TRL's rows per step: ours, or its random sampler",
     )
-    parser.add_argument("--peer", choices=["ours", "trl"], help=argparse.SUPPRESS)
-    parser.add_argument("--workdir", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.peer:
-        child(args)
+        peers.child(args, "alpaca_first_rows.json", run_ours, run_trl)
         return
 
-    _home()
+    peers.home()
     from backends import models
 
     models.resolve_model(args.model)  # import once, outside the timed children
+    keys = ("model", "rows", "steps", "skip_steps", "batch_size", "max_seq_length", "rank", "trl_order")
     with tempfile.TemporaryDirectory(prefix="train-bench-") as tmp:
         workdir = Path(tmp)
         rows = json.loads(ALPACA.read_text(encoding="utf-8"))[: args.rows]
         (workdir / "alpaca_first_rows.json").write_text(json.dumps(rows), encoding="utf-8")
-        runs: dict[str, list[dict]] = {"ours": [], "trl": []}
-        for repeat in range(args.repeats):
-            for peer in ("ours", "trl"):  # alternating, so a busy spell on the machine hits both
-                cmd = [sys.executable, __file__, "--peer", peer, "--workdir", str(workdir)]
-                for key in (
-                    "model",
-                    "rows",
-                    "steps",
-                    "skip_steps",
-                    "batch_size",
-                    "max_seq_length",
-                    "rank",
-                    "trl_order",
-                ):
-                    cmd += [f"--{key.replace('_', '-')}", str(getattr(args, key))]
-                print(f"running {peer} ({repeat + 1}/{args.repeats})...", file=sys.stderr, flush=True)
-                out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
-                line = next((x for x in out.stdout.splitlines() if x.startswith(RESULT)), None)
-                if out.returncode != 0 or line is None:
-                    sys.exit(f"{peer} failed (exit {out.returncode}):\n{out.stderr[-4000:]}")
-                runs[peer].append(json.loads(line[len(RESULT) :]))
-                print(f"  {peer}: {json.dumps(runs[peer][-1])}", file=sys.stderr, flush=True)
-        # the run with the median tokens/s of each side; peak RSS is the highest seen
-        results = {}
-        for peer, rs in runs.items():
-            ranked = sorted(rs, key=lambda r: r["tokens"] / r["seconds"])
-            results[peer] = {**ranked[len(ranked) // 2], "peak_rss": max(r["peak_rss"] for r in rs)}
-
-    print(
+        results = peers.run_sides(__file__, args, keys, workdir, args.repeats)
+    peers.print_comparison(
         f"SmolLM2 LoRA r{args.rank} all-linear, first {args.rows} Alpaca rows, batch {args.batch_size}, "
         f"max {args.max_seq_length} tokens, {results['ours']['steps'] + args.skip_steps} steps "
         f"(first {args.skip_steps} not timed), "
         f"TRL rows per step: {args.trl_order}, {torch_threads()} torch threads, "
-        f"median of {args.repeats} run(s) per side"
+        f"median of {args.repeats} run(s) per side",
+        results,
     )
-    print(f"{'':6s} {'tokens/s':>10s} {'s/step':>8s} {'peak RSS':>10s} {'tokens':>8s} {'mean loss':>9s}")
-    for peer, r in results.items():
-        tps = r["tokens"] / r["seconds"]
-        print(
-            f"{peer:6s} {tps:10.1f} {r['seconds'] / r['steps']:8.2f} {r['peak_rss'] / 2**20:8.0f} MB "
-            f"{r['tokens']:8d} {r['loss']:9.4f}"
-        )
-    ours, trl = results["ours"], results["trl"]
-    speed = (ours["tokens"] / ours["seconds"]) / (trl["tokens"] / trl["seconds"])
-    memory = ours["peak_rss"] / trl["peak_rss"]
-    print(f"ratio ours/TRL: tokens/s {speed:.2f}x, peak RSS {memory:.2f}x")
 
 
 if __name__ == "__main__":
