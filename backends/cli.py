@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from collections.abc import Sequence
 
 from backends import paths
@@ -102,10 +103,14 @@ def _cmd_runs(args: argparse.Namespace) -> int:
         if not rows:
             print(f"no runs yet in {args.runs_dir or paths.runs_dir()}", file=sys.stderr)
         else:
-            print(f"{'RUN':50s} {'STATUS':9s} {'STEPS':>6} TRAIN LOSS")
+            print(
+                f"{'RUN':40s} {'STATUS':9s} {'STEPS':>6} {'TRAIN LOSS':>10} {'VAL LOSS':>9} {'STARTED':16s}"
+            )
         for r in rows:
-            loss = f"{r['train_loss']:.4f}" if r["train_loss"] is not None else "-"
-            print(f"{r['name']:50s} {r['status']:9s} {r['steps']:>6} {loss}")
+            train = f"{r['train_loss']:.4f}" if r["train_loss"] is not None else "-"
+            val = f"{r['val_loss']:.4f}" if r["val_loss"] is not None else "-"
+            started = time.strftime("%Y-%m-%d %H:%M", time.localtime(r["started"])) if r["started"] else "-"
+            print(f"{r['name']:40s} {r['status']:9s} {r['steps']:>6} {train:>10} {val:>9} {started:16s}")
     return EXIT_OK
 
 
@@ -243,7 +248,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return exc.exit_code
     except RunStopped as exc:
-        print(f"stopped: {exc}", file=sys.stderr)
+        text = str(exc)
+        print(text if text.startswith("stopped") else f"stopped: {text}", file=sys.stderr)
         return EXIT_STOPPED
     except TuneDeskError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -15,7 +15,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from backends.errors import UserInputError
+from backends.errors import UsageError, UserInputError
 
 DEFAULT_MODEL = "SmolLM2-135M-Instruct"
 
@@ -233,7 +233,14 @@ def _yaml_lines(text: str) -> dict[tuple[str, ...], int]:
     return lines
 
 
-def _validate(raw: dict[str, Any], source: str | None, lines: dict[tuple[str, ...], int]) -> RunConfig:
+def _validate(
+    raw: dict[str, Any],
+    source: str | None,
+    lines: dict[tuple[str, ...], int],
+    set_items: dict[tuple[str, ...], str] | None = None,
+) -> RunConfig:
+    """Validate ``raw``; an error names the file and line of the key, or the ``--set`` item
+    (``set_items``: key path -> item) when the value came from the command line."""
     preset = raw.get("preset")
     if preset is not None:
         if preset not in PRESETS:
@@ -256,28 +263,29 @@ def _validate(raw: dict[str, Any], source: str | None, lines: dict[tuple[str, ..
         else:
             got = err.get("input")
             msg = f"{err['msg']} (got {got!r})" if not isinstance(got, dict) else err["msg"]
+        more = f"; and {len(exc.errors()) - 1} more problem(s)" if len(exc.errors()) > 1 else ""
+        for n in range(len(loc), 0, -1):
+            if set_items and loc[:n] in set_items:
+                raise UserInputError(f"{msg}{more} (from --set {set_items[loc[:n]]})", field=key) from None
         line = None
         for n in range(len(loc), 0, -1):
             if loc[:n] in lines:
                 line = lines[loc[:n]]
                 break
-        more = f"; and {len(exc.errors()) - 1} more problem(s)" if len(exc.errors()) > 1 else ""
         raise UserInputError(msg + more, file=source, line=line, field=key) from None
 
 
 def parse_override(item: str) -> tuple[list[str], Any]:
     """Parse one ``key.sub=value`` override; the value is read as YAML (numbers, bools, lists).
 
-    Raises UserInputError for an item without ``=`` or with an empty key.
+    Raises UsageError (exit 2) for an item without ``=`` or with an empty key.
     """
     if "=" not in item:
-        raise UserInputError(
-            f"--set {item!r}: expected key=value, e.g. training.learning_rate=1e-4", field=item
-        )
+        raise UsageError(f"--set {item!r}: expected KEY=VALUE, e.g. training.learning_rate=1e-4")
     key, _, text = item.partition("=")
     parts = [p for p in key.strip().split(".")]
     if not key.strip() or any(not p for p in parts):
-        raise UserInputError(f"--set {item!r}: empty key", field=key)
+        raise UsageError(f"--set {item!r}: empty key (expected KEY=VALUE)")
     try:
         value = yaml.safe_load(text) if text.strip() else None
     except yaml.YAMLError:
@@ -345,9 +353,11 @@ def load_config(
         lines = _yaml_lines(text)
     if preset is not None and "preset" not in raw:
         raw = {**raw, "preset": preset}
+    set_items: dict[tuple[str, ...], str] = {}
     if overrides:
         raw = apply_overrides(raw, overrides)
-    return _validate(raw, source, lines)
+        set_items = {tuple(parse_override(item)[0]): item for item in overrides}
+    return _validate(raw, source, lines, set_items)
 
 
 def config_from_dict(raw: dict[str, Any], source: str | None = None) -> RunConfig:

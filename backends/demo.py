@@ -18,7 +18,6 @@ import shutil
 import sys
 import textwrap
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -67,10 +66,7 @@ def compare_replies(run: RunDir, config: RunConfig, prompts: list[str]) -> list[
     from backends.chat.session import Sampling, StreamRequest
 
     greeting, signoff = house_style()
-    with warnings.catch_warnings():
-        # peft reads transformers' deprecated `is_gradient_checkpointing` while loading: not ours to act on.
-        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-        session = open_session(config.model, adapter=run.path, backend=config.backend)
+    session = open_session(config.model, adapter=run.path, backend=config.backend)
     tuned = session.default_adapter
     requests = []
     for i, prompt in enumerate(prompts):
@@ -141,6 +137,7 @@ def cli_demo(args: argparse.Namespace) -> int:
 
     start = time.monotonic()
     config = demo_config(args.steps)
+    first_use = not (paths.models_dir() / config.model / "config.json").is_file()
     try:
         run = run_training(config, json_stdout=args.json)
     except RunStopped as exc:
@@ -153,8 +150,8 @@ def cli_demo(args: argparse.Namespace) -> int:
     if not args.json:
         print(
             f"\nTrained {config.training.max_steps} steps in {trained:.0f} s (after {setup:.0f} s of "
-            f"setup: model import on first use, data, loading). Asking {len(heldout_prompts())} "
-            "held-out questions...",
+            f"setup: {'first-use model import, ' if first_use else ''}data, model loading). "
+            f"Asking {len(heldout_prompts())} held-out questions...",
             file=sys.stderr,
         )
     rows = compare_replies(run, config, heldout_prompts())

@@ -52,6 +52,12 @@ class UserInputError(TuneDeskError):
         super().__init__(text)
 
 
+class UsageError(UserInputError):
+    """A command-line option is malformed (e.g. ``--set`` without ``=``): exit 2, as argparse."""
+
+    exit_code = EXIT_USAGE
+
+
 class RunFailed(TuneDeskError):
     """A training or chat run failed (NaN, out of memory, model or data problem, worker crash).
 

@@ -132,6 +132,8 @@ class RunDir:
     def load_config(self) -> RunConfig:
         """The run's resolved config; UserInputError if the folder is not a run folder."""
         if not self.config_path.is_file():
+            if not self.path.exists():
+                raise UserInputError("no such run folder", file=self.path)
             raise UserInputError("not a run folder (no config.yaml)", file=self.path)
         raw = yaml.safe_load(self.config_path.read_text(encoding="utf-8")) or {}
         return config_from_dict(raw, source=str(self.config_path))
@@ -226,7 +228,11 @@ def run_status(run: RunDir, events: list[dict[str, Any]] | None = None) -> str:
 
 
 def summarize_run(run: RunDir) -> dict[str, Any]:
-    """What the Runs page and ``tunedesk runs`` show about a run, read from its folder only."""
+    """What the Runs page and ``tunedesk runs`` show about a run, read from its folder only.
+
+    ``train_loss``: the run's own figure once finished (``run_finished.train_loss``: the mean of
+    its last 10 step losses), otherwise that mean over the steps so far; ``val_loss``: the last
+    evaluation's."""
     events = run.events()
     info: dict[str, Any] = {"name": run.path.name, "path": str(run.path), "status": run_status(run, events)}
     try:
@@ -242,7 +248,13 @@ def summarize_run(run: RunDir) -> dict[str, Any]:
     evals = [e for e in events if e["event"] == "eval"]
     info["steps"] = steps[-1]["step"] if steps else 0
     info["max_steps"] = started.get("max_steps") if started else None
-    info["train_loss"] = steps[-1]["loss"] if steps else None
+    # As run_finished reports it: the mean loss of the last (up to) 10 steps, less noisy than one.
+    finished = next((e for e in reversed(events) if e["event"] == "run_finished"), None)
+    recent = [e["loss"] for e in steps[-10:] if e.get("loss") is not None]
+    if finished is not None and finished.get("train_loss") is not None:
+        info["train_loss"] = finished["train_loss"]
+    else:
+        info["train_loss"] = sum(recent) / len(recent) if recent else None
     info["val_loss"] = evals[-1]["val_loss"] if evals else None
     info["started"] = events[0]["time"] if events else None
     info["duration"] = (events[-1]["time"] - events[0]["time"]) if len(events) > 1 else 0.0

@@ -197,8 +197,10 @@ def test_open_session_errors_name_the_path_before_loading(tmp_path, runs, smollm
 
 
 def test_open_session_uses_the_adapters_base_model(runs, tiny_model_dir):
-    session = open_session(adapter=runs["pineapple"], backend="torch")
+    said: list[str] = []
+    session = open_session(adapter=runs["pineapple"], backend="torch", say=lambda level, m: said.append(m))
     assert session.model_dir == tiny_model_dir and session.default_adapter is not None
+    assert f"adapter pineapple: {runs['pineapple'] / 'adapter'}" in said  # says which weights answer
     n = len(answer_ids(session.engine.tokenizer))
     assert reply(session, session.default_adapter, n).text == ANSWER
 

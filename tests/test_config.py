@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from backends.config import PRESETS, RunConfig, dump_config, field_docs, load_config
-from backends.errors import UserInputError
+from backends.errors import UsageError, UserInputError
 
 
 def write(tmp_path, text):
@@ -84,8 +84,31 @@ def test_override_unknown_key_rejected():
     with pytest.raises(UserInputError) as info:
         load_config(None, ["training.learnin_rate=1"])
     assert info.value.field == "training.learnin_rate"
-    with pytest.raises(UserInputError, match="key=value"):
+    with pytest.raises(UsageError, match="KEY=VALUE") as usage:
         load_config(None, ["training.learning_rate"])
+    assert usage.value.exit_code == 2 and str(usage.value).startswith(
+        "--set 'training.learning_rate': expected"
+    )
+
+
+def test_a_bad_override_names_the_set_item_not_the_file(tmp_path):
+    """A wrong value given with --set is reported as coming from --set, never with a line of the
+    config file (where it is not); a wrong value in the file still names file and line."""
+    p = write(tmp_path, "data:\n  validation_fraction: 0.1\ntraining:\n  max_steps: 5\n")
+    with pytest.raises(UserInputError) as info:
+        load_config(p, ["data.validation_fraction=1.5"])
+    text = str(info.value)
+    assert info.value.file is None and info.value.line is None
+    assert text.startswith("data.validation_fraction: ") and text.endswith(
+        "(from --set data.validation_fraction=1.5)"
+    )
+    with pytest.raises(UserInputError) as info:
+        load_config(p, ["training.learning_rate=abc"])
+    assert "(got 'abc')" in str(info.value) and "--set training.learning_rate=abc" in str(info.value)
+    bad = write(tmp_path, "training:\n  max_steps: -5\n")
+    with pytest.raises(UserInputError) as info:
+        load_config(bad, ["lora.rank=8"])
+    assert info.value.file == str(bad) and info.value.line == 2 and "--set" not in str(info.value)
 
 
 def test_preset_fills_what_file_leaves_out(tmp_path):

@@ -169,5 +169,5 @@ def test_runs_command_prints_a_table_with_a_header(tmp_path, capsys):
         sink.emit("run_finished", step=7, adapter="a", train_loss=1.25, val_loss=None, tokens=10, elapsed=1.0)
     assert main(["runs", "--runs-dir", str(tmp_path)]) == 0
     header, row = capsys.readouterr().out.splitlines()
-    assert header.split() == ["RUN", "STATUS", "STEPS", "TRAIN", "LOSS"]
-    assert row.split() == ["first", "finished", "7", "1.2500"]
+    assert header.split() == ["RUN", "STATUS", "STEPS", "TRAIN", "LOSS", "VAL", "LOSS", "STARTED"]
+    assert row.split()[:5] == ["first", "finished", "7", "1.2500", "-"]  # run_finished's train_loss

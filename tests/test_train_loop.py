@@ -234,7 +234,9 @@ def test_sigterm_stops_with_a_checkpoint_then_resume_finishes(tiny_model_dir, tm
     assert checkpoint == run.checkpoints_dir / f"step-{stopped['step']}"
     assert (checkpoint / COMPLETE_MARKER).is_file() and run.latest_checkpoint() == checkpoint
     assert run_status(run) == "stopped"
-    assert "stopped" in (tmp_path / "term.log").read_text()
+    log = (tmp_path / "term.log").read_text()
+    assert f"stopped at step {stopped['step']}; resume with `tunedesk train --resume {run.path}`" in log
+    assert "stopped: stopped" not in log
 
     # --set cannot change a run being resumed; a plain --resume continues to the end (a stale
     # stop request does not stop it again)
@@ -454,6 +456,13 @@ def test_resuming_a_finished_run_is_refused(tiny_model_dir, tmp_path, capsys):
     )
     assert cli.main(["train", "--resume", str(run.path)]) == 1
     assert "already finished" in capsys.readouterr().err
+
+
+def test_resuming_a_missing_folder_says_so(tmp_path, capsys):
+    assert cli.main(["train", "--resume", str(tmp_path / "never")]) == 1
+    assert f"{tmp_path / 'never'}: no such run folder" in capsys.readouterr().err
+    assert cli.main(["train", "--resume", str(tmp_path)]) == 1
+    assert "not a run folder (no config.yaml)" in capsys.readouterr().err
 
 
 def test_mlx_backend_missing_is_a_clear_user_error(monkeypatch):

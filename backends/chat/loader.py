@@ -134,6 +134,12 @@ def open_session(
     if warning:
         say("warning", warning)
     say("info", f"loading {model_name} ({model_dir}) on {chosen}")
+    if info is not None:
+        # Which weights answer: a finished run's adapter/, or a stopped run's latest checkpoint.
+        latest = (
+            " (the run has no final adapter: its latest checkpoint)" if info.meta.get("checkpoint") else ""
+        )
+        say("info", f"adapter {info.name}: {info.path}{latest}")
     engine = make_engine(chosen, model_dir, device)
     session = ChatSession(engine, model_dir, model_name, convert=lambda i: convert_for(i, chosen, say))
     if adapter is not None:

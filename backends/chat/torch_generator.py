@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import inspect
 import re
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -156,12 +157,17 @@ class TorchChatEngine:
         name = f"adapter{self._counter}"
         self._counter += 1
         try:
-            if self.model is self.base:
-                self.model = PeftModel.from_pretrained(
-                    self.base, str(info.path), adapter_name=name, is_trainable=False
+            with warnings.catch_warnings():
+                # peft reads transformers' deprecated `is_gradient_checkpointing`: not ours to act on.
+                warnings.filterwarnings(
+                    "ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning
                 )
-            else:
-                self.model.load_adapter(str(info.path), adapter_name=name, is_trainable=False)
+                if self.model is self.base:
+                    self.model = PeftModel.from_pretrained(
+                        self.base, str(info.path), adapter_name=name, is_trainable=False
+                    )
+                else:
+                    self.model.load_adapter(str(info.path), adapter_name=name, is_trainable=False)
         except (ValueError, RuntimeError, KeyError) as exc:
             raise UserInputError(f"cannot load this adapter into the model: {exc}", file=info.path) from None
         self.model.to(self.device).eval()
