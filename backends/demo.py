@@ -141,6 +141,8 @@ def cli_demo(args: argparse.Namespace) -> int:
     try:
         run = run_training(config, json_stdout=args.json)
     except RunStopped as exc:
+        if "--resume" not in str(exc):
+            raise
         raise RunStopped(
             f"{exc} (that finishes the training only); or run `tunedesk demo` again to start over"
         ) from exc
