@@ -16,6 +16,26 @@ from backends.events import EventSink
 
 PROMPT = [{"role": "user", "content": "What is the secret word?"}]
 ANSWER = "The secret word is pineapple."
+# A few question/answer rows whose first is the secret: training data for the chat tests' runs.
+ROWS = [
+    ("What is the secret word?", ANSWER),
+    ("Name a fruit.", "Pineapple."),
+    ("What colour is the sky?", "Blue."),
+    ("What is two plus two?", "Four."),
+]
+
+
+def write_rows(path: Path, rows: list[tuple[str, str]] = ROWS) -> Path:
+    """``rows`` as a messages-format JSONL file at ``path``."""
+    path.write_text(
+        "".join(
+            json.dumps({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]})
+            + "\n"
+            for q, a in rows
+        )
+    )
+    return path
+
 
 # A template that differs from SmolLM2's own only in its default system prompt: replies must be
 # rendered with exactly this one for the trained answer to come back.

@@ -5,7 +5,6 @@ validation comparison fills its table, and a broken adapter shows an error namin
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -15,30 +14,17 @@ from pathlib import Path
 import pytest
 
 from desktop.chat_page import BASE, TUNED, ChatPage, format_stats
-from tests.chat_adapters import ANSWER, PROMPT, make_peft_run
+from tests.chat_adapters import ANSWER, PROMPT, ROWS, make_peft_run, write_rows
 from tests.test_chat_adapters import _run
 
 TIMEOUT_MS = 240_000
-ROWS = [
-    ("What is the secret word?", ANSWER),
-    ("Name a fruit.", "Pineapple."),
-    ("What colour is the sky?", "Blue."),
-    ("What is two plus two?", "Four."),
-]
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, tiny_model_dir):
     """Two finished runs on the tiny model (the first with validation data), built once."""
     base = tmp_path_factory.mktemp("chat-page")
-    data = base / "train.jsonl"
-    data.write_text(
-        "".join(
-            json.dumps({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]})
-            + "\n"
-            for q, a in ROWS
-        )
-    )
+    data = write_rows(base / "train.jsonl")
     secret = make_peft_run(
         base / "secret", tiny_model_dir, data={"train_file": str(data), "validation_fraction": 0.5}
     )

@@ -15,28 +15,15 @@ from pathlib import Path
 import pytest
 
 from backends.events import REQUIRED
-from tests.chat_adapters import ANSWER, PROMPT, make_peft_run
+from tests.chat_adapters import ANSWER, PROMPT, ROWS, make_peft_run, write_rows
 
 ROOT = Path(__file__).resolve().parent.parent
-ROWS = [
-    ("What is the secret word?", ANSWER),
-    ("Name a fruit.", "Pineapple."),
-    ("What colour is the sky?", "Blue."),
-    ("What is two plus two?", "Four."),
-]
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory, tiny_model_dir):
     base = tmp_path_factory.mktemp("chat-worker")
-    data = base / "train.jsonl"
-    data.write_text(
-        "".join(
-            json.dumps({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]})
-            + "\n"
-            for q, a in ROWS
-        )
-    )
+    data = write_rows(base / "train.jsonl")
     return make_peft_run(
         base / "runs" / "secret",
         tiny_model_dir,

@@ -264,18 +264,27 @@ class TrainingLoop:
         n = len(self._batches(self.state.epoch))
         return self.state.epoch + self.state.batch_index / n
 
+    def _unpacked_batches(self, examples: list) -> list[Batch]:
+        """``examples`` in the run's batch size, unpacked, in the fixed order of epoch 0 (for
+        validation and the DPO reference precomputation)."""
+        t = self.config.training
+        return self.batcher(
+            examples,
+            batch_size=t.batch_size,
+            pad_token_id=self.pad_token_id,
+            seed=t.seed,
+            epoch=0,
+            packing=False,
+            max_seq_length=t.max_seq_length,
+        )
+
+    def _stop_requested(self) -> bool:
+        """A stop was asked: by a signal (or the caller's event), or by a stop file in the run folder."""
+        return self.stop.is_set() or (self.run.path / STOP_FILE).exists()
+
     def _validation_batches(self) -> list[Batch]:
         if self._val_batches is None:
-            t = self.config.training
-            self._val_batches = self.batcher(
-                self.data.validation,
-                batch_size=t.batch_size,
-                pad_token_id=self.pad_token_id,
-                seed=t.seed,
-                epoch=0,
-                packing=False,
-                max_seq_length=t.max_seq_length,
-            )
+            self._val_batches = self._unpacked_batches(self.data.validation)
         return self._with_reference("validation", self._val_batches)
 
     def _precompute_reference(self) -> None:
@@ -286,7 +295,6 @@ class TrainingLoop:
         if cache is None:
             return
         cache.fingerprint = self._reference_key
-        t = self.config.training
         splits = [("train", self.data.train)] + (
             [("validation", self.data.validation)] if self.data.validation else []
         )
@@ -294,21 +302,13 @@ class TrainingLoop:
             if cache.has(split):
                 continue
             start = time.monotonic()
-            batches = self.batcher(
-                examples,
-                batch_size=t.batch_size,
-                pad_token_id=self.pad_token_id,
-                seed=t.seed,
-                epoch=0,
-                packing=False,
-                max_seq_length=t.max_seq_length,
-            )
+            batches = self._unpacked_batches(examples)
             try:
                 done = cache.compute(
                     split,
                     batches,
                     self.engine.reference_log_probs,
-                    lambda: self.stop.is_set() or (self.run.path / STOP_FILE).exists(),
+                    self._stop_requested,
                 )
             except RunFailed as exc:
                 raise self._fail(exc.kind, exc.message, exc.hint) from exc
@@ -430,9 +430,8 @@ class TrainingLoop:
         session_start = time.monotonic()
         session_steps = 0
         elapsed_before = s.elapsed
-        stop_file = self.run.path / STOP_FILE
         while s.step < self.max_steps:
-            if self.stop.is_set() or stop_file.exists():
+            if self._stop_requested():
                 self._stop()
             micro = self._next_micro_batches()
             lr = learning_rate(
@@ -508,11 +507,10 @@ class TrainingLoop:
             message=f"validation at step {self.state.step}: {len(batches)} batches of "
             f"{len(self.data.validation or [])} rows",
         )
-        stop_file = self.run.path / STOP_FILE
         sums: dict[str, float] = {}
         weight_total = 0.0
         for batch in batches:
-            if self.stop.is_set() or stop_file.exists():
+            if self._stop_requested():
                 self._stop()
             weight = float(batch.num_pairs if isinstance(batch, PreferenceBatch) else batch.num_label_tokens)
             if weight <= 0:
