@@ -9,7 +9,8 @@ not fit are dropped by both). Ours reads the file through our data pipeline; TRL
 in its conversational preference format (``prompt``/``chosen``/``rejected`` message lists) and
 tokenises them itself. Same LoRA (rank, alpha, dropout, every linear layer), AdamW, learning
 rate, beta 0.1, sigmoid loss, batch size (pairs), no gradient accumulation, reference = the base
-model with the adapter disabled (computed every step on both sides), fp32 on the CPU, no gradient
+model with the adapter disabled (computed every step on both sides), the same precision
+(``--precision``, as in train_throughput.py; the README's figures were taken with fp32), no gradient
 checkpointing, no evaluation or checkpoints, the same number of optimizer steps. Each side runs
 in its own fresh process, so its peak RSS is its own.
 
@@ -71,7 +72,7 @@ def _config(args: argparse.Namespace, data_file: Path, runs_dir: Path):
                 "max_steps": args.steps,
                 "batch_size": args.batch_size,
                 "max_seq_length": args.max_seq_length,
-                "precision": "auto",
+                "precision": args.precision,
                 "eval_every": 0,
                 "save_every": 0,
                 "seed": 0,
@@ -114,7 +115,7 @@ def run_trl(args: argparse.Namespace, data_file: Path, workdir: Path) -> dict:
     model_dir = models.resolve_model(args.model)
     tokenizer = load_tokenizer(model_dir)
     dataset = Dataset.from_list(_trl_rows(json.loads(data_file.read_text(encoding="utf-8"))))
-    model, lora, precision = peers.trl_model(model_dir, args.rank)
+    model, lora, precision = peers.trl_model(model_dir, args.rank, args.precision)
     config = DPOConfig(
         output_dir=str(workdir / "trl"),
         max_steps=args.steps,
@@ -165,7 +166,7 @@ def main() -> None:
     from backends import models
 
     models.resolve_model(args.model)  # import once, outside the timed children
-    keys = ("model", "rows", "steps", "skip_steps", "batch_size", "max_seq_length", "rank")
+    keys = ("model", "rows", "steps", "skip_steps", "batch_size", "max_seq_length", "rank", "precision")
     with tempfile.TemporaryDirectory(prefix="dpo-bench-") as tmp:
         workdir = Path(tmp)
         rows = json.loads(PAIRS.read_text(encoding="utf-8"))[: args.rows]

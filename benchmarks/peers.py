@@ -53,16 +53,17 @@ def ours_result(run: Any, skip_steps: int) -> dict[str, Any]:
     }
 
 
-def trl_model(model_dir: Path, rank: int) -> tuple[Any, Any, str]:
-    """(the base model in the precision our ``auto`` picks on this device, the LoRA config both
-    sides use: rank, alpha 2 x rank, dropout 0.05, every linear layer; the precision's name)."""
+def trl_model(model_dir: Path, rank: int, precision: str = "auto") -> tuple[Any, Any, str]:
+    """(the base model in ``precision`` as our engine resolves it on this device (``auto``: what
+    ours picks), the LoRA config both sides use: rank, alpha 2 x rank, dropout 0.05, every linear
+    layer; the resolved precision's name)."""
     import torch
     from peft import LoraConfig
     from transformers import AutoModelForCausalLM
 
     from backends.torch_backend import pick_device, resolve_precision
 
-    precision, _ = resolve_precision("auto", pick_device())
+    precision, _ = resolve_precision(precision, pick_device())
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, use_safetensors=True)
     lora = LoraConfig(
@@ -113,6 +114,12 @@ def parser(
     p.add_argument("--batch-size", type=int, default=batch_size, help=batch_help)
     p.add_argument("--max-seq-length", type=int, default=256)
     p.add_argument("--rank", type=int, default=16)
+    p.add_argument(
+        "--precision",
+        choices=["auto", "fp32", "bf16"],
+        default="auto",
+        help="both sides (auto: what ours picks here, e.g. bf16 on a CPU with AVX512-BF16)",
+    )
     p.add_argument("--peer", choices=SIDES, help=argparse.SUPPRESS)
     p.add_argument("--workdir", help=argparse.SUPPRESS)
     return p

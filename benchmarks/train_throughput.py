@@ -5,8 +5,9 @@ the same tokens: the first ``--rows`` rows of ``../shared/data/llamafactory/alpa
 tokenised once by our data pipeline (the model's chat template, completion-only labels, cut at
 ``--max-seq-length``); TRL gets them as a pre-tokenised dataset with ``input_ids`` and ``labels``
 (it then skips its own tokenisation and keeps our labels). Same LoRA (rank, alpha, dropout, every
-linear layer), AdamW, learning rate, batch size, no gradient accumulation, fp32 on the CPU (the
-model's precision elsewhere follows each side's default), no gradient checkpointing, no
+linear layer), AdamW, learning rate, batch size, no gradient accumulation, the same precision
+(``--precision``; auto: what our engine picks here, bf16 on a CPU with AVX512-BF16 or AMX, else
+fp32 on the CPU; TRL then gets ``bf16=True``), no gradient checkpointing, no
 evaluation or checkpoints, the same number of optimizer steps: by default one epoch over the rows
 (``--steps N`` for fewer). Each side runs in its own fresh process, so its peak RSS is its own.
 
@@ -71,7 +72,7 @@ def _config(args: argparse.Namespace, data_file: Path, runs_dir: Path):
                 "epochs": 1,
                 "batch_size": args.batch_size,
                 "max_seq_length": args.max_seq_length,
-                "precision": "auto",
+                "precision": args.precision,
                 "eval_every": 0,
                 "save_every": 0,
                 "seed": 0,
@@ -119,7 +120,7 @@ def run_trl(args: argparse.Namespace, data_file: Path, workdir: Path) -> dict:
         by_row = {e.row: e for e in data.train}
         examples = [by_row[r] for b in batches for r in b.rows]
     dataset = Dataset.from_list([{"input_ids": e.input_ids, "labels": e.labels} for e in examples])
-    model, lora, precision = peers.trl_model(model_dir, args.rank)
+    model, lora, precision = peers.trl_model(model_dir, args.rank, args.precision)
     sft = SFTConfig(
         output_dir=str(workdir / "trl"),
         max_steps=args.steps or -1,
@@ -178,7 +179,17 @@ def main() -> None:
     from backends import models
 
     models.resolve_model(args.model)  # import once, outside the timed children
-    keys = ("model", "rows", "steps", "skip_steps", "batch_size", "max_seq_length", "rank", "trl_order")
+    keys = (
+        "model",
+        "rows",
+        "steps",
+        "skip_steps",
+        "batch_size",
+        "max_seq_length",
+        "rank",
+        "trl_order",
+        "precision",
+    )
     with tempfile.TemporaryDirectory(prefix="train-bench-") as tmp:
         workdir = Path(tmp)
         rows = json.loads(ALPACA.read_text(encoding="utf-8"))[: args.rows]

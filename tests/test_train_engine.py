@@ -177,9 +177,18 @@ def test_non_finite_loss_does_not_update(tiny_model_dir):
     assert all(torch.equal(before[k], after[k]) for k in before)
 
 
-def test_precision_and_memory_on_cpu(tiny_model_dir):
+def test_precision_and_memory_on_cpu(tiny_model_dir, monkeypatch):
+    # auto: bf16 only where the CPU has native bfloat16 (AVX512-BF16 or AMX), else fp32
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False, raising=False)
     assert resolve_precision("auto", "cpu")[0] == "fp32"
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True, raising=False)
+    precision, reason = resolve_precision("auto", "cpu")
+    assert precision == "bf16" and "native bfloat16" in reason
+    assert resolve_precision("auto", "mps")[0] == "fp32"
+    assert resolve_precision("fp32", "cpu")[0] == "fp32"
     assert resolve_precision("bf16", "cpu")[0] == "bf16"
+    monkeypatch.undo()
     engine = engine_for(tiny_model_dir)
     assert engine.memory() == {"device_allocated": None, "device_peak": None}
     bf16 = engine_for(tiny_model_dir, precision="bf16")
