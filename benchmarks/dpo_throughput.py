@@ -115,7 +115,7 @@ def run_trl(args: argparse.Namespace, data_file: Path, workdir: Path) -> dict:
     model_dir = models.resolve_model(args.model)
     tokenizer = load_tokenizer(model_dir)
     dataset = Dataset.from_list(_trl_rows(json.loads(data_file.read_text(encoding="utf-8"))))
-    model, lora, precision = peers.trl_model(model_dir, args.rank, args.precision)
+    model, lora, precision_args = peers.trl_model(model_dir, args.rank, args.precision)
     config = DPOConfig(
         output_dir=str(workdir / "trl"),
         max_steps=args.steps,
@@ -125,8 +125,7 @@ def run_trl(args: argparse.Namespace, data_file: Path, workdir: Path) -> dict:
         lr_scheduler_type="linear",
         warmup_steps=0,
         gradient_checkpointing=False,
-        bf16=precision == "bf16",
-        fp16=precision == "fp16",
+        **precision_args,
         max_length=args.max_seq_length,
         beta=BETA,
         loss_type=["sigmoid"],

@@ -53,23 +53,26 @@ def ours_result(run: Any, skip_steps: int) -> dict[str, Any]:
     }
 
 
-def trl_model(model_dir: Path, rank: int, precision: str = "auto") -> tuple[Any, Any, str]:
+def trl_model(model_dir: Path, rank: int, precision: str = "auto") -> tuple[Any, Any, dict[str, Any]]:
     """(the base model in ``precision`` as our engine resolves it on this device (``auto``: what
     ours picks), the LoRA config both sides use: rank, alpha 2 x rank, dropout 0.05, every linear
-    layer; the resolved precision's name)."""
+    layer; the TrainingArguments for that precision: ``bf16``, ``fp16``, and ``use_cpu`` on the
+    CPU, which transformers requires for bf16 there)."""
     import torch
     from peft import LoraConfig
     from transformers import AutoModelForCausalLM
 
     from backends.torch_backend import pick_device, resolve_precision
 
-    precision, _ = resolve_precision(precision, pick_device())
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    device = pick_device()
+    resolved, _ = resolve_precision(precision, device)
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[resolved]
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, use_safetensors=True)
     lora = LoraConfig(
         r=rank, lora_alpha=2 * rank, lora_dropout=0.05, target_modules="all-linear", task_type="CAUSAL_LM"
     )
-    return model, lora, precision
+    args = {"bf16": resolved == "bf16", "fp16": resolved == "fp16", "use_cpu": device == "cpu"}
+    return model, lora, args
 
 
 def trl_timed_train(trainer_class: type, skip_steps: int, **trainer_kwargs: Any) -> dict[str, Any]:

@@ -120,7 +120,7 @@ def run_trl(args: argparse.Namespace, data_file: Path, workdir: Path) -> dict:
         by_row = {e.row: e for e in data.train}
         examples = [by_row[r] for b in batches for r in b.rows]
     dataset = Dataset.from_list([{"input_ids": e.input_ids, "labels": e.labels} for e in examples])
-    model, lora, precision = peers.trl_model(model_dir, args.rank, args.precision)
+    model, lora, precision_args = peers.trl_model(model_dir, args.rank, args.precision)
     sft = SFTConfig(
         output_dir=str(workdir / "trl"),
         max_steps=args.steps or -1,
@@ -131,8 +131,7 @@ def run_trl(args: argparse.Namespace, data_file: Path, workdir: Path) -> dict:
         lr_scheduler_type="linear",
         warmup_steps=0,
         gradient_checkpointing=False,
-        bf16=precision == "bf16",
-        fp16=precision == "fp16",
+        **precision_args,
         max_length=args.max_seq_length,
         logging_steps=10,
         save_strategy="no",
@@ -199,7 +198,7 @@ def main() -> None:
         f"SmolLM2 LoRA r{args.rank} all-linear, first {args.rows} Alpaca rows, batch {args.batch_size}, "
         f"max {args.max_seq_length} tokens, {results['ours']['steps'] + args.skip_steps} steps "
         f"(first {args.skip_steps} not timed), "
-        f"TRL rows per step: {args.trl_order}, {torch_threads()} torch threads, "
+        f"TRL rows per step: {args.trl_order}, precision {args.precision}, {torch_threads()} torch threads, "
         f"median of {args.repeats} run(s) per side",
         results,
     )
