@@ -505,12 +505,7 @@ class MLXEngine:
         finally:
             self.model.train()
         if dpo:
-            m = stats.metrics()
-            return {
-                "val_loss": m["loss"],
-                "reward_accuracy": m["reward_accuracy"],
-                "reward_margin": m["reward_margin"],
-            }
+            return stats.eval_metrics()
         return {"val_loss": total / n_tokens}
 
     # --- state -------------------------------------------------------------------------------

@@ -465,12 +465,7 @@ class TorchEngine:
                 raise
             finally:
                 self.model.train()
-            m = stats.metrics()
-            return {
-                "val_loss": m["loss"],
-                "reward_accuracy": m["reward_accuracy"],
-                "reward_margin": m["reward_margin"],
-            }
+            return stats.eval_metrics()
         return {"val_loss": self._sft_eval_loss(batches)}
 
     def _sft_eval_loss(self, batches: list[Batch]) -> float:

@@ -120,6 +120,12 @@ class PreferenceStats:
             "reward_accuracy": self.correct / n,
         }
 
+    def eval_metrics(self) -> dict[str, float]:
+        """What an engine's ``eval_metrics`` returns for DPO: {"val_loss": mean DPO loss per pair,
+        plus ``EVAL_FIELDS`` (reward_accuracy, reward_margin)}."""
+        m = self.metrics()
+        return {"val_loss": m["loss"], **{k: m[k] for k in EVAL_FIELDS}}
+
 
 class ReferenceCache:
     """Reference log-probabilities computed once per example before training

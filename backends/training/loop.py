@@ -224,16 +224,7 @@ class TrainingLoop:
     # --- data ------------------------------------------------------------------------------
     def _batches(self, epoch: int) -> list[Batch]:
         if self._epoch_cache is None or self._epoch_cache[0] != epoch:
-            t = self.config.training
-            batches = self.batcher(
-                self.data.train,
-                batch_size=t.batch_size,
-                pad_token_id=self.pad_token_id,
-                seed=t.seed,
-                epoch=epoch,
-                packing=self.config.data.packing,
-                max_seq_length=t.max_seq_length,
-            )
+            batches = self._make_batches(self.data.train, epoch=epoch, packing=self.config.data.packing)
             if not batches:
                 raise UserInputError("the data pipeline produced no batches", field="data.train_file")
             self._epoch_cache = (epoch, batches)
@@ -264,17 +255,18 @@ class TrainingLoop:
         n = len(self._batches(self.state.epoch))
         return self.state.epoch + self.state.batch_index / n
 
-    def _unpacked_batches(self, examples: list) -> list[Batch]:
-        """``examples`` in the run's batch size, unpacked, in the fixed order of epoch 0 (for
-        validation and the DPO reference precomputation)."""
+    def _make_batches(self, examples: list, *, epoch: int = 0, packing: bool = False) -> list[Batch]:
+        """``examples`` in the run's batch size and order for ``epoch`` (the batcher's seeded
+        order); the defaults (epoch 0, unpacked) are for validation and the DPO reference
+        precomputation."""
         t = self.config.training
         return self.batcher(
             examples,
             batch_size=t.batch_size,
             pad_token_id=self.pad_token_id,
             seed=t.seed,
-            epoch=0,
-            packing=False,
+            epoch=epoch,
+            packing=packing,
             max_seq_length=t.max_seq_length,
         )
 
@@ -284,7 +276,7 @@ class TrainingLoop:
 
     def _validation_batches(self) -> list[Batch]:
         if self._val_batches is None:
-            self._val_batches = self._unpacked_batches(self.data.validation)
+            self._val_batches = self._make_batches(self.data.validation)
         return self._with_reference("validation", self._val_batches)
 
     def _precompute_reference(self) -> None:
@@ -302,7 +294,7 @@ class TrainingLoop:
             if cache.has(split):
                 continue
             start = time.monotonic()
-            batches = self._unpacked_batches(examples)
+            batches = self._make_batches(examples)
             try:
                 done = cache.compute(
                     split,
