@@ -33,6 +33,7 @@ from torch import nn
 from backends.config import RunConfig
 from backends.data.types import IGNORE_INDEX, Batch, PreferenceBatch
 from backends.errors import RunFailed, UserInputError
+from backends.torch_backend.loading import load_causal_lm
 from backends.training.dpo import PreferenceStats, sigmoid_dpo_loss
 from backends.training.oom import oom_hint
 
@@ -205,29 +206,13 @@ class TorchEngine:
         matches nothing.
         """
         from peft import LoraConfig, get_peft_model
-        from transformers import AutoModelForCausalLM
 
         model_dir = Path(model_dir)
         self.config = config
         t = config.training
         self.precision, precision_note = resolve_precision(t.precision, self.device)
         notes = [f"device {self.device}", precision_note]
-        if not any(model_dir.glob("*.safetensors")):
-            raise UserInputError(
-                "no safetensors weights in this model folder (pickle weights are not loaded)",
-                file=model_dir,
-                field="model",
-                hint="import the model with `tunedesk models import PATH`",
-            )
-        try:
-            base = AutoModelForCausalLM.from_pretrained(
-                model_dir,
-                use_safetensors=True,
-                trust_remote_code=False,
-                dtype=_DTYPES[self.precision],
-            )
-        except (OSError, ValueError, KeyError) as exc:
-            raise UserInputError(f"cannot load this model: {exc}", file=model_dir, field="model") from None
+        base = load_causal_lm(model_dir, _DTYPES[self.precision])
         base.config.use_cache = False
         base.to(self.device)
         targets = resolve_target_modules(base, config.lora.target_modules)
