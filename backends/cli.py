@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from backends import paths
 from backends.errors import (
     EXIT_OK,
+    EXIT_RUN_FAILED,
     EXIT_STOPPED,
     EXIT_USAGE,
     RunFailed,
@@ -257,3 +258,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("stopped", file=sys.stderr)
         return EXIT_STOPPED
+    except Exception as exc:  # the catch-all: exit 3 with the log's path, never a bare traceback
+        from backends.crash import crash_message, write_crash_log
+        from backends.training.oom import is_out_of_memory
+
+        if is_out_of_memory(exc):
+            print(
+                f"run failed (oom): out of memory: {str(exc).splitlines()[0][:300] if str(exc) else exc!r}",
+                file=sys.stderr,
+            )
+            return EXIT_RUN_FAILED
+        print(
+            crash_message(exc, write_crash_log(exc, list(argv) if argv is not None else sys.argv[1:])),
+            file=sys.stderr,
+        )
+        return EXIT_RUN_FAILED

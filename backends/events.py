@@ -73,7 +73,7 @@ DPO_EVAL_FIELDS = ("reward_accuracy", "reward_margin")
 OPTIONAL: dict[str, tuple[str, ...]] = {"step": DPO_STEP_FIELDS, "eval": DPO_EVAL_FIELDS}
 
 MEMORY_FIELDS = ("rss", "device_allocated", "device_peak")
-FAILURE_KINDS = ("nan", "oom", "data", "model", "crash")
+FAILURE_KINDS = ("nan", "diverged", "oom", "disk", "data", "model", "crash")
 
 
 class EventSchemaError(ValueError):

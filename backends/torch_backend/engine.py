@@ -35,7 +35,7 @@ from backends.data.types import IGNORE_INDEX, Batch, PreferenceBatch
 from backends.errors import RunFailed, UserInputError
 from backends.torch_backend.loading import load_causal_lm
 from backends.training.dpo import PreferenceStats, sigmoid_dpo_loss
-from backends.training.oom import oom_hint
+from backends.training.oom import is_out_of_memory, oom_hint
 
 # The 'attention' target preset: the usual names of the query/key/value/output projections, in the
 # order tried. The first group that exists in the model is used.
@@ -170,12 +170,7 @@ _OOM_TYPES: tuple[type[BaseException], ...] = (MemoryError,) + tuple(
 
 
 def _is_oom(exc: BaseException) -> bool:
-    if isinstance(exc, _OOM_TYPES):
-        return True
-    text = str(exc)
-    return isinstance(exc, RuntimeError) and (
-        "out of memory" in text or "can't allocate memory" in text or "MPS backend out of memory" in text
-    )
+    return isinstance(exc, _OOM_TYPES) or is_out_of_memory(exc)
 
 
 class TorchEngine:

@@ -10,19 +10,23 @@ before the folder exists (model import, data report) are kept and written to its
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import threading
+from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from backends.config import RunConfig, load_config
-from backends.errors import EXIT_OK, RunStopped, UserInputError
+from backends.durable import repair_torn_tail
+from backends.errors import EXIT_OK, RunFailed, RunStopped, UserInputError
 from backends.events import EventSink, encode
 from backends.runs import RunDir, run_status
 from backends.training.engine import Engine
 from backends.training.loop import TrainingLoop, stop_on_signals
+from backends.training.oom import memory_errors_as_oom
 from backends.training.progress import ConsoleProgress, LogFile
 
 
@@ -113,7 +117,7 @@ def run_training(
         if stop.is_set():
             raise RunStopped("stopped before training started")
 
-    with stop_on_signals(stop):
+    with stop_on_signals(stop), contextlib.ExitStack() as held:
         run: RunDir | None = None
         checkpoint = None
         if resume_dir is not None:
@@ -130,6 +134,9 @@ def run_training(
                     file=run.path,
                     field="--resume",
                 )
+            # Before the model loads: a second resume of this folder is refused at once.
+            run.acquire_lock()
+            held.callback(run.release_lock)
             checkpoint = run.latest_checkpoint()
             say(
                 f"resuming from {checkpoint}"
@@ -139,11 +146,12 @@ def run_training(
         if config is None:
             raise UserInputError("no config given", field="--config")
         config = resolve_data_paths(config)
-        model_dir = models.resolve_model(config.model, progress=say)
-        stop_if_asked()
-        tokenizer = load_tokenizer(model_dir)
-        say(f"preparing data from {config.data.train_file}")
-        data = prepare_data(config, tokenizer, progress=say)
+        with failures_before_the_run(early):
+            model_dir = models.resolve_model(config.model, progress=say)
+            stop_if_asked()
+            tokenizer = load_tokenizer(model_dir)
+            say(f"preparing data from {config.data.train_file}")
+            data = prepare_data(config, tokenizer, progress=say)
         stop_if_asked()
         for notice in getattr(data.report, "notices", []) or []:
             early.emit("log", level="info", message=str(notice))
@@ -154,12 +162,14 @@ def run_training(
         say(f"{len(data.train)} training examples, {len(data.validation or [])} validation examples")
         engine = make_engine(config)
         say(f"loading {config.model} for {engine.name} on {engine.device}")
-        setup_info = engine.setup(config, model_dir)
+        with failures_before_the_run(early, "loading the model"):
+            setup_info = engine.setup(config, model_dir)
         stop_if_asked()
         if run is None:
             run = RunDir.create(config)
         run.acquire_lock()
         try:
+            repair_torn_tail(run.events_path)  # a killed writer's half line stays a line of its own
             with open(run.events_path, "a", encoding="utf-8") as fh:
                 for event in early_events:
                     fh.write(encode(event) + "\n")
@@ -184,6 +194,7 @@ def run_training(
                     batcher=make_preference_batches if data.method == "dpo" else make_batches,
                     stop=stop,
                     pad_token_id=int(pad or 0),
+                    vocab_size=len(tokenizer),
                 )
                 loop.run_loop(resume_from=checkpoint)
         finally:
@@ -191,6 +202,19 @@ def run_training(
                 listener.close()
             run.release_lock()
     return run
+
+
+@contextlib.contextmanager
+def failures_before_the_run(early: EventSink, what: str = "reading the model and data") -> Iterator[None]:
+    """Before the run folder exists: memory running out is RunFailed kind ``oom`` (exit 3, not a
+    traceback), and a RunFailed is also sent as a ``run_failed`` event (step 0) to the listeners
+    and ``--json`` stdout, so the app shows its message and hint."""
+    try:
+        with memory_errors_as_oom(what):
+            yield
+    except RunFailed as exc:
+        early.emit("run_failed", step=0, kind=exc.kind, message=exc.message, hint=exc.hint)
+        raise
 
 
 def cli_train(args: argparse.Namespace) -> int:
