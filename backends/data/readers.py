@@ -81,6 +81,13 @@ def _jsonl_lines(path: Path) -> Iterator[tuple[int, str]]:
                     file=path,
                     line=number,
                 )
+            nul = raw.find(b"\0")
+            if nul >= 0:
+                raise UserInputError(
+                    f"binary data (a NUL byte at byte {offset + nul}), not a text file",
+                    file=path,
+                    line=number,
+                )
             try:
                 text = raw.decode("utf-8-sig" if number == 1 else "utf-8")
             except UnicodeDecodeError as exc:
