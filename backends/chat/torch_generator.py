@@ -28,21 +28,11 @@ from backends.chat.adapters import AdapterInfo
 from backends.chat.session import Sampling
 from backends.data.templates import load_tokenizer
 from backends.errors import RunFailed, UserInputError
+from backends.torch_backend.device import pick_device
 from backends.torch_backend.loading import load_causal_lm
 
 # peft's saved key of a LoRA weight: <prefix>.<module path>.lora_A|lora_B[.<adapter>].weight
 _LORA_KEY = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+)\.lora_(?P<ab>[AB])(?:\.[^.]+)?\.weight$")
-
-
-def pick_device(device: str | None = None) -> str:
-    """``device`` if given, else ``cuda`` when available, then ``mps``, else ``cpu``."""
-    if device:
-        return device
-    if torch.cuda.is_available():
-        return "cuda"
-    if torch.backends.mps.is_available():
-        return "mps"
-    return "cpu"
 
 
 def pick_dtype(device: str) -> torch.dtype:
