@@ -145,6 +145,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--preset", choices=["quick-test", "balanced", "quality"], help="preset under the config's values"
     )
     p.add_argument("--json", action="store_true", help="print events as JSON lines on stdout")
+    p.add_argument(
+        "--allow-config-change",
+        action="store_true",
+        help="with --resume: continue although config.yaml changed since the checkpoint (noted in the events)",
+    )
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("data", help="inspect a dataset")
@@ -199,6 +204,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--backend", choices=["auto", "torch", "mlx"], default="auto")
     p.add_argument("--json", action="store_true", help="print token events as JSON lines")
+    p.add_argument(
+        "--show-prompt",
+        action="store_true",
+        help="print the exact prompt the model is fed (special tokens visible) to stderr before each reply",
+    )
     p.add_argument(
         "--serve", action="store_true", help="worker mode: read JSON commands on stdin (used by the app)"
     )

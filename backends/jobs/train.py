@@ -11,6 +11,7 @@ before the folder exists (model import, data report) are kept and written to its
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import threading
@@ -19,10 +20,12 @@ from pathlib import Path
 from typing import Any
 
 from backends.config import RunConfig, load_config
+from backends.data.render import PROMPT_FILE
 from backends.errors import EXIT_OK, RunStopped, UserInputError
 from backends.events import EventSink, encode
 from backends.jobs.backend import make_engine
-from backends.runs import RunDir, run_status
+from backends.jobs.resume import check_resume_config
+from backends.runs import RunDir, atomic_write_text, run_status
 from backends.training.loop import TrainingLoop, stop_on_signals
 from backends.training.progress import ConsoleProgress, LogFile
 
@@ -60,6 +63,7 @@ def run_training(
     resume_dir: str | Path | None = None,
     stop: threading.Event | None = None,
     console: bool | None = None,
+    allow_config_change: bool = False,
 ) -> RunDir:
     """Train one run and return its folder (see the module docstring).
 
@@ -68,6 +72,10 @@ def run_training(
     to continue from its newest complete checkpoint (from the start when it has none).
     ``stop``: an event that stops the run cooperatively (SIGINT/SIGTERM set it too).
     ``console``: the stderr progress bar and log lines (default: on unless ``json_stdout``).
+    ``allow_config_change``: resume although ``config.yaml`` differs from the checkpoint's
+    (``backends.jobs.resume``; the change is noted in the events), else such a resume is refused.
+    The prompt renderer's spec (``backends.data.render.RenderSpec``) is recorded in the run
+    folder's ``prompt.json`` and the adapter's ``tunedesk.json``, so chat renders as training did.
 
     Raises UserInputError (exit 1) for bad input, RunFailed (exit 3) when the run failed,
     RunStopped (exit 130) when it was stopped; the last two after their event was written.
@@ -108,6 +116,15 @@ def run_training(
                     field="--resume",
                 )
             checkpoint = run.latest_checkpoint()
+            changes = check_resume_config(config, checkpoint, run.config_path, allow=allow_config_change)
+            if changes:
+                early.emit(
+                    "log",
+                    level="warning",
+                    message="resuming with a changed config (--allow-config-change): "
+                    + "; ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in changes),
+                    changed_keys=[k for k, _, _ in changes],
+                )
             say(
                 f"resuming from {checkpoint}"
                 if checkpoint
@@ -137,6 +154,10 @@ def run_training(
             run = RunDir.create(config)
         run.acquire_lock()
         try:
+            if data.render_spec is not None:
+                atomic_write_text(
+                    run.path / PROMPT_FILE, json.dumps(data.render_spec.to_dict(), indent=2) + "\n"
+                )
             with open(run.events_path, "a", encoding="utf-8") as fh:
                 for event in early_events:
                     fh.write(encode(event) + "\n")
@@ -157,6 +178,7 @@ def run_training(
                     adapter_info={
                         "base_model": {"name": config.model, "path": str(model_dir)},
                         "tunedesk_version": tunedesk_version(),
+                        "prompt": data.render_spec.to_dict() if data.render_spec is not None else None,
                     },
                     batcher=make_preference_batches if data.method == "dpo" else make_batches,
                     stop=stop,
@@ -174,6 +196,8 @@ def cli_train(args: argparse.Namespace) -> int:
     """``tunedesk train``: ``--config FILE [--set k=v ...] [--preset P]`` or ``--resume RUN_DIR``;
     ``--json`` prints events on stdout. Returns 0; failures raise (``backends.cli`` maps them to
     exit codes 1, 3 and 130)."""
+    if getattr(args, "allow_config_change", False) and not args.resume:
+        raise UserInputError("--allow-config-change goes with --resume", field="--allow-config-change")
     if args.resume:
         if args.overrides or args.preset:
             raise UserInputError(
@@ -181,7 +205,12 @@ def cli_train(args: argparse.Namespace) -> int:
                 field="--resume",
                 hint="start a new run with --config to change settings",
             )
-        run = run_training(None, json_stdout=args.json, resume_dir=args.resume)
+        run = run_training(
+            None,
+            json_stdout=args.json,
+            resume_dir=args.resume,
+            allow_config_change=getattr(args, "allow_config_change", False),
+        )
     else:
         config = load_config(args.config, args.overrides, preset=args.preset)
         run = run_training(config, json_stdout=args.json)

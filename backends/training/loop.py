@@ -53,7 +53,7 @@ from typing import Any
 import numpy as np
 import psutil
 
-from backends.config import RunConfig
+from backends.config import RunConfig, dump_config
 from backends.data.types import Batch, PreferenceBatch, PreferenceExample, PreparedData
 from backends.errors import RunFailed, RunStopped, UserInputError
 from backends.events import EventSink
@@ -324,6 +324,7 @@ class TrainingLoop:
             if self.reference is not None:
                 self.reference.save(tmp)
             atomic_write_text(tmp / STATE_FILE, s.to_json())
+            atomic_write_text(tmp / "config.yaml", dump_config(self.config))  # compared on resume
         path = self.run.checkpoints_dir / f"step-{s.step}"
         self._last_checkpoint_step = s.step
         self.sink.emit("checkpoint", step=s.step, path=str(path))
