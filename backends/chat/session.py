@@ -135,13 +135,16 @@ def render_prompt(
 
 
 def rendered_prompt(
-    tokenizer: Any, messages: list[dict[str, str]], renderer: str | PromptRenderer
+    tokenizer: Any,
+    messages: list[dict[str, str]],
+    renderer: str | PromptRenderer,
+    tools: list[dict] | None = None,
 ) -> RenderedPrompt:
     """The full ``RenderedPrompt`` (text with special tokens visible, ids) of a chat prompt."""
     if not isinstance(renderer, PromptRenderer):
         renderer = PromptRenderer(tokenizer, RenderSpec(renderer))
     try:
-        return renderer.render_chat(messages, add_generation_prompt=True)
+        return renderer.render_chat(messages, tools=tools, add_generation_prompt=True)
     except RowError as exc:  # jinja2 TemplateError and the template's own raise_exception
         raise UserInputError(
             f"{exc.reason.replace('this row', 'these messages')}", field="messages"
@@ -246,6 +249,7 @@ class StreamRequest:
     id: str
     adapter: str | None
     messages: list[dict[str, str]]
+    tools: list[dict] | None = None  # tool JSON schemas, for templates that list tools
 
 
 Emit = Callable[[str, dict[str, Any]], None]
@@ -350,7 +354,7 @@ class ChatSession:
         """The exact prompt (text with special tokens visible, token ids) ``request`` feeds the
         model. Raises UserInputError for a bad adapter or messages."""
         key = self.load_adapter(request.adapter) if request.adapter is not None else None
-        return rendered_prompt(self.engine.tokenizer, request.messages, self.renderer_for(key))
+        return rendered_prompt(self.engine.tokenizer, request.messages, self.renderer_for(key), request.tools)
 
     # --- stop ---
     def request_stop(self) -> None:
@@ -378,7 +382,7 @@ class ChatSession:
         for req in requests:
             key = self.load_adapter(req.adapter) if req.adapter is not None else None
             renderer = self.renderer_for(key)
-            ids = rendered_prompt(self.engine.tokenizer, req.messages, renderer).input_ids
+            ids = rendered_prompt(self.engine.tokenizer, req.messages, renderer, req.tools).input_ids
             prepared.append((req, key, renderer.template, ids))
         states = []
         for req, key, template, ids in prepared:

@@ -76,7 +76,7 @@ class Encoder(PromptRenderer):
         ] = []  # (result, first piece, count, segments)
         for k, (row, messages) in enumerate(rows):
             try:
-                segments, literals = self.chat_segments(messages)
+                segments, literals = self.chat_segments(messages, tools=getattr(messages, "tools", None))
             except RowError as err:
                 results[k] = Encoded(row, None, None, err)
                 continue

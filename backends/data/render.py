@@ -84,6 +84,7 @@ SPECIAL_TOKEN_POLICIES = ("text", "control")
 # tokenizer treats as special and no template rewrites.
 _OPEN, _CLOSE = "\ue000", "\ue001"
 _PLACEHOLDER = re.compile(f"{_OPEN}(\\d+){_CLOSE}")
+_ANSWER_SLOT = "\ue002"  # the answer's place when a chat prompt is rendered as a training row
 
 
 @dataclass(frozen=True)
@@ -316,20 +317,28 @@ class PromptRenderer:
         add_generation_prompt: bool = False,
     ) -> tuple[list[tuple[str, bool]], list[str]]:
         """The rendered conversation (system prompt added, literals escaped) cut into (text,
-        trained) segments, in order, and the escaped literals. Raises RowError."""
+        trained) segments, in order, and the escaped literals. Raises RowError.
+
+        With ``add_generation_prompt`` (chat) the conversation is rendered as training renders a
+        row: with an answer slot appended as the last assistant turn, cut where that turn starts.
+        So the prompt is the training prompt also for templates that render a conversation
+        differently when it ends with a user turn (e.g. a system prompt or tools placed before
+        the last user turn only)."""
         messages, literals = self.escape_literals(with_system_prompt(messages, self.spec.system_prompt))
-        full = self._render(messages, add_generation_prompt, tools)
+        if add_generation_prompt:
+            messages = [*messages, {"role": "assistant", "content": _ANSWER_SLOT}]
+        full = self._render(messages, False, tools)
         spans: list[tuple[int, int]] = []
         cursor = 0
         last = len(messages) - 1
         for i, m in enumerate(messages):
             if m["role"] != "assistant":
                 continue
-            through = None if (i == last and not add_generation_prompt) else messages[: i + 1]
+            through = None if i == last else messages[: i + 1]
             start, end = self._turn_span(full, messages[:i], through, m["content"], cursor, tools)
             spans.append((start, end))
             cursor = end
-        if not spans and not add_generation_prompt:
+        if not spans:
             raise RowError("(row)", "no assistant turn")
         trained = set(range(len(spans))) if self.train_on != "last_turn" else {len(spans) - 1}
         train_all = self.train_on == "all" and not add_generation_prompt
@@ -337,7 +346,9 @@ class PromptRenderer:
         cursor = 0
         for k, (start, end) in enumerate(spans):
             segments.append((full[cursor:start], train_all))
-            segments.append((full[start:end], train_all or (k in trained and not add_generation_prompt)))
+            if add_generation_prompt and k == len(spans) - 1:
+                return segments, literals  # the prompt ends where the answer would start
+            segments.append((full[start:end], train_all or k in trained))
             cursor = end
         segments.append((full[cursor:], train_all))
         return segments, literals

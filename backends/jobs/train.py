@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from backends.config import RunConfig, load_config
-from backends.data.render import PROMPT_FILE
+from backends.data.render import PROMPT_FILE, RenderSpec
 from backends.errors import EXIT_OK, RunStopped, UserInputError
 from backends.events import EventSink, encode
 from backends.jobs.backend import make_engine
@@ -38,6 +38,14 @@ def tunedesk_version() -> str:
         from backends import __version__
 
         return __version__
+
+
+def record_prompt_spec(run_dir: Path, spec: RenderSpec | None) -> None:
+    """Write what the prompt renderer used (template, system prompt, BOS rule, special-token
+    policy) into the run folder's ``prompt.json``, where chat and export read it
+    (``backends.data.render.spec_for_run``). Nothing for a run without a template."""
+    if spec is not None:
+        atomic_write_text(Path(run_dir) / PROMPT_FILE, json.dumps(spec.to_dict(), indent=2) + "\n")
 
 
 def resolve_data_paths(config: RunConfig, base: Path | None = None) -> RunConfig:
@@ -154,10 +162,7 @@ def run_training(
             run = RunDir.create(config)
         run.acquire_lock()
         try:
-            if data.render_spec is not None:
-                atomic_write_text(
-                    run.path / PROMPT_FILE, json.dumps(data.render_spec.to_dict(), indent=2) + "\n"
-                )
+            record_prompt_spec(run.path, data.render_spec)
             with open(run.events_path, "a", encoding="utf-8") as fh:
                 for event in early_events:
                     fh.write(encode(event) + "\n")
