@@ -68,7 +68,9 @@ def build(work: Path) -> Path:
     for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
         if (tok_src / name).is_file():
             shutil.copy2(tok_src / name, base / name)
-    lora = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
+    lora = LoraConfig(
+        r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM"
+    )
     peft_model = get_peft_model(model, lora)
     with torch.no_grad():
         for name, p in peft_model.named_parameters():
@@ -142,7 +144,9 @@ def main() -> None:
             shutil.rmtree(out, ignore_errors=True)
     peer = results.get("peft")
     print(f"\nbase model: {model_bytes / 1e9:.2f} GB (bf16, Llama-3.2-1B shape, random weights)")
-    print(f"{'side':28s} {'seconds':>8} {'peak RSS GB':>12} {'RSS/model':>10} {'output GB':>10} {'time vs peft':>13}")
+    print(
+        f"{'side':28s} {'seconds':>8} {'peak RSS GB':>12} {'RSS/model':>10} {'output GB':>10} {'time vs peft':>13}"
+    )
     labels = {"merged": "ours: merged bf16", "gguf": "ours: gguf q8_0", "peft": "peft merge_and_unload+save"}
     for name, r in results.items():
         ratio = f"{r['seconds'] / peer['seconds']:.2f}x" if peer else "-"
