@@ -100,7 +100,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
         raise UsageError(
             "use `export RUN_DIR --format F` or `export adapter RUN_DIR --to peft|mlx`", field="--format"
         )
-    from backends.export_run import cli_export_model
+    from backends.jobs.export.run import cli_export_model
 
     return cli_export_model(args)
 

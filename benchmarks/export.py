@@ -98,7 +98,7 @@ def side(name: str, run: Path, out: Path) -> dict[str, Any]:
         merged = PeftModel.from_pretrained(model, run / "adapter").merge_and_unload()
         merged.save_pretrained(out)
     else:
-        from backends.export_run import export_model
+        from backends.jobs.export.run import export_model
 
         export_model(run, name, "bf16" if name == "merged" else "q8_0", out)
     seconds = time.perf_counter() - start

@@ -37,7 +37,7 @@ def _need_llama_cpp():
         "llama_cpp", reason="llama-cpp-python is not installed (bash packaging/install.sh export)"
     )
     from backends.errors import UserInputError
-    from backends.export_gguf import converter_dir
+    from backends.jobs.export.gguf import converter_dir
 
     try:
         converter_dir()
@@ -46,14 +46,13 @@ def _need_llama_cpp():
 
 
 @pytest.fixture(scope="module")
-def trained_run(smollm2_dir, shared_data, tmp_path_factory):
-    """12 real training steps of SmolLM2 on the LLaMA-Factory sample, with a system prompt."""
+def trained_run(smollm2_dir, tmp_path_factory):
+    """12 real training steps of SmolLM2 on the built-in sample data, with a system prompt."""
     _need_llama_cpp()
     tmp = tmp_path_factory.mktemp("export-run")
-    data = shared_data / "llamafactory" / "alpaca_en_demo.json"
     raw = {
         "model": str(smollm2_dir),
-        "data": {"train_file": str(data), "validation_fraction": 0.0, "system_prompt": SYSTEM},
+        "data": {"validation_fraction": 0.0, "system_prompt": SYSTEM},
         "lora": {"rank": 8, "alpha": 16, "dropout": 0.0},
         "training": {
             "max_steps": 12,
@@ -177,7 +176,7 @@ def test_q8_0_gguf_answers_like_transformers(exports, reference):
 def test_q4_k_m_loads_and_answers(exports, tmp_path):
     from llama_cpp import Llama
 
-    from backends.export_gguf import quantize
+    from backends.jobs.export.gguf import quantize
 
     quantize(next((exports / "ollama").glob("*.gguf")), tmp_path / "q4.gguf", "q4_k_m")
     llm = Llama(model_path=str(tmp_path / "q4.gguf"), n_ctx=256, n_threads=2, verbose=False)

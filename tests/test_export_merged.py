@@ -120,8 +120,8 @@ def test_merged_from_an_mlx_adapter_equals_mlx_lm(tiny_model_dir, tmp_path, use_
 def test_shards_tokenizer_template_and_end_of_turn(tiny_model_dir, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
-    from backends.export_merged import write_merged
-    from backends.export_source import resolve_source
+    from backends.jobs.export.merged import write_merged
+    from backends.jobs.export.source import resolve_source
 
     run = make_run(tiny_model_dir, tmp_path / "run")
     template = (
@@ -198,7 +198,7 @@ def test_bad_inputs_exit_1_and_write_nothing(tiny_model_dir, tmp_path, capsys, m
 
 
 def test_a_failure_midway_leaves_no_output(tiny_model_dir, tmp_path, monkeypatch, capsys):
-    import backends.export_merged as em
+    import backends.jobs.export.merged as em
 
     run = make_run(tiny_model_dir, tmp_path / "run")
 

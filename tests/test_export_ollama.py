@@ -1,7 +1,7 @@
 """The Ollama Modelfile: its TEMPLATE, rendered by Go's text/template (the engine Ollama uses), gives
 the training renderer's text for multi-turn conversations with and without a system prompt; its
 stop list holds the end-of-turn token; SYSTEM is the run's system prompt. Also the reading of chat
-templates as per-message pieces (export_template) and its refusal of a template that is not one."""
+templates as per-message pieces (backends.jobs.export.template) and its refusal of a template that is not one."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import subprocess
 import pytest
 
 from backends.data.templates import CHATML_TEMPLATE
-from backends.export_template import TemplateNotPerMessage, end_of_turn_tokens, render_chat, turn_parts
+from backends.jobs.export.template import TemplateNotPerMessage, end_of_turn_tokens, render_chat, turn_parts
 from tests.test_export_merged import make_run
 
 GO_RENDER = """package main
@@ -92,8 +92,8 @@ def modelfile_parts(text: str) -> tuple[str, list[str], str | None]:
 
 
 def test_modelfile_template_renders_as_training_in_go(tiny_model_dir, tmp_path, smollm2_tokenizer):
-    from backends.export_ollama import modelfile_text
-    from backends.export_source import resolve_source
+    from backends.jobs.export.ollama import modelfile_text
+    from backends.jobs.export.source import resolve_source
 
     system = "You are TuneDesk's test assistant.\nAnswer briefly."
     run = make_run(tiny_model_dir, tmp_path / "run", system=system)

@@ -1,6 +1,6 @@
 """``tunedesk export RUN_DIR --format merged|gguf|ollama|mlx [--quant Q] [--out DIR] [--json]``.
 
-Every check (``backends.export_source.plan_export``: a run with no adapter yet, a missing base
+Every check (``backends.jobs.export.source.plan_export``: a run with no adapter yet, a missing base
 model, the output folder, the free disk space; then the tools and the architecture for GGUF and
 MLX) runs before anything is written. The output is written into a hidden temporary folder beside
 ``--out`` and renamed into place at the end (``backends.runs.atomic_dir``), so a failure, Ctrl-C
@@ -22,18 +22,18 @@ from pathlib import Path
 from typing import Any
 
 from backends.errors import EXIT_OK
-from backends.export_source import ExportPlan, plan_export
+from backends.jobs.export.source import ExportPlan, plan_export
 
 Progress = Callable[[str, int, int], None]
 
 
 def _check_tools(plan: ExportPlan) -> None:
     if plan.format in ("gguf", "ollama"):
-        from backends.export_gguf import check_ready
+        from backends.jobs.export.gguf import check_ready
 
         check_ready(plan.source)
     elif plan.format == "mlx":
-        from backends.export_mlx import check_ready
+        from backends.jobs.export.mlx import check_ready
 
         check_ready()
 
@@ -64,25 +64,25 @@ def export_model(
         raise UserInputError("--register goes with --format ollama", field="--register")
     with atomic_dir(plan.out) as tmp:
         if fmt == "merged":
-            from backends.export_merged import write_merged
+            from backends.jobs.export.merged import write_merged
 
             write_merged(plan.source, tmp, plan.quant, progress)
             main = tmp
         elif fmt == "gguf":
-            from backends.export_gguf import write_gguf
+            from backends.jobs.export.gguf import write_gguf
 
             main = write_gguf(plan.source, tmp, plan.quant, progress)
         elif fmt == "ollama":
-            from backends.export_ollama import write_ollama
+            from backends.jobs.export.ollama import write_ollama
 
             main = write_ollama(plan.source, tmp, plan.quant, progress)
         else:
-            from backends.export_mlx import write_mlx
+            from backends.jobs.export.mlx import write_mlx
 
             main = write_mlx(plan.source, tmp, plan.quant, progress)
         main_name = main.relative_to(tmp) if main != tmp else None
     if register:
-        from backends.export_ollama import register as ollama_register
+        from backends.jobs.export.ollama import register as ollama_register
 
         if progress is not None:
             progress("register", 0, 1)

@@ -2,7 +2,7 @@
 
 mlx-lm's own fuse does the work: the base model is loaded with the run's adapter in mlx-lm's
 format (a PyTorch run's PEFT adapter converted exactly by ``backends.export.peft_to_mlx``), every
-LoRA/DoRA layer is replaced by its ``fuse()`` (the same formulas as ``backends.export_merged``),
+LoRA/DoRA layer is replaced by its ``fuse()`` (the same formulas as ``backends.jobs.export.merged``),
 and ``mlx_lm.utils.save`` writes weights, config and tokenizer. The folder then gets the run's
 chat template and a ``generation_config.json`` with every end-of-turn token, as the merged export.
 """
@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from backends.errors import UserInputError
-from backends.export_source import ExportSource
+from backends.jobs.export.source import ExportSource
 
 Progress = Callable[[str, int, int], None]
 MLX_DTYPES = {"bf16": "bfloat16", "f16": "float16", "f32": "float32"}
@@ -42,7 +42,7 @@ def write_mlx(source: ExportSource, out: Path, dtype: str, progress: Progress | 
     from mlx_lm.utils import load, save
 
     from backends.export import peft_to_mlx
-    from backends.export_merged import write_model_files
+    from backends.jobs.export.merged import write_model_files
 
     with tempfile.TemporaryDirectory(prefix="tunedesk-mlx-") as scratch:
         adapter = source.adapter.path
@@ -52,7 +52,9 @@ def write_mlx(source: ExportSource, out: Path, dtype: str, progress: Progress | 
             peft_to_mlx(source.adapter.path, adapter)
         if progress is not None:
             progress("load", 0, 1)
-        model, tokenizer, config = load(str(source.base_dir), adapter_path=str(adapter), return_config=True)
+        model, tokenizer, config = load(
+            str(source.base_dir), adapter_path=str(adapter), return_config=True, trust_remote_code=False
+        )
         fused = [(n, m.fuse()) for n, m in model.named_modules() if hasattr(m, "fuse")]
         if not fused:
             raise UserInputError("mlx-lm found no adapter layers to fuse", file=source.adapter.path)

@@ -2,7 +2,7 @@
 
 Pipeline (every file inside the export's temporary folder, the 16-bit ones removed at the end):
 
-1. ``backends.export_merged.write_merged`` in f16 (bf16 for ``--quant bf16``);
+1. ``backends.jobs.export.merged.write_merged`` in f16 (bf16 for ``--quant bf16``);
 2. llama.cpp's converter ``convert_hf_to_gguf.py`` (run as a child process with its own
    ``conversion`` package and ``gguf-py``) writes an F16/BF16 GGUF carrying the tokenizer, the
    special tokens and the run's chat template (``tokenizer.chat_template``), so llama.cpp's chat
@@ -28,7 +28,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from backends.errors import RunFailed, UserInputError
-from backends.export_source import ExportSource
+from backends.jobs.export.source import ExportSource
 
 Progress = Callable[[str, int, int], None]
 CONVERTER_ENV = "TUNEDESK_LLAMA_CONVERTER"
@@ -149,7 +149,7 @@ def quantize(src: Path, dst: Path, quant: str) -> None:
 def write_gguf(source: ExportSource, out: Path, quant: str, progress: Progress | None = None) -> Path:
     """Write ``<name>-<quant>.gguf`` into the folder ``out``; returns its path (steps in the module
     docstring). ``quant``: f16, bf16, q8_0, q4_k_m, q5_k_m or q6_k."""
-    from backends.export_merged import write_merged
+    from backends.jobs.export.merged import write_merged
 
     float_type = "bf16" if quant == "bf16" else "f16"
     merged = out / ".merged"
@@ -171,6 +171,6 @@ def write_gguf(source: ExportSource, out: Path, quant: str, progress: Progress |
 
 
 def _tensor_names(folder: Path) -> list[str]:
-    from backends.export_merged import _header
+    from backends.jobs.export.merged import _header
 
     return [k for f in sorted(folder.glob("*.safetensors")) for k in _header(f)]

@@ -15,7 +15,7 @@ most ``max_shard_bytes``, so peak memory is about one shard plus one tensor, not
 
 The folder also gets the tokenizer with the chat template the run trained with, ``config.json``
 with the new ``dtype``, and ``generation_config.json`` whose ``eos_token_id`` lists every
-end-of-turn token (``backends.export_template.end_of_turn_ids``). It loads in transformers with
+end-of-turn token (``backends.jobs.export.template.end_of_turn_ids``). It loads in transformers with
 no TuneDesk code.
 """
 
@@ -31,8 +31,8 @@ from typing import Any
 
 from backends.errors import UserInputError
 from backends.export import _PEFT_AB, _PEFT_M, CONFIG_FILE, PEFT_WEIGHTS, lora_scale, mlx_to_peft
-from backends.export_source import ExportSource
-from backends.export_template import end_of_turn_ids
+from backends.jobs.export.source import ExportSource
+from backends.jobs.export.template import end_of_turn_ids
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
 DTYPE_NAMES = {"bf16": "bfloat16", "f16": "float16", "f32": "float32"}
@@ -216,6 +216,7 @@ def write_model_files(source: ExportSource, out: Path, dtype: str) -> None:
 
     config = dict(source.base_config)
     config.pop("torch_dtype", None)
+    config.pop("auto_map", None)  # no model code travels with an export
     config["dtype"] = DTYPE_NAMES[dtype]
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
     tokenizer = load_tokenizer(source.base_dir)
@@ -223,6 +224,11 @@ def write_model_files(source: ExportSource, out: Path, dtype: str) -> None:
     if source.chat_template:
         tokenizer.chat_template = source.chat_template
     tokenizer.save_pretrained(out)
+    tok_cfg_file = out / "tokenizer_config.json"
+    if tok_cfg_file.is_file():
+        tok_cfg = json.loads(tok_cfg_file.read_text(encoding="utf-8"))
+        if tok_cfg.pop("auto_map", None) is not None:
+            tok_cfg_file.write_text(json.dumps(tok_cfg, indent=2) + "\n", encoding="utf-8")
     if (source.base_dir / "generation_config.json").is_file():
         gen = GenerationConfig.from_pretrained(source.base_dir)
     else:

@@ -33,7 +33,6 @@ BITS_PER_WEIGHT["q4_k_m"] = 4.85
 K_QUANT_BLOCK = 256  # llama.cpp's QK_K: a K-quant row must be a multiple of this many weights
 
 
-
 @dataclass(frozen=True)
 class ExportSource:
     """A run's adapter and everything an export needs beside it.

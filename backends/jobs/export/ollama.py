@@ -1,10 +1,10 @@
 """``--format ollama``: a folder Ollama imports with ``ollama create NAME -f Modelfile``.
 
-It holds the GGUF (``backends.export_gguf``) and a ``Modelfile``:
+It holds the GGUF (``backends.jobs.export.gguf``) and a ``Modelfile``:
 
 - ``FROM ./<file>.gguf``;
 - ``TEMPLATE``: the run's chat template as a Go ``text/template`` over ``.Messages`` (the syntax
-  Ollama reads), built by ``backends.export_template.go_template`` and checked to render what
+  Ollama reads), built by ``backends.jobs.export.template.go_template`` and checked to render what
   training rendered;
 - ``PARAMETER stop`` for every end-of-turn token (``<|im_end|>``...), so replies stop;
 - ``SYSTEM``: the run's ``data.system_prompt`` when it had one (Ollama puts it first when a chat
@@ -22,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from backends.errors import RunFailed, UserInputError
-from backends.export_source import ExportSource
+from backends.jobs.export.source import ExportSource
 
 Progress = Callable[[str, int, int], None]
 MODELFILE = "Modelfile"
@@ -39,7 +39,12 @@ def modelfile_text(source: ExportSource, gguf_name: str) -> str:
     """The Modelfile of ``source`` whose ``FROM`` is ``./gguf_name``. Raises UserInputError when the
     run's chat template cannot be written as an Ollama TEMPLATE."""
     from backends.data.templates import load_tokenizer, model_template
-    from backends.export_template import TemplateNotPerMessage, end_of_turn_tokens, go_template, turn_parts
+    from backends.jobs.export.template import (
+        TemplateNotPerMessage,
+        end_of_turn_tokens,
+        go_template,
+        turn_parts,
+    )
 
     tokenizer = load_tokenizer(source.base_dir)
     template = source.chat_template or model_template(tokenizer)
@@ -74,7 +79,7 @@ def modelfile_text(source: ExportSource, gguf_name: str) -> str:
 def write_ollama(source: ExportSource, out: Path, quant: str, progress: Progress | None = None) -> Path:
     """The GGUF and the Modelfile in the folder ``out``; returns the Modelfile's path. The Modelfile
     is made first, so a template Ollama cannot take fails before the long conversion."""
-    from backends.export_gguf import write_gguf
+    from backends.jobs.export.gguf import write_gguf
 
     text = modelfile_text(source, f"{source.name}-{quant}.gguf")
     gguf = write_gguf(source, out, quant, progress)
