@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from backends.cli import main
-from tests.test_export_merged import PROMPT_IDS, make_run, peft_logits
+from tests.export_runs import PROMPT_IDS, make_run, peft_logits
 
 
 @pytest.mark.parametrize(

@@ -14,7 +14,7 @@ import pytest
 
 from backends.data.templates import CHATML_TEMPLATE
 from backends.jobs.export.template import TemplateNotPerMessage, end_of_turn_tokens, render_chat, turn_parts
-from tests.test_export_merged import make_run
+from tests.export_runs import make_run
 
 GO_RENDER = """package main
 
