@@ -25,6 +25,7 @@ from backends.errors import (
     RunFailed,
     RunStopped,
     TuneDeskError,
+    UsageError,
     UserInputError,
 )
 
@@ -88,9 +89,20 @@ def _cmd_chat(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from backends.export import cli_export
+    if args.run_dir == "adapter" and args.adapter_run_dir is not None:
+        if args.to is None or args.format is not None:
+            raise UsageError("`export adapter RUN_DIR` takes --to peft|mlx (not --format)", field="--to")
+        from backends.export import cli_export
 
-    return cli_export(args)
+        args.run_dir = args.adapter_run_dir
+        return cli_export(args)
+    if args.adapter_run_dir is not None or args.format is None or args.to is not None:
+        raise UsageError(
+            "use `export RUN_DIR --format F` or `export adapter RUN_DIR --to peft|mlx`", field="--format"
+        )
+    from backends.jobs.export.run import cli_export_model
+
+    return cli_export_model(args)
 
 
 def _cmd_runs(args: argparse.Namespace) -> int:
@@ -219,12 +231,33 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=_cmd_chat)
 
-    p = sub.add_parser("export", help="export a trained adapter")
-    esub = p.add_subparsers(dest="export_cmd", required=True, metavar="SUBCOMMAND")
-    e = esub.add_parser("adapter", help="convert an adapter between PEFT and MLX formats")
-    e.add_argument("run_dir", help="run folder or adapter folder")
-    e.add_argument("--to", choices=["peft", "mlx"], required=True)
-    e.add_argument("--out", default=None, help="output folder")
+    p = sub.add_parser(
+        "export",
+        help="the tuned model for other tools (merged, GGUF, Ollama, MLX), or the adapter as PEFT/MLX",
+        usage="tunedesk export RUN_DIR --format merged|gguf|ollama|mlx [--quant Q] [--out DIR] "
+        "[--register NAME] [--json]\n       tunedesk export adapter RUN_DIR --to peft|mlx [--out DIR]",
+        description="merged: one Hugging Face folder (transformers, vLLM); gguf: one file for llama.cpp and "
+        "LM Studio; ollama: a GGUF plus a Modelfile for `ollama create`; mlx: a fused MLX folder "
+        "(Apple silicon). `export adapter` converts the adapter alone.",
+    )
+    p.add_argument("run_dir", metavar="RUN_DIR", help="run folder (or its adapter folder)")
+    p.add_argument("adapter_run_dir", nargs="?", help=argparse.SUPPRESS)
+    p.add_argument("--format", choices=["merged", "gguf", "ollama", "mlx"], help="what to write")
+    p.add_argument(
+        "--quant",
+        default=None,
+        metavar="Q",
+        help="gguf/ollama: q8_0 (almost lossless, half the size of f16: the safe pick for small models), "
+        "q4_k_m (a quarter of f16: the usual pick for 1B parameters and up), q5_k_m or q6_k (in between), "
+        "f16 or bf16 (unquantised). Default: q4_k_m where the model's layer widths are multiples of 256 "
+        "(what these K-quants need), else q8_0. merged/mlx: bf16, f16 or f32 (default: the base model's).",
+    )
+    p.add_argument(
+        "--out", default=None, help="output folder, must not exist (default: RUN_DIR/exports/FORMAT-Q)"
+    )
+    p.add_argument("--register", default=None, metavar="NAME", help="ollama: also run `ollama create NAME`")
+    p.add_argument("--to", choices=["peft", "mlx"], help="`export adapter` only: the adapter format")
+    p.add_argument("--json", action="store_true", help="print export_progress/export_finished events")
     p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("runs", help="list run folders and their status")
