@@ -106,7 +106,7 @@ def convert_gguf(
     import numpy as np
     import torch
     from gguf import GGUFReader, dequantize
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig
     from transformers.modeling_gguf_pytorch_utils import (
         TENSOR_PROCESSORS,
         TensorProcessor,
@@ -129,20 +129,22 @@ def convert_gguf(
         config = AutoConfig.from_pretrained(src.parent, gguf_file=src.name)
         tokenizer = AutoTokenizer.from_pretrained(src.parent, gguf_file=src.name)
         has_template = bool(getattr(tokenizer, "chat_template", None))
-        config.dtype = target
-        config.save_pretrained(out)
         tokenizer.save_pretrained(out)
         del tokenizer
         gc.collect()
         reader = GGUFReader(src)
     except Exception as exc:  # gguf/transformers raise ValueError, KeyError, OSError... for bad files
         raise UserInputError(f"cannot read this GGUF file: {exc}", file=src) from None
-    fix_config_for_mlx(out / "config.json")  # also drops a quantization_config marker
     architecture = read_field(reader, "general.architecture")[0]
     reader.fields.clear()  # the metadata again (vocabulary...); the tensors are memory-mapped views
     gc.collect()
     with torch.device("meta"):  # the module tree only, for the name mapping: no memory for weights
         skeleton = AutoModelForCausalLM.from_config(config)
+    config.architectures = [type(skeleton).__name__]
+    config.dtype = target
+    config.save_pretrained(out)
+    GenerationConfig.from_model_config(config).save_pretrained(out)
+    fix_config_for_mlx(out / "config.json")  # also drops a quantization_config marker
     processor = TENSOR_PROCESSORS.get(architecture, TensorProcessor)(config=config.to_dict())
     mapping = get_gguf_hf_weights_map(skeleton, processor)
     expected = set(skeleton.state_dict())
