@@ -126,8 +126,9 @@ def convert_gguf(
     try:
         # Config and tokenizer first: each parses the whole GGUF metadata (for a 262k-token
         # vocabulary that is ~1 GB of Python objects), freed before any weight is touched.
-        config = AutoConfig.from_pretrained(src.parent, gguf_file=src.name)
-        tokenizer = AutoTokenizer.from_pretrained(src.parent, gguf_file=src.name)
+        safe = {"local_files_only": True, "trust_remote_code": False}  # no download, no model code
+        config = AutoConfig.from_pretrained(src.parent, gguf_file=src.name, **safe)
+        tokenizer = AutoTokenizer.from_pretrained(src.parent, gguf_file=src.name, **safe)
         has_template = bool(getattr(tokenizer, "chat_template", None))
         tokenizer.save_pretrained(out)
         del tokenizer
@@ -139,7 +140,7 @@ def convert_gguf(
     reader.fields.clear()  # the metadata again (vocabulary...); the tensors are memory-mapped views
     gc.collect()
     with torch.device("meta"):  # the module tree only, for the name mapping: no memory for weights
-        skeleton = AutoModelForCausalLM.from_config(config)
+        skeleton = AutoModelForCausalLM.from_config(config, trust_remote_code=False)
     config.architectures = [type(skeleton).__name__]
     config.dtype = target
     config.save_pretrained(out)

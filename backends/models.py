@@ -183,10 +183,14 @@ def _import_hf_folder(
 
         check_free_space(out, sum(f.stat().st_size for f in pickles), "the converted weights")
         _say(progress, "Converting pickle weights to safetensors (--allow-pickle)...")
+        if trust_remote_code:
+            _say(progress, f"warning: --trust-remote-code lets Python code in {src} run now")
         model = AutoModelForCausalLM.from_pretrained(
-            src, use_safetensors=False, trust_remote_code=trust_remote_code
+            src, use_safetensors=False, trust_remote_code=trust_remote_code, local_files_only=True
         )
-        tokenizer = AutoTokenizer.from_pretrained(src, trust_remote_code=trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(
+            src, trust_remote_code=trust_remote_code, local_files_only=True
+        )
         _save_loaded(model, tokenizer, out)
         return "converted"
     if not safetensors:
