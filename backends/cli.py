@@ -39,29 +39,9 @@ def _cmd_hardware(args: argparse.Namespace) -> int:
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
-    from backends import models
+    from backends.models_cli import run_models
 
-    if args.models_cmd == "import":
-        path = models.import_model(
-            args.path,
-            args.name,
-            allow_pickle=args.allow_pickle,
-            trust_remote_code=args.trust_remote_code,
-            progress=models.print_progress,
-        )
-        print(path)
-        return EXIT_OK
-    rows = models.list_models()
-    if args.json:
-        print(json.dumps(rows, indent=2))
-    elif not rows:
-        print(
-            "no models imported yet (`tunedesk models import PATH`; the default model imports on first use)"
-        )
-    else:
-        for m in rows:
-            print(f"{m['name']:40s} {m['params'] / 1e6:8.1f}M params {m['size'] / 1e6:9.1f} MB  {m['path']}")
-    return EXIT_OK
+    return run_models(args)
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -183,19 +163,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_hardware)
 
-    p = sub.add_parser("models", help="import and list models")
-    msub = p.add_subparsers(dest="models_cmd", required=True, metavar="SUBCOMMAND")
-    m = msub.add_parser("import", help="a GGUF file or HF folder into the model store")
-    m.add_argument("path")
-    m.add_argument("--name", default=None, help="name in the store (default: from the file or folder)")
-    m.add_argument(
-        "--allow-pickle", action="store_true", help="accept pickle .bin weights (converted to safetensors)"
-    )
-    m.add_argument(
-        "--trust-remote-code", action="store_true", help="allow the model's own Python code to run"
-    )
-    m = msub.add_parser("list", help="imported models")
-    m.add_argument("--json", action="store_true")
+    from backends.models_cli import add_models_parser
+
+    add_models_parser(sub)
+    p = sub.choices["models"]
     p.set_defaults(func=_cmd_models)
 
     p = sub.add_parser("chat", help="chat with a model, optionally with a trained adapter")

