@@ -85,6 +85,12 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return cli_export_model(args)
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from backends.serve import cli_serve
+
+    return cli_serve(args)
+
+
 def _cmd_runs(args: argparse.Namespace) -> int:
     from backends.runs import list_runs, summarize_run
 
@@ -230,6 +236,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--to", choices=["peft", "mlx"], help="`export adapter` only: the adapter format")
     p.add_argument("--json", action="store_true", help="print export_progress/export_finished events")
     p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser("serve", help="a local OpenAI-compatible server (/v1/chat/completions, /v1/models)")
+    p.add_argument("--model", default=None, help="model name or folder (default: the adapter's base model)")
+    p.add_argument("--adapter", default=None, metavar="RUN_DIR", help="run folder (or adapter folder)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="port (0: a free one; the URL is printed)")
+    p.add_argument("--backend", choices=["auto", "torch", "mlx"], default="auto")
+    p.set_defaults(func=_cmd_serve)
 
     p = sub.add_parser("runs", help="list run folders and their status")
     p.add_argument("--runs-dir", default=None)
