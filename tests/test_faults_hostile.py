@@ -16,7 +16,7 @@ import pytest
 
 from backends import cli
 from backends.config import config_from_dict
-from backends.training import run_training
+from backends.jobs import run_training
 from tests.test_train_loop import DEMO_DATA, make_config, write_config
 
 
