@@ -29,6 +29,12 @@ reward statistics, which ``step`` events carry (``dpo.STEP_FIELDS``), and ``eval
 of every training and validation pair once before the first step (``dpo.ReferenceCache``), hands
 them to the engine on the batches, and keeps them in every checkpoint, so a resume reuses them.
 
+Failures besides NaN: a loss that diverges (``backends.training.divergence``: back at the
+uniform guess ln(vocabulary), or far above its start, for 10 steps) is ``run_failed`` kind
+``diverged`` and the checkpoints taken while it diverged are removed; a checkpoint or adapter
+write that finds the disk full is kind ``disk`` (the free and needed bytes in the message).
+A resumed run first removes a killed final save's ``.tmp-adapter-*`` / ``.old-adapter-*``.
+
 ``events.jsonl`` is append-only: a resumed run appends a new ``run_started`` and replays the steps
 after its checkpoint, so a run killed after step N+k and resumed from step N holds steps N+1..N+k
 twice; readers keep the last event of each step.
