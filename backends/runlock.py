@@ -106,7 +106,7 @@ def release(path: str | Path) -> None:
 def holder(path: str | Path) -> int | None:
     """Pid of the live process that holds the lock at ``path``, else None.
 
-    This process's own lock gives its pid. Otherwise the lock is probed with a non-blocking lock
+    This process's own lock (or a lock file naming this process) gives its pid. Otherwise the lock is probed with a non-blocking lock
     of our own (released at once): if it can be taken nobody holds it, whatever pid the file
     names. A lock file written on another host (a shared folder) cannot be probed: None."""
     path = Path(path)
@@ -114,7 +114,7 @@ def holder(path: str | Path) -> int | None:
     if info is None:
         return None
     host, pid = info
-    if str(path.resolve()) in _HELD:
+    if str(path.resolve()) in _HELD or pid == os.getpid():
         return os.getpid()
     if host != socket.gethostname():
         return None
