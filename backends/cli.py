@@ -236,6 +236,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--register", default=None, metavar="NAME", help="ollama: also run `ollama create NAME`")
     p.add_argument("--to", choices=["peft", "mlx"], help="`export adapter` only: the adapter format")
     p.add_argument("--json", action="store_true", help="print export_progress/export_finished events")
+    p.add_argument(
+        "--dry-run", action="store_true", help="check everything and print the size estimate; write nothing"
+    )
     p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("serve", help="a local OpenAI-compatible server (/v1/chat/completions, /v1/models)")
