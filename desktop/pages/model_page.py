@@ -217,6 +217,8 @@ class ModelPage(QWidget):
         for i, row in enumerate(rows):
             for j, text in enumerate(row):
                 item = QTableWidgetItem(text)
+                listed = self._listed.get(row[0], {})
+                item.setToolTip(str(listed.get("source") or text) if COLUMNS[j] == "Source" else text)
                 if j in (1, 2):
                     item.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
                 self.table.setItem(i, j, item)
