@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from backends.config import RunConfig, load_config
-from backends.data.render import PROMPT_FILE, RenderSpec
+from backends.data.render import RenderSpec
+from backends.data.run_prompt import PROMPT_FILE
 from backends.durable import repair_torn_tail
 from backends.errors import EXIT_OK, RunFailed, RunStopped, UserInputError
 from backends.events import EventSink, encode
