@@ -18,8 +18,8 @@ import pytest
 from backends.config import config_from_dict
 from backends.errors import RunStopped
 from backends.events import read_events
-from backends.runs import RunDir, atomic_dir
 from backends.jobs import run_training
+from backends.runs import RunDir, atomic_dir
 from tests.test_train_loop import ROOT, make_config
 
 linux_only = pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="reads /proc/self/fd")
