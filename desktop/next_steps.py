@@ -13,7 +13,7 @@ from backends.runs import RunDir
 
 def has_adapter(run_dir: str | Path | None) -> bool:
     """True when the run folder holds a final adapter (a finished run)."""
-    return bool(run_dir) and (RunDir(run_dir).adapter_dir / "adapter_config.json").is_file()
+    return bool(run_dir) and (RunDir(Path(str(run_dir))).adapter_dir / "adapter_config.json").is_file()
 
 
 def open_export(run_dir: str | Path, parent: QWidget) -> QWidget:
