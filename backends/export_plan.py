@@ -143,10 +143,10 @@ def how_to_run(fmt: str, path: str | Path, name: str) -> list[tuple[str, str]]:
     if fmt in GGUF_FORMATS:
         gguf = gguf_file(path)
         tag = ollama_name(name)
-        modelfile = (Path(path) if Path(path).is_dir() else gguf.parent) / "Modelfile"
+        cd = f"cd {q(str(gguf.parent))}\n"
         steps = []
         if fmt == "ollama":
-            steps.append(("Ollama", f"ollama create {tag} -f {q(str(modelfile))}\nollama run {tag}"))
+            steps.append(("Ollama", f"{cd}ollama create {tag} -f Modelfile\nollama run {tag}"))
         steps += [
             (
                 "LM Studio",
@@ -154,7 +154,7 @@ def how_to_run(fmt: str, path: str | Path, name: str) -> list[tuple[str, str]]:
             ),
             (
                 "llama.cpp",
-                f"llama-cli -m {q(str(gguf))} -cnv\nllama-server -m {q(str(gguf))} --port 8080",
+                f"{cd}llama-cli -m {q(gguf.name)} -cnv\nllama-server -m {q(gguf.name)} --port 8080",
             ),
         ]
         return steps

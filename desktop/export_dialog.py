@@ -56,6 +56,7 @@ class ExportDialog(QDialog):
         self.worker: WorkerProcess | None = None
         self.result: dict[str, Any] | None = None
         self._out: Path | None = None
+        self._fresh: Path | None = None  # the export just finished, until the choices change
         self.setWindowTitle(f"Export {self.run_dir.name}")
         self.setObjectName("exportDialog")
         layout = QVBoxLayout(self)
@@ -115,7 +116,7 @@ class ExportDialog(QDialog):
 
         self.format_box.currentIndexChanged.connect(self._on_choice)
         self.quant_box.currentIndexChanged.connect(self._on_choice)
-        self.out_edit.textEdited.connect(lambda *_: self._update_estimate())
+        self.out_edit.textEdited.connect(self._on_out_edited)
         self._on_choice()
         self.resize(720, 460)
 
@@ -139,15 +140,20 @@ class ExportDialog(QDialog):
         return self.run_dir / "exports" / tail
 
     def _on_choice(self) -> None:
+        self._fresh = None
         self.quant_box.setEnabled(self.fmt() in GGUF_FORMATS)
         self.out_edit.setText(str(self._default_out()))
+        self._update_estimate()
+
+    def _on_out_edited(self, *_: object) -> None:
+        self._fresh = None
         self._update_estimate()
 
     def _browse(self) -> None:
         folder = QFileDialog.getExistingDirectory(self, "Export into", str(self.run_dir))
         if folder:
             self.out_edit.setText(str(Path(folder) / self._default_out().name))
-            self._update_estimate()
+            self._on_out_edited()
 
     def out_dir(self) -> Path:
         """The output folder the command will create."""
@@ -169,7 +175,8 @@ class ExportDialog(QDialog):
         if probe is not None:
             text += f" Free space there: {human_bytes(shutil.disk_usage(probe).free)}."
         ok = not out.exists()
-        if not ok:
+        done_here = self._fresh == out  # the folder just written: no warning about it
+        if not ok and not done_here:
             text += f"<br><span style='color:#d9534f'>{out} already exists: choose another folder.</span>"
         self.estimate_label.setText(text)
         self.start_button.setEnabled(ok and not self.is_running())
@@ -247,6 +254,7 @@ class ExportDialog(QDialog):
             self.progress.setFormat("Done")
             size = human_bytes(float(self.result.get("bytes") or 0))
             self.status.setText(f"Exported to {self.result.get('path')} ({size}).")
+            self._fresh = self._out
             self._show_howto(str(self.result.get("format") or self.fmt()), str(self.result["path"]))
         else:
             self.progress.setVisible(False)
@@ -274,7 +282,7 @@ class ExportDialog(QDialog):
             text = QPlainTextEdit(commands)
             text.setReadOnly(True)
             text.setFont(mono)
-            text.setMaximumHeight(16 + 18 * (commands.count("\n") + 1))
+            text.setFixedHeight(12 + text.fontMetrics().lineSpacing() * (commands.count("\n") + 2))
             copy = QPushButton("Copy")
             copy.setToolTip(f"Copy the {tool} commands")
             copy.clicked.connect(lambda *_, c=commands: QGuiApplication.clipboard().setText(c))

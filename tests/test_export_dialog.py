@@ -83,9 +83,10 @@ def test_quant_default_and_size_estimate_follow_the_model(tmp_path):
 
 def test_unquantised_estimate_matches_the_real_model_on_disk(smollm2_dir):
     weights = sum(p.stat().st_size for p in Path(smollm2_dir).glob("*.safetensors"))
-    est = estimate(smollm2_dir, "gguf", "bf16")
+    est = estimate(smollm2_dir, "merged")  # the base's own precision (fp32 in the model store)
     assert abs(est.bytes - weights) / weights < 0.02, (est.bytes, weights)
     assert 130e6 < est.params < 140e6  # SmolLM2-135M
+    assert estimate(smollm2_dir, "gguf", "f16").bytes == pytest.approx(est.bytes / 2, rel=0.02)
 
 
 def test_how_to_run_commands_name_the_file(tmp_path):
@@ -93,10 +94,10 @@ def test_how_to_run_commands_name_the_file(tmp_path):
     out.mkdir()
     (out / "model.gguf").write_bytes(b"GGUF")
     steps = dict(how_to_run("ollama", out, "My Run"))
-    assert steps["Ollama"] == f"ollama create my-run -f '{out / 'Modelfile'}'\nollama run my-run"
+    assert steps["Ollama"] == f"cd '{out}'\nollama create my-run -f Modelfile\nollama run my-run"
     assert f"lms import '{out / 'model.gguf'}'" in steps["LM Studio"]
-    assert f"llama-cli -m '{out / 'model.gguf'}' -cnv" in steps["llama.cpp"]
-    assert "llama-server -m" in steps["llama.cpp"]
+    assert steps["llama.cpp"].startswith(f"cd '{out}'\nllama-cli -m model.gguf -cnv\n")
+    assert "llama-server -m model.gguf" in steps["llama.cpp"]
     assert "Ollama" not in dict(how_to_run("gguf", out / "model.gguf", "x"))
     assert "mlx_lm.chat --model" in dict(how_to_run("mlx", out, "x"))["mlx-lm"]
 
@@ -141,8 +142,14 @@ def test_export_from_the_runs_page_with_progress_and_how_to_run(qtbot, run, fake
     copy = next(b for b in dialog.howto.findChildren(type(dialog.start_button)) if "llama.cpp" in b.toolTip())
     copy.click()
     assert QGuiApplication.clipboard().text() == howto["llama.cpp"]
-    # The same folder again is refused before anything runs.
+    assert "already exists" not in dialog.estimate_label.text() and not dialog.start_button.isEnabled()
+    # Another export into an existing folder is refused before anything runs.
+    dialog.set_choice("gguf", "q8_0")
+    assert dialog.start_button.isEnabled()
+    dialog.out_edit.setText(str(out))
+    dialog.out_edit.textEdited.emit(str(out))
     assert "already exists" in dialog.estimate_label.text() and not dialog.start_button.isEnabled()
+    assert not dialog.start()
 
 
 def test_cancel_stops_the_child_and_leaves_nothing(qtbot, run, fake_child, monkeypatch):
