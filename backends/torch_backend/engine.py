@@ -499,6 +499,16 @@ class TorchEngine:
             "oom", f"out of memory on {self.device}: {str(exc).splitlines()[0][:300]}", oom_hint(self.config)
         ) from exc
 
+    # --- forgetting check --------------------------------------------------------------------
+    def forgetting_check(self, prompts: list[list[int]], text_ids: list[int], **options: Any) -> Any:
+        """The forgetting check on the model being trained, adapter off and on, in the run's
+        precision (``backends.forgetting.torch_check.run_check``; ``options`` are its keywords)."""
+        from backends.forgetting.torch_check import run_check
+
+        assert self.model is not None
+        options.setdefault("batch", len(prompts))
+        return run_check(self.model, prompts, text_ids, device=self.device, autocast=self._autocast, **options)
+
     # --- state -----------------------------------------------------------------------------
     def save_state(self, folder: Path) -> None:
         """Write the adapter (peft format, loadable as is), ``optimizer.pt``, ``rng_torch.pt``

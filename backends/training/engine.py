@@ -37,6 +37,9 @@ Changes to this protocol (compatible additions only):
   precompute (``dpo.precompute_ref_log_probs``).
 - optional ``eval_metrics(batches) -> dict``: {"val_loss": what ``eval_loss`` returns, plus any of
   ``dpo.EVAL_FIELDS``}; the loop prefers it to ``eval_loss`` when an engine has it.
+- optional ``forgetting_check(prompts, text_ids, **options) -> ForgettingResult``: the forgetting
+  check on the model being trained (``backends.forgetting``); the loop's forgetting hook calls it at
+  eval steps and after the last step when the config asks. Engines without it skip the check.
 """
 
 from __future__ import annotations

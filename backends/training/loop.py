@@ -29,6 +29,10 @@ reward statistics, which ``step`` events carry (``dpo.STEP_FIELDS``), and ``eval
 of every training and validation pair once before the first step (``dpo.ReferenceCache``), hands
 them to the engine on the batches, and keeps them in every checkpoint, so a resume reuses them.
 
+The forgetting check (``backends.forgetting.hook``, optional ``forgetting`` argument) runs after
+each evaluation (``forgetting.at_eval``) and after the adapter is saved, before ``run_finished``
+(``forgetting.at_end``), emitting ``forgetting`` events.
+
 ``events.jsonl`` is append-only: a resumed run appends a new ``run_started`` and replays the steps
 after its checkpoint, so a run killed after step N+k and resumed from step N holds steps N+1..N+k
 twice; readers keep the last event of each step.
@@ -192,6 +196,7 @@ class TrainingLoop:
         batcher: Batcher,
         stop: threading.Event | None = None,
         pad_token_id: int = 0,
+        forgetting: Any = None,
     ) -> None:
         if not data.train:
             raise UserInputError("no training examples", field="data.train_file")
@@ -205,6 +210,7 @@ class TrainingLoop:
         self.batcher = batcher
         self.stop = stop or threading.Event()
         self.pad_token_id = pad_token_id
+        self.forgetting = forgetting  # backends.forgetting.hook.ForgettingHook, or None
         self.state = LoopState()
         self._epoch_cache: tuple[int, list[Batch]] | None = None
         self._val_batches: list[Batch] | None = None
@@ -522,6 +528,8 @@ class TrainingLoop:
         self.state.val_loss = val if math.isfinite(val) else None
         extra = {k: means[k] for k in EVAL_FIELDS if k in means}
         self.sink.emit("eval", step=self.state.step, val_loss=val, **extra)
+        if self.forgetting is not None:
+            self.forgetting.at_eval(self.state.step, self.sink)
         return val
 
     def _stop(self) -> None:
@@ -551,6 +559,8 @@ class TrainingLoop:
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             }
             atomic_write_text(tmp / "tunedesk.json", json.dumps(info, indent=2) + "\n")
+        if self.forgetting is not None:
+            self.forgetting.at_end(self.run, self.sink, step=s.step, tokens=s.tokens, elapsed=s.elapsed)
         train_loss = sum(s.recent_losses) / len(s.recent_losses) if s.recent_losses else None
         return self.sink.emit(
             "run_finished",

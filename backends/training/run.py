@@ -20,6 +20,7 @@ from typing import Any
 from backends.config import RunConfig, load_config
 from backends.errors import EXIT_OK, RunStopped, UserInputError
 from backends.events import EventSink, encode
+from backends.forgetting.hook import ForgettingHook
 from backends.runs import RunDir, run_status
 from backends.training.engine import Engine
 from backends.training.loop import TrainingLoop, stop_on_signals
@@ -71,8 +72,9 @@ def resolve_data_paths(config: RunConfig, base: Path | None = None) -> RunConfig
     data = config.data
     train = data.train_file if data.train_file is not None else sample_data_path()
     update: dict[str, Any] = {"train_file": (base / Path(train).expanduser()).resolve()}
-    if data.validation_file is not None:
-        update["validation_file"] = (base / Path(data.validation_file).expanduser()).resolve()
+    for key in ("validation_file", "replay_file"):
+        if getattr(data, key) is not None:
+            update[key] = (base / Path(getattr(data, key)).expanduser()).resolve()
     return config.model_copy(update={"data": data.model_copy(update=update)})
 
 
@@ -184,6 +186,7 @@ def run_training(
                     batcher=make_preference_batches if data.method == "dpo" else make_batches,
                     stop=stop,
                     pad_token_id=int(pad or 0),
+                    forgetting=ForgettingHook(engine, config, tokenizer, data.chat_template),
                 )
                 loop.run_loop(resume_from=checkpoint)
         finally:
