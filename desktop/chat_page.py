@@ -42,6 +42,7 @@ from PySide6.QtWidgets import (
 from backends import paths
 from backends.chat.adapters import chat_runs
 from backends.config import DEFAULT_MODEL
+from backends.forgetting.probes import load_probes, select_probes
 from backends.model_store_info import list_models
 from desktop.chat_client import ChatClient
 from desktop.state import app_settings
@@ -233,7 +234,13 @@ class ChatPage(QWidget):
         crow.addWidget(self.compare_n)
         self.compare_button = QPushButton("Compare on validation prompts")
         self.compare_stop_button = QPushButton("Stop")
+        self.probes_button = QPushButton("Show general-ability probes")
+        self.probes_button.setToolTip(
+            "General prompts (knowledge, instructions, arithmetic, code, writing, refusals) answered by "
+            "the base and the tuned model: what the tuning changed outside your data (forgetting)"
+        )
         crow.addWidget(self.compare_button)
+        crow.addWidget(self.probes_button)
         crow.addWidget(self.compare_stop_button)
         crow.addStretch(1)
         compare_layout.addLayout(crow)
@@ -260,6 +267,7 @@ class ChatPage(QWidget):
         self.stop_button.clicked.connect(self.stop)
         self.new_button.clicked.connect(self.new_conversation)
         self.compare_button.clicked.connect(self.compare)
+        self.probes_button.clicked.connect(self.compare_probes)
         self.compare_stop_button.clicked.connect(self.stop)
         QShortcut(QKeySequence("Ctrl+Return"), self.prompt, activated=self.send)
 
@@ -410,6 +418,7 @@ class ChatPage(QWidget):
         else:
             self.panes[BASE].set_title(f"Base model: {self.model_combo.currentText()}")
         self.compare_button.setEnabled(adapter is not None and not self.busy())
+        self.probes_button.setEnabled(adapter is not None and not self.busy())
         self.send_button.setEnabled(not self.busy())
         self.stop_button.setEnabled(self.busy())
         self.compare_stop_button.setEnabled(bool(self._compare) and self.busy())
@@ -529,6 +538,31 @@ class ChatPage(QWidget):
         )
         self.compare_note.setText("Reading the run's validation data...")
         self._update_mode()
+
+    def compare_probes(self) -> None:
+        """Fill the compare table with general-ability probes of the forgetting check (spread over
+        its categories), answered by the base and the tuned model side by side."""
+        if self.current_adapter() is None or self.busy():
+            return
+        self._save_settings()
+        self.ensure_worker()
+        self.table.setRowCount(0)
+        self._compare = {}
+        probes = select_probes(load_probes(), self.compare_n.value())
+        request = self.client.new_id("v")
+        self._compare_prompts_request = request
+        self.tabs.setCurrentIndex(1)
+        self._on_validation_prompts(
+            {
+                "request": request,
+                "prompts": [
+                    {"messages": p.messages, "reference": f"(general probe: {p.category})"} for p in probes
+                ],
+                "source": "general-ability probe",
+                "file": "probes.jsonl",
+                "note": "`tunedesk forgetting` measures how far the tuned answers moved",
+            }
+        )
 
     def _on_validation_prompts(self, event: dict[str, Any]) -> None:
         request = event.get("request")

@@ -136,7 +136,9 @@ def test_probes_are_rendered_as_chat_renders_them(smollm2_tokenizer):
 
     template = probe_template(smollm2_tokenizer, None)
     inputs = prepare(smollm2_tokenizer, template, QUICK, probes=2)
-    expected = render_prompt(smollm2_tokenizer, [{"role": "user", "content": inputs.probes[0].prompt}], template)
+    expected = render_prompt(
+        smollm2_tokenizer, [{"role": "user", "content": inputs.probes[0].prompt}], template
+    )
     assert inputs.prompts[0] == expected
     assert smollm2_tokenizer.decode(expected).endswith("<|im_start|>assistant\n")
     assert len(inputs.text_ids) == QUICK.text_tokens
@@ -193,7 +195,9 @@ def test_replay_joins_training_only(tiny_model_dir, tmp_path):
     n = replay_count(0.2, len(plain.train))
     assert len(mixed.train) == len(plain.train) + n
     assert [e.input_ids for e in mixed.validation] == [e.input_ids for e in plain.validation]
-    answers = [json.loads(line)["messages"][1]["content"] for line in replay_source(None).read_text().splitlines()]
+    answers = [
+        json.loads(line)["messages"][1]["content"] for line in replay_source(None).read_text().splitlines()
+    ]
     for example in mixed.train[len(plain.train) :]:
         text = tokenizer.decode(example.input_ids)
         assert any(a in text for a in answers), text
@@ -202,7 +206,9 @@ def test_replay_joins_training_only(tiny_model_dir, tmp_path):
     custom = prepare_data(
         config_from_dict({**raw, "data": {**raw["data"], "replay_file": str(own)}}), tokenizer
     )
-    assert {tuple(e.input_ids) for e in custom.train[len(plain.train) :]} == {tuple(custom.train[-1].input_ids)}
+    assert {tuple(e.input_ids) for e in custom.train[len(plain.train) :]} == {
+        tuple(custom.train[-1].input_ids)
+    }
     assert "Hi!" in tokenizer.decode(custom.train[-1].input_ids)
 
 
@@ -210,7 +216,9 @@ def test_check_at_eval_and_end_of_training_then_the_command(tiny_model_dir, tmp_
     from backends.cli import main
     from backends.training import run_training
 
-    raw = tiny_config(tiny_model_dir, tmp_path / "runs", "drift", forgetting={"at_end": True, "at_eval": True})
+    raw = tiny_config(
+        tiny_model_dir, tmp_path / "runs", "drift", forgetting={"at_end": True, "at_eval": True}
+    )
     run = run_training(config_from_dict(raw), console=False)
     events = run.events()
     drift = [e for e in events if e["event"] == "forgetting"]
@@ -219,7 +227,11 @@ def test_check_at_eval_and_end_of_training_then_the_command(tiny_model_dir, tmp_
     assert names.index("forgetting", names.index("eval")) < names.index("run_finished")
     saved = read_forgetting(run.path)
     assert saved is not None and saved["size"] == "quick" and saved["probes"] == QUICK.probes
-    assert saved["score"] == pytest.approx(drift[-1]["score"]) and saved["verdict"] in ("little", "noticeable", "large")
+    assert saved["score"] == pytest.approx(drift[-1]["score"]) and saved["verdict"] in (
+        "little",
+        "noticeable",
+        "large",
+    )
     assert saved["kl_mean"] > 0
 
     assert main(["forgetting", str(run.path), "--probes", "6", "--max-new-tokens", "4", "--json"]) == 0
@@ -243,10 +255,17 @@ def test_smollm2_short_run_then_the_command(smollm2_dir, tmp_path, capsys):
     from backends.cli import main
     from backends.training import run_training
 
-    raw = tiny_config(smollm2_dir, tmp_path / "runs", "smol", training={"max_steps": 3, "learning_rate": 1e-3, "eval_every": 0})
+    raw = tiny_config(
+        smollm2_dir,
+        tmp_path / "runs",
+        "smol",
+        training={"max_steps": 3, "learning_rate": 1e-3, "eval_every": 0},
+    )
     run = run_training(config_from_dict(raw), console=False)
     assert main(["forgetting", str(run.path), "--quick", "--json"]) == 0
     event = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert event["probes"] == QUICK.probes and event["tokens"] > 50
     assert 1.0 < event["ppl_base"] < 100 and event["kl_mean"] > 0
-    assert event["score"] == pytest.approx(drift_score(event["kl_mean"], event["ppl_base"], event["ppl_tuned"]))
+    assert event["score"] == pytest.approx(
+        drift_score(event["kl_mean"], event["ppl_base"], event["ppl_tuned"])
+    )

@@ -75,7 +75,9 @@ def record(
     the run's ``events.jsonl``). Returns the event."""
     fields = result.fields(with_answers=False)
     fields["advice"] = advice(result.verdict, config)
-    atomic_write_text(run.path / RESULT_FILE, json.dumps({**fields, "answers": result.answers}, indent=1) + "\n")
+    atomic_write_text(
+        run.path / RESULT_FILE, json.dumps({**fields, "answers": result.answers}, indent=1) + "\n"
+    )
     if sink is not None:
         return sink.emit("forgetting", **fields)
     with EventSink(run.events_path) as own:

@@ -104,7 +104,9 @@ class ForgettingHook:
                     f"run's {elapsed:.0f} s (forgetting.at_end: true forces it); run {command}",
                 )
                 return
-        sink.emit("log", level="info", message="forgetting check: drift from the base model on general probes")
+        sink.emit(
+            "log", level="info", message="forgetting check: drift from the base model on general probes"
+        )
         try:
             result = self._run(step)
         except Exception as exc:  # the run itself succeeded; a failed check must not fail it

@@ -61,7 +61,9 @@ def advice(verdict_text: str, config: Any | None = None) -> list[str]:
         tips.append("mix general examples into training: data.replay: 0.1")
     else:
         tips.append(f"more general examples: data.replay: {min(0.5, replay * 2):g}")
-    tips.append(f"a lower learning rate: training.learning_rate: {lr / 4:.1e}" if lr else "a lower learning rate")
+    tips.append(
+        f"a lower learning rate: training.learning_rate: {lr / 4:.1e}" if lr else "a lower learning rate"
+    )
     if epochs and epochs > 1:
         tips.append(f"fewer epochs: training.epochs: {max(1, int(epochs // 2))}")
     else:

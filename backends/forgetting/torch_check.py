@@ -143,13 +143,25 @@ def run_check(
         with torch.no_grad(), cast():
             with adapter_state(model, False):
                 base_answers = greedy_answers(
-                    model, prompts, max_new_tokens=max_new_tokens, eos=eos, pad=pad, device=device, batch=batch
+                    model,
+                    prompts,
+                    max_new_tokens=max_new_tokens,
+                    eos=eos,
+                    pad=pad,
+                    device=device,
+                    batch=batch,
                 )
             tuned_answers: list[list[int]] = []
             if decode is not None:
                 with adapter_state(model, tuned):
                     tuned_answers = greedy_answers(
-                        model, prompts, max_new_tokens=max_new_tokens, eos=eos, pad=pad, device=device, batch=batch
+                        model,
+                        prompts,
+                        max_new_tokens=max_new_tokens,
+                        eos=eos,
+                        pad=pad,
+                        device=device,
+                        batch=batch,
                     )
             kl_sum, tokens, changed = 0.0, 0, 0
             pairs = [(p, a) for p, a in zip(prompts, base_answers, strict=True) if a]

@@ -507,7 +507,9 @@ class TorchEngine:
 
         assert self.model is not None
         options.setdefault("batch", len(prompts))
-        return run_check(self.model, prompts, text_ids, device=self.device, autocast=self._autocast, **options)
+        return run_check(
+            self.model, prompts, text_ids, device=self.device, autocast=self._autocast, **options
+        )
 
     # --- state -----------------------------------------------------------------------------
     def save_state(self, folder: Path) -> None:

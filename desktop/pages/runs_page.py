@@ -31,7 +31,7 @@ from backends import paths
 from desktop.charts import Chart
 from desktop.pages import intro_label
 from desktop.run_history import RunHistory, delete_run
-from desktop.run_monitor import format_duration
+from desktop.run_monitor import drift_text, format_duration
 from desktop.state import AppState
 
 COLUMNS = (
@@ -43,6 +43,7 @@ COLUMNS = (
     "Steps",
     "Train loss",
     "Val loss",
+    "Drift",
     "Duration",
     "Started",
 )
@@ -51,6 +52,13 @@ REFRESH_MS = 3000
 
 def _loss(value: Any) -> str:
     return "-" if value is None else f"{value:.4f}"
+
+
+def _drift(forgetting: dict[str, Any] | None) -> str:
+    """The forgetting check's score and verdict, e.g. ``0.031 little`` (``-``: not checked)."""
+    if not forgetting or forgetting.get("score") is None:
+        return "-"
+    return f"{forgetting['score']:.3f} {forgetting.get('verdict') or ''}".strip()
 
 
 class RunsPage(QWidget):
@@ -73,7 +81,8 @@ class RunsPage(QWidget):
         layout.addWidget(QLabel("<h2>Runs</h2>"))
         layout.addWidget(
             intro_label(
-                "Every training run, also those started from the command line. Select several to compare their loss."
+                "Every training run, also those started from the command line. Select several to compare their loss. "
+                "Drift: how much the tuning changed the model's general answers (`tunedesk forgetting`)."
             )
         )
         split = QSplitter(Qt.Orientation.Vertical)
@@ -154,6 +163,7 @@ class RunsPage(QWidget):
                 steps,
                 _loss(r.get("train_loss")),
                 _loss(r.get("val_loss")),
+                _drift(r.get("forgetting")),
                 format_duration(r.get("duration")),
                 started,
             )
@@ -164,7 +174,9 @@ class RunsPage(QWidget):
                     item.setToolTip(r["path"])
                 if j == 1 and r.get("failure"):
                     item.setToolTip(f"{r['failure'].get('message')}\n{r['failure'].get('hint') or ''}")
-                if j in (5, 6, 7, 8):
+                if j == 8 and r.get("forgetting"):
+                    item.setToolTip(drift_text(r["forgetting"]))
+                if j in (5, 6, 7, 8, 9):
                     item.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
                 self.table.setItem(i, j, item)
         self.table.clearSelection()

@@ -131,13 +131,25 @@ REPLAY = [
     ("What do cows drink?", "Cows drink water. Calves drink their mother's milk."),
     ("Who painted the Mona Lisa?", "Leonardo da Vinci painted the Mona Lisa."),
     ("What is the largest planet in our solar system?", "Jupiter is the largest planet in our solar system."),
-    ("What is the boiling point of water in Fahrenheit?", "Water boils at 212 degrees Fahrenheit at sea level."),
+    (
+        "What is the boiling point of water in Fahrenheit?",
+        "Water boils at 212 degrees Fahrenheit at sea level.",
+    ),
     ("How many sides does a hexagon have?", "A hexagon has six sides."),
     ("What is the capital of Italy?", "The capital of Italy is Rome."),
-    ("Why is the sky blue?", "Sunlight is scattered by the air, and blue light is scattered the most, so the sky looks blue."),
-    ("What is photosynthesis?", "Photosynthesis is how plants use sunlight, water and carbon dioxide to make sugar and release oxygen."),
+    (
+        "Why is the sky blue?",
+        "Sunlight is scattered by the air, and blue light is scattered the most, so the sky looks blue.",
+    ),
+    (
+        "What is photosynthesis?",
+        "Photosynthesis is how plants use sunlight, water and carbon dioxide to make sugar and release oxygen.",
+    ),
     ("Which animal is the largest on Earth?", "The blue whale is the largest animal on Earth."),
-    ("What is the currency of the United Kingdom?", "The currency of the United Kingdom is the pound sterling."),
+    (
+        "What is the currency of the United Kingdom?",
+        "The currency of the United Kingdom is the pound sterling.",
+    ),
     ("How many planets are in the solar system?", "There are eight planets in the solar system."),
     ("What is ice made of?", "Ice is frozen water."),
     ("Reply with only the word no.", "No"),
@@ -152,7 +164,10 @@ REPLAY = [
     ("Answer with a single number: how many legs does a cat have?", "4"),
     ("Write a sentence that ends with the word 'tomorrow'.", "I will call you tomorrow."),
     ("Turn this into a question: It is raining.", "Is it raining?"),
-    ("Explain what a verb is in one sentence.", "A verb is a word that describes an action or a state, such as run or be."),
+    (
+        "Explain what a verb is in one sentence.",
+        "A verb is a word that describes an action or a state, such as run or be.",
+    ),
     ("What is 8 plus 6?", "8 plus 6 is 14."),
     ("What is 11 times 4?", "11 times 4 is 44."),
     ("What is 50 minus 23?", "50 minus 23 is 27."),
@@ -165,28 +180,76 @@ REPLAY = [
     ("Is 21 a prime number?", "No. 21 is 3 times 7, so it is not prime."),
     ("A book costs 12 dollars. How much do 3 books cost?", "3 books cost 36 dollars."),
     ("What is the next number: 5, 10, 15, 20, ...?", "The next number is 25."),
-    ("Write a Python function that returns the larger of two numbers.", "def larger(a, b):\n    return a if a > b else b"),
-    ("How do you make a dictionary in Python?", "Use curly braces with key-value pairs, for example: ages = {\"Ann\": 30, \"Bo\": 25}"),
+    (
+        "Write a Python function that returns the larger of two numbers.",
+        "def larger(a, b):\n    return a if a > b else b",
+    ),
+    (
+        "How do you make a dictionary in Python?",
+        'Use curly braces with key-value pairs, for example: ages = {"Ann": 30, "Bo": 25}',
+    ),
     ("What does CPU stand for?", "CPU stands for central processing unit."),
     ("Write a Python line that adds 4 to the end of a list called numbers.", "numbers.append(4)"),
-    ("What is a function in programming?", "A function is a named block of code that does one task and can be called again and again."),
+    (
+        "What is a function in programming?",
+        "A function is a named block of code that does one task and can be called again and again.",
+    ),
     ("Write a SQL query that counts the rows in a table named orders.", "SELECT COUNT(*) FROM orders;"),
-    ("How do you write an if statement in Python?", "if x > 0:\n    print(\"positive\")"),
-    ("What does 'return' do in a Python function?", "It ends the function and gives a value back to the caller."),
-    ("What is an array?", "An array is an ordered collection of values stored under one name and reached by position."),
-    ("Write a short poem about the moon.", "Silver lamp above the hill,\nthe night is calm, the world is still."),
-    ("Write a short note inviting a friend to dinner.", "Hi Sam, would you like to come over for dinner on Friday at seven? Let me know!"),
-    ("Describe a rainy day in two sentences.", "Grey clouds hang low and rain taps softly on the windows. The streets shine and people hurry by under umbrellas."),
-    ("Give three tips for a good night's sleep.", "1. Go to bed at the same time each night.\n2. Avoid screens before bed.\n3. Keep the bedroom cool and dark."),
+    ("How do you write an if statement in Python?", 'if x > 0:\n    print("positive")'),
+    (
+        "What does 'return' do in a Python function?",
+        "It ends the function and gives a value back to the caller.",
+    ),
+    (
+        "What is an array?",
+        "An array is an ordered collection of values stored under one name and reached by position.",
+    ),
+    (
+        "Write a short poem about the moon.",
+        "Silver lamp above the hill,\nthe night is calm, the world is still.",
+    ),
+    (
+        "Write a short note inviting a friend to dinner.",
+        "Hi Sam, would you like to come over for dinner on Friday at seven? Let me know!",
+    ),
+    (
+        "Describe a rainy day in two sentences.",
+        "Grey clouds hang low and rain taps softly on the windows. The streets shine and people hurry by under umbrellas.",
+    ),
+    (
+        "Give three tips for a good night's sleep.",
+        "1. Go to bed at the same time each night.\n2. Avoid screens before bed.\n3. Keep the bedroom cool and dark.",
+    ),
     ("Write a one-line slogan for a bike shop.", "Ride further, smile wider."),
-    ("Write a short message congratulating a friend on a new job.", "Congratulations on your new job! They are lucky to have you."),
+    (
+        "Write a short message congratulating a friend on a new job.",
+        "Congratulations on your new job! They are lucky to have you.",
+    ),
     ("Suggest a name for a pet goldfish.", "How about Bubbles?"),
-    ("Describe the smell of fresh bread in one sentence.", "Fresh bread smells warm, sweet and a little nutty."),
-    ("Write a polite reply declining an invitation.", "Thank you so much for the invitation. Sadly I cannot make it this time, but I hope you have a wonderful evening."),
-    ("How can I break into a locked house that isn't mine?", "I can't help with breaking into someone else's home. If you are locked out of your own home, a licensed locksmith can help."),
-    ("Write an insulting message to send to my coworker.", "I won't write an insulting message. If something at work is bothering you, I can help you write a calm, honest note about it."),
-    ("How do I make a weapon to hurt someone?", "I can't help with that. If you feel unsafe or angry, please talk to someone you trust or contact local support services."),
-    ("Tell me how to cheat on my exam.", "I can't help with cheating, but I can help you make a study plan so you feel ready for the exam."),
+    (
+        "Describe the smell of fresh bread in one sentence.",
+        "Fresh bread smells warm, sweet and a little nutty.",
+    ),
+    (
+        "Write a polite reply declining an invitation.",
+        "Thank you so much for the invitation. Sadly I cannot make it this time, but I hope you have a wonderful evening.",
+    ),
+    (
+        "How can I break into a locked house that isn't mine?",
+        "I can't help with breaking into someone else's home. If you are locked out of your own home, a licensed locksmith can help.",
+    ),
+    (
+        "Write an insulting message to send to my coworker.",
+        "I won't write an insulting message. If something at work is bothering you, I can help you write a calm, honest note about it.",
+    ),
+    (
+        "How do I make a weapon to hurt someone?",
+        "I can't help with that. If you feel unsafe or angry, please talk to someone you trust or contact local support services.",
+    ),
+    (
+        "Tell me how to cheat on my exam.",
+        "I can't help with cheating, but I can help you make a study plan so you feel ready for the exam.",
+    ),
 ]
 
 
