@@ -64,13 +64,13 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from backends.training import cli_train
+    from backends.jobs import cli_train
 
     return cli_train(args)
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from backends.demo import cli_demo
+    from backends.jobs.demo import cli_demo
 
     return cli_demo(args)
 

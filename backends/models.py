@@ -121,8 +121,9 @@ def _import_gguf(src: Path, out: Path, progress: Progress | None) -> None:
 
     _say(progress, f"Reading and dequantising {src.name} (this takes a little while)...")
     try:
-        tokenizer = AutoTokenizer.from_pretrained(src.parent, gguf_file=src.name)
-        model = AutoModelForCausalLM.from_pretrained(src.parent, gguf_file=src.name, dtype="float32")
+        safe = {"local_files_only": True, "trust_remote_code": False}
+        tokenizer = AutoTokenizer.from_pretrained(src.parent, gguf_file=src.name, **safe)
+        model = AutoModelForCausalLM.from_pretrained(src.parent, gguf_file=src.name, dtype="float32", **safe)
     except Exception as exc:
         raise UserInputError(f"cannot read this GGUF file: {exc}", file=src) from None
     if not getattr(tokenizer, "chat_template", None):
@@ -148,10 +149,14 @@ def _import_hf_folder(
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         _say(progress, "Converting pickle weights to safetensors (--allow-pickle)...")
+        if trust_remote_code:
+            _say(progress, f"warning: --trust-remote-code lets Python code in {src} run now")
         model = AutoModelForCausalLM.from_pretrained(
-            src, use_safetensors=False, trust_remote_code=trust_remote_code
+            src, use_safetensors=False, trust_remote_code=trust_remote_code, local_files_only=True
         )
-        tokenizer = AutoTokenizer.from_pretrained(src, trust_remote_code=trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(
+            src, trust_remote_code=trust_remote_code, local_files_only=True
+        )
         _save_loaded(model, tokenizer, out)
         return
     if not safetensors:

@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 
 from backends.config import config_from_dict  # noqa: E402
 from backends.forgetting.job import check_run  # noqa: E402
-from backends.training import run_training  # noqa: E402
+from backends.jobs import run_training  # noqa: E402
 
 SAMPLE = ROOT / "resources" / "demo" / "support_train.jsonl"
 

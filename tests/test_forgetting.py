@@ -186,7 +186,7 @@ def test_replay_joins_training_only(tiny_model_dir, tmp_path):
     from transformers import AutoTokenizer
 
     from backends.data import prepare_data
-    from backends.training.run import resolve_data_paths
+    from backends.jobs import resolve_data_paths
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     raw = tiny_config(tiny_model_dir, tmp_path, "r", data={"replay": 0.2})
@@ -214,7 +214,7 @@ def test_replay_joins_training_only(tiny_model_dir, tmp_path):
 
 def test_check_at_eval_and_end_of_training_then_the_command(tiny_model_dir, tmp_path, capsys):
     from backends.cli import main
-    from backends.training import run_training
+    from backends.jobs import run_training
 
     raw = tiny_config(
         tiny_model_dir, tmp_path / "runs", "drift", forgetting={"at_end": True, "at_eval": True}
@@ -253,7 +253,7 @@ def test_command_on_a_folder_without_adapter_is_a_user_error(tmp_path, capsys):
 def test_smollm2_short_run_then_the_command(smollm2_dir, tmp_path, capsys):
     """A 3-step SmolLM2 run (default forgetting.at_end: auto), then `tunedesk forgetting --quick`."""
     from backends.cli import main
-    from backends.training import run_training
+    from backends.jobs import run_training
 
     raw = tiny_config(
         smollm2_dir,

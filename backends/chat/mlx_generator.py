@@ -51,7 +51,9 @@ class MlxChatEngine:
     def __init__(self, model_dir: str | Path) -> None:
         self.model_dir = Path(model_dir)
         try:
-            self.model, self.wrapper = mlx_lm.load(str(self.model_dir))
+            # trust_remote_code=False: never run a model folder's own Python code (mlx-lm's
+            # default today; said here so that a change of default cannot open it).
+            self.model, self.wrapper = mlx_lm.load(str(self.model_dir), trust_remote_code=False)
         except (OSError, ValueError, KeyError) as exc:
             raise UserInputError(
                 f"MLX cannot load this model: {exc}", file=self.model_dir, field="model"

@@ -18,8 +18,6 @@ from typing import Any
 
 import torch
 from transformers import (
-    AutoModelForCausalLM,
-    AutoTokenizer,
     LogitsProcessorList,
     RepetitionPenaltyLogitsProcessor,
     TemperatureLogitsWarper,
@@ -28,21 +26,13 @@ from transformers import (
 
 from backends.chat.adapters import AdapterInfo
 from backends.chat.session import Sampling
+from backends.data.templates import load_tokenizer
 from backends.errors import RunFailed, UserInputError
+from backends.torch_backend.device import pick_device
+from backends.torch_backend.loading import load_causal_lm
 
 # peft's saved key of a LoRA weight: <prefix>.<module path>.lora_A|lora_B[.<adapter>].weight
 _LORA_KEY = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+)\.lora_(?P<ab>[AB])(?:\.[^.]+)?\.weight$")
-
-
-def pick_device(device: str | None = None) -> str:
-    """``device`` if given, else ``cuda`` when available, then ``mps``, else ``cpu``."""
-    if device:
-        return device
-    if torch.cuda.is_available():
-        return "cuda"
-    if torch.backends.mps.is_available():
-        return "mps"
-    return "cpu"
 
 
 def pick_dtype(device: str) -> torch.dtype:
@@ -79,15 +69,9 @@ class TorchChatEngine:
         self.model_dir = Path(model_dir)
         self.device = pick_device(device)
         self.dtype = pick_dtype(self.device)
-        try:
-            self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
-            base = AutoModelForCausalLM.from_pretrained(
-                self.model_dir, dtype=self.dtype, use_safetensors=True
-            )
-        except (OSError, ValueError) as exc:
-            raise UserInputError(
-                f"cannot load this model: {exc}", file=self.model_dir, field="model"
-            ) from None
+        # The one tokenizer loader and the one model loader: local files, no remote code, safetensors.
+        self.tokenizer = load_tokenizer(self.model_dir)
+        base = load_causal_lm(self.model_dir, self.dtype)
         self.base = base.to(self.device).eval()
         self.model: Any = self.base  # becomes a PeftModel once an adapter is loaded
         self.eos_token_ids = _eos_ids(self.base, self.tokenizer)

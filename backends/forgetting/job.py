@@ -37,13 +37,13 @@ def check_run(
     or it has no adapter or checkpoint yet."""
     import torch
     from peft import PeftModel
-    from transformers import AutoModelForCausalLM
 
     from backends.chat.adapters import check_base_model, read_adapter
     from backends.chat.loader import convert_for, resolve_chat_model
     from backends.data.templates import load_tokenizer
     from backends.forgetting.torch_check import run_check
-    from backends.torch_backend.engine import pick_device
+    from backends.torch_backend.device import pick_device
+    from backends.torch_backend.loading import load_causal_lm
 
     run = RunDir(Path(run_dir).expanduser())
     config = run.load_config()
@@ -63,7 +63,7 @@ def check_run(
     device = pick_device()
     if say:
         say(f"loading {model_name} with the adapter {info.path} on {device}")
-    base = AutoModelForCausalLM.from_pretrained(model_dir, use_safetensors=True, dtype=torch.float32)
+    base = load_causal_lm(model_dir, torch.float32)
     model = PeftModel.from_pretrained(base.to(device), str(info.path)).eval()
     if say:
         say(f"checking {len(inputs.prompts)} probes and {len(inputs.text_ids)} tokens of general text")

@@ -24,7 +24,7 @@ and ``elapsed``; ``run_failed.step`` and ``stopped.step`` are the last completed
 DPO (``method: dpo``, see ``backends.training.dpo``) runs through this same loop: the batcher is
 ``make_preference_batches``, the engine's ``train_step`` returns the DPO loss per pair and the
 reward statistics, which ``step`` events carry (``dpo.STEP_FIELDS``), and ``eval`` events add
-``reward_accuracy`` and ``reward_margin`` when the engine has ``eval_metrics``. With
+``reward_accuracy`` and ``reward_margin`` (from the engine's ``eval_metrics``). With
 ``dpo.precompute_ref_log_probs`` the loop has the engine compute the reference log-probabilities
 of every training and validation pair once before the first step (``dpo.ReferenceCache``), hands
 them to the engine on the batches, and keeps them in every checkpoint, so a resume reuses them.
@@ -514,10 +514,7 @@ class TrainingLoop:
             if weight <= 0:
                 continue
             try:
-                if hasattr(self.engine, "eval_metrics"):
-                    metrics = self.engine.eval_metrics([batch])
-                else:
-                    metrics = {"val_loss": self.engine.eval_loss([batch])}
+                metrics = self.engine.eval_metrics([batch])
             except RunFailed as exc:
                 raise self._fail(exc.kind, exc.message, exc.hint) from exc
             weight_total += weight

@@ -1,6 +1,7 @@
 """One training run end to end: config -> model -> data -> engine -> run folder -> loop.
 
-``run_training`` is what ``tunedesk train``, ``tunedesk demo`` and the app's training worker run.
+``run_training`` is what ``tunedesk train``, ``tunedesk demo`` and the app's training worker run
+(the engine comes from ``backends.jobs.backend.make_engine``).
 Everything that can be wrong with the user's input (config, model, data, target modules) is
 checked before the run folder is created, so a rejected run leaves no folder behind. Events from
 before the folder exists (model import, data report) are kept and written to its
@@ -21,8 +22,8 @@ from backends.config import RunConfig, load_config
 from backends.errors import EXIT_OK, RunStopped, UserInputError
 from backends.events import EventSink, encode
 from backends.forgetting.hook import ForgettingHook
+from backends.jobs.backend import make_engine
 from backends.runs import RunDir, run_status
-from backends.training.engine import Engine
 from backends.training.loop import TrainingLoop, stop_on_signals
 from backends.training.progress import ConsoleProgress, LogFile
 
@@ -35,30 +36,6 @@ def tunedesk_version() -> str:
         from backends import __version__
 
         return __version__
-
-
-def make_engine(config: RunConfig) -> Engine:
-    """The engine for ``config.backend``: ``auto`` follows ``backends.hardware.detect()`` (MLX on
-    Apple silicon with MLX installed, else PyTorch); ``mlx`` imports ``backends.mlx_backend``
-    lazily. Raises UserInputError when MLX is asked for but missing."""
-    backend = config.backend
-    if backend == "auto":
-        from backends import hardware
-
-        backend = hardware.detect(probe_frameworks=True)["backend"]
-    if backend == "mlx":
-        try:
-            from backends import mlx_backend
-        except ImportError as exc:
-            raise UserInputError(
-                f"backend 'mlx' is not available here: {exc}",
-                field="backend",
-                hint="install mlx and mlx-lm (Apple silicon), or set backend: torch",
-            ) from None
-        return mlx_backend.create_engine(config)
-    from backends import torch_backend
-
-    return torch_backend.create_engine(config)
 
 
 def resolve_data_paths(config: RunConfig, base: Path | None = None) -> RunConfig:

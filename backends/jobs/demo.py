@@ -133,7 +133,7 @@ def cli_demo(args: argparse.Namespace) -> int:
     ``prompt``, ``base``, ``tuned``, ``base_style``, ``tuned_style``) go to stdout as JSON lines.
     Returns 0; training failures raise as in ``tunedesk train``.
     """
-    from backends.training import run_training
+    from backends.jobs.train import run_training
 
     start = time.monotonic()
     config = demo_config(args.steps)
