@@ -261,7 +261,10 @@ def summarize_run(run: RunDir) -> dict[str, Any]:
     info["duration"] = (events[-1]["time"] - events[0]["time"]) if len(events) > 1 else 0.0
     drift = next((e for e in reversed(events) if e["event"] == "forgetting"), None)
     info["forgetting"] = (
-        {k: drift.get(k) for k in ("score", "verdict", "kl_mean", "answers_changed", "probes", "size")}
+        {
+            k: drift.get(k)
+            for k in ("score", "verdict", "kl_mean", "answers_changed", "probes", "size", "advice")
+        }
         if drift
         else None
     )

@@ -65,3 +65,22 @@ def test_runs_page_shows_the_drift_score_of_each_run(qtbot, tmp_path, monkeypatc
     shown = {page.table.item(r, 0).text(): page.table.item(r, column) for r in range(page.table.rowCount())}
     assert shown["checked"].text() == "0.031 little" and "3 of 12 probe answers" in shown["checked"].toolTip()
     assert shown["unchecked"].text() == "-"
+
+
+def test_check_forgetting_button_runs_the_command_and_reports_its_error(qtbot, tmp_path, monkeypatch):
+    """A finished run whose adapter folder is gone: the child command's error is shown in words."""
+    from PySide6.QtWidgets import QMessageBox
+
+    runs = tmp_path / "runs"
+    write_run(runs, "lost", [started_event(), step_event(1, 1.0), finished_event(1)])
+    monkeypatch.setenv("TUNEDESK_HOME", str(tmp_path))
+    shown = []
+    monkeypatch.setattr(QMessageBox, "warning", lambda *a: shown.append(a[2]))
+    page = RunsPage(AppState())
+    qtbot.addWidget(page)
+    page.select_paths([str(runs / "lost")])
+    assert page.check_button.isEnabled()
+    page.check_button.click()
+    assert page.check_button.text() == "Checking…" and not page.check_button.isEnabled()
+    qtbot.waitUntil(lambda: bool(shown), timeout=120_000)
+    assert "lost" in shown[0] and page.check_button.text() == "Check forgetting"

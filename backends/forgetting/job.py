@@ -35,15 +35,8 @@ def check_run(
 
     Raises UserInputError naming the folder when it is no run folder, the run is still running,
     or it has no adapter or checkpoint yet."""
-    import torch
-    from peft import PeftModel
-
     from backends.chat.adapters import check_base_model, read_adapter
     from backends.chat.loader import convert_for, resolve_chat_model
-    from backends.data.templates import load_tokenizer
-    from backends.forgetting.torch_check import run_check
-    from backends.torch_backend.device import pick_device
-    from backends.torch_backend.loading import load_causal_lm
 
     run = RunDir(Path(run_dir).expanduser())
     config = run.load_config()
@@ -52,6 +45,15 @@ def check_run(
     info = read_adapter(run.path)
     model_dir, model_name = resolve_chat_model(None, info)
     check_base_model(info, model_dir, model_name)
+    # The run and its adapter are fine: only now load the ML stack (a wrong folder fails fast).
+    import torch
+    from peft import PeftModel
+
+    from backends.data.templates import load_tokenizer
+    from backends.forgetting.torch_check import run_check
+    from backends.torch_backend.device import pick_device
+    from backends.torch_backend.loading import load_causal_lm
+
     info = convert_for(info, "torch")
     size = QUICK if quick else FULL
     if max_new_tokens:

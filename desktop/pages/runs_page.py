@@ -33,6 +33,7 @@ from desktop.pages import intro_label
 from desktop.run_history import RunHistory, delete_run
 from desktop.run_monitor import drift_text, format_duration
 from desktop.state import AppState
+from desktop.worker import JsonCommand
 
 COLUMNS = (
     "Run",
@@ -114,6 +115,13 @@ class RunsPage(QWidget):
             "Train again with this run's settings (model, data, preset, every value)"
         )
         self.settings_button.clicked.connect(self._use_selected_settings)
+        self.check_button = QPushButton("Check forgetting")
+        self.check_button.setToolTip(
+            "Measure how far the tuning moved the model from its base on 100 general prompts "
+            "(`tunedesk forgetting`; a few minutes on a CPU). The score appears under Drift."
+        )
+        self.check_button.clicked.connect(self.check_selected)
+        self._check: JsonCommand | None = None
         self.open_button = QPushButton("Open folder")
         self.open_button.clicked.connect(self._open_selected)
         self.delete_button = QPushButton("Delete…")
@@ -124,6 +132,7 @@ class RunsPage(QWidget):
             self.show_button,
             self.resume_button,
             self.settings_button,
+            self.check_button,
             self.open_button,
             self.delete_button,
         ):
@@ -231,8 +240,32 @@ class RunsPage(QWidget):
         self.delete_button.setEnabled(
             bool(paths_) and all(r["status"] != "running" for r in self.rows if r["path"] in paths_)
         )
+        self.check_button.setEnabled(
+            one and self._check is None and row is not None and row["status"] in ("finished", "stopped")
+        )
 
     # --- actions ---
+    def check_selected(self) -> None:
+        """Run ``tunedesk forgetting`` on the selected run in a child process; the table shows the
+        score when it is done (it is recorded in the run folder)."""
+        paths_ = self.selected_paths()
+        if len(paths_) != 1 or self._check is not None:
+            return
+        self._check = JsonCommand(["forgetting", paths_[0], "--json"], self)
+        self._check.done.connect(self._on_checked)
+        self.check_button.setText("Checking…")
+        self.check_button.setEnabled(False)
+        self._check.start()
+
+    def _on_checked(self, answer: object, error: str) -> None:
+        self._check = None
+        self.check_button.setText("Check forgetting")
+        self.refresh()
+        if error:
+            QMessageBox.warning(self, "Forgetting check", error)
+        elif isinstance(answer, dict):
+            QMessageBox.information(self, "Forgetting check", f"General ability: {drift_text(answer)}")
+
     def _show_selected(self) -> None:
         paths_ = self.selected_paths()
         if paths_:
