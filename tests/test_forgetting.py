@@ -269,3 +269,45 @@ def test_smollm2_short_run_then_the_command(smollm2_dir, tmp_path, capsys):
     assert event["score"] == pytest.approx(
         drift_score(event["kl_mean"], event["ppl_base"], event["ppl_tuned"])
     )
+
+
+def test_end_of_training_hook_skips_what_costs_too_much_or_is_not_built_in(smollm2_tokenizer, tmp_path):
+    from types import SimpleNamespace
+
+    from backends.events import EventSink
+    from backends.forgetting.hook import BUDGET, ForgettingHook, estimated_seconds
+    from backends.runs import RunDir
+
+    calls = []
+
+    class Engine:
+        name = "torch"
+
+        def forgetting_check(self, prompts, text_ids, **options):
+            calls.append(options)
+            raise RuntimeError("boom")
+
+    config = config_from_dict({})
+    template = probe_template(smollm2_tokenizer, None)
+    events = []
+    sink = EventSink(None, listeners=[events.append])
+    run = RunDir(tmp_path)
+    ForgettingHook(SimpleNamespace(name="mlx"), config, smollm2_tokenizer, template).at_end(
+        run, sink, step=5, tokens=1000, elapsed=10.0
+    )
+    assert (
+        "not built into the mlx backend" in events[-1]["message"]
+        and "tunedesk forgetting" in events[-1]["message"]
+    )
+    hook = ForgettingHook(Engine(), config, smollm2_tokenizer, template)
+    estimate = estimated_seconds(hook._prepare(), 1000, 10.0)  # 100 trained tokens/s
+    assert estimate > 0
+    cheap = estimate / BUDGET * 1.01  # a run this long makes the check cost just under 10%
+    hook.at_end(run, sink, step=5, tokens=int(100 * estimate / BUDGET / 2), elapsed=estimate / BUDGET / 2)
+    assert "skipped" in events[-1]["message"] and not calls
+    hook.at_end(run, sink, step=5, tokens=int(100 * cheap), elapsed=cheap)
+    assert (
+        len(calls) == 1 and calls[0]["size"] == "quick" and calls[0]["max_new_tokens"] == QUICK.max_new_tokens
+    )
+    assert events[-1]["level"] == "warning" and "forgetting check failed" in events[-1]["message"]
+    assert not (tmp_path / "forgetting.json").exists()  # a failed check fails nothing and records nothing
