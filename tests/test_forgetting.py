@@ -251,7 +251,8 @@ def test_command_on_a_folder_without_adapter_is_a_user_error(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_smollm2_short_run_then_the_command(smollm2_dir, tmp_path, capsys):
-    """A 3-step SmolLM2 run (default forgetting.at_end: auto), then `tunedesk forgetting --quick`."""
+    """A 3-step SmolLM2 run (default forgetting.at_end: auto), then `tunedesk forgetting --quick`
+    on six probes: real model, real template, finite figures that add up to the score."""
     from backends.cli import main
     from backends.jobs import run_training
 
@@ -262,9 +263,9 @@ def test_smollm2_short_run_then_the_command(smollm2_dir, tmp_path, capsys):
         training={"max_steps": 3, "learning_rate": 1e-3, "eval_every": 0},
     )
     run = run_training(config_from_dict(raw), console=False)
-    assert main(["forgetting", str(run.path), "--quick", "--json"]) == 0
+    assert main(["forgetting", str(run.path), "--quick", "--probes", "6", "--json"]) == 0
     event = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert event["probes"] == QUICK.probes and event["tokens"] > 50
+    assert event["probes"] == 6 and event["size"] == "quick" and event["tokens"] > 20
     assert 1.0 < event["ppl_base"] < 100 and event["kl_mean"] > 0
     assert event["score"] == pytest.approx(
         drift_score(event["kl_mean"], event["ppl_base"], event["ppl_tuned"])
