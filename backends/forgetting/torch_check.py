@@ -127,12 +127,11 @@ def run_check(
     ``text_ids``: the general text's ids; ``decode``: ids -> text for the answers listed in the
     result (omitted: no texts); ``autocast``: a context for the forward passes (training precision);
     ``tuned``: False runs the tuned side with the adapter off (KL exactly 0); ``batch``: probes per
-    forward. ``answers_changed`` counts probes where the tuned model's argmax differs from the base
-    answer's token at some answer position, i.e. whose tuned greedy answer differs from the base
+    forward. ``answers_changed`` counts probes where, along the base answer, the tuned model's argmax
+    differs from the base model's at some position, i.e. whose tuned greedy answer leaves the base
     one (so no second generation is needed); with ``decode`` the tuned answers are also generated,
-    for display. The model is put in
-    eval mode for the check and back in its former mode after. Raises ValueError for an empty probe
-    list or text."""
+    for display. The model is put in eval mode for the check and back in its former mode after.
+    Raises ValueError for an empty probe list or text."""
     if not prompts or len(text_ids) < 2:
         raise ValueError("the check needs at least one probe and two text tokens")
     start = time.monotonic()
@@ -171,11 +170,11 @@ def run_check(
                     lp_base = _answer_log_probs(model, ps, ans, pad, device)
                 with adapter_state(model, tuned):
                     lp_tuned = _answer_log_probs(model, ps, ans, pad, device)
-                for lb, lt, answer in zip(lp_base, lp_tuned, ans, strict=True):
+                for lb, lt in zip(lp_base, lp_tuned, strict=True):
                     kl_sum += float((lb.exp() * (lb - lt)).sum())
                     tokens += lb.shape[0]
-                    # The tuned greedy answer follows the base one until its argmax first differs.
-                    changed += int(bool((lt.argmax(-1) != torch.tensor(answer, device=lt.device)).any()))
+                    # The tuned greedy answer follows the base one until their argmaxes first differ.
+                    changed += int(bool((lt.argmax(-1) != lb.argmax(-1)).any()))
             with adapter_state(model, False):
                 nll_base, count = _text_nll(model, text_ids, device)
             with adapter_state(model, tuned):
