@@ -7,6 +7,7 @@ narrow tuning spreads to every answer). Runs (LoRA rank 8, alpha 16, every linea
 cosine schedule, 10% warmup, precision auto, no validation):
 
 - gentle: learning rate 2e-4, 1 epoch;
+- moderate: learning rate 1e-3, 2 epochs (between the two, for the verdict's thresholds);
 - aggressive: learning rate 2e-3 for ``--epochs`` epochs (default 6);
 - aggressive + replay: the same with ``data.replay`` (default 0.2; TuneDesk's general examples).
 
@@ -80,6 +81,7 @@ def main() -> None:
     data = sample_rows(work / "train.jsonl", args.rows)
     plans = [
         ("gentle", 2e-4, 1.0, 0.0),
+        ("moderate", 1e-3, 2.0, 0.0),
         ("aggressive", 2e-3, args.epochs, 0.0),
         ("aggressive+replay", 2e-3, args.epochs, args.replay),
     ]
