@@ -73,6 +73,11 @@ class DataConfig(_Strict):
     replay_file: Path | None = Field(
         None, description="General examples for data.replay (any training format); empty: TuneDesk's own."
     )
+    literal_special_tokens: Literal["text", "control"] = Field(
+        "text",
+        description="Special-token strings typed inside messages (a literal <|im_end|>): tokenised as "
+        "plain text (default), or as the control tokens (opt-in).",
+    )
 
 
 class LoraConfig(_Strict):

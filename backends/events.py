@@ -65,6 +65,9 @@ REQUIRED: dict[str, tuple[str, ...]] = {
     # noticeable or large. Also: probes, tokens, size (quick/full), elapsed, step (the training step,
     # null after training), advice (list of suggestions when large).
     "forgetting": ("kl_mean", "ppl_base", "ppl_tuned", "answers_changed", "score", "verdict"),
+    # tunedesk export RUN_DIR --format ... --json (backends/jobs/export/run.py): stages and the result.
+    "export_progress": ("stage", "done", "total"),
+    "export_finished": ("path", "format", "quant", "bytes"),
 }
 
 # Optional fields of DPO runs (``method: dpo``; see backends/training/dpo.py for the formulas).
@@ -80,7 +83,7 @@ DPO_EVAL_FIELDS = ("reward_accuracy", "reward_margin")
 OPTIONAL: dict[str, tuple[str, ...]] = {"step": DPO_STEP_FIELDS, "eval": DPO_EVAL_FIELDS}
 
 MEMORY_FIELDS = ("rss", "device_allocated", "device_peak")
-FAILURE_KINDS = ("nan", "oom", "data", "model", "crash")
+FAILURE_KINDS = ("nan", "diverged", "oom", "disk", "data", "model", "crash")
 
 
 class EventSchemaError(ValueError):

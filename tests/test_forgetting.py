@@ -16,7 +16,7 @@ from backends.data.types import DataReport
 from backends.errors import UserInputError
 from backends.forgetting.check import prepare, read_forgetting
 from backends.forgetting.probes import CATEGORIES, FULL, QUICK, load_probes, select_probes
-from backends.forgetting.render import probe_template
+from backends.forgetting.render import run_renderer
 from backends.forgetting.score import LARGE_FROM, LITTLE_BELOW, advice, drift_score, verdict
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -58,7 +58,7 @@ def tuned_tiny(tiny_model_dir):
             if "lora_B" in name:
                 param.normal_(0, 0.5)
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
-    inputs = prepare(tokenizer, probe_template(tokenizer, None), QUICK, probes=6)
+    inputs = prepare(tokenizer, run_renderer(tokenizer, None), QUICK, probes=6)
     return model.eval(), tokenizer, inputs
 
 
@@ -134,10 +134,10 @@ def test_probe_set_covers_every_category_and_replay_does_not_repeat_it():
 def test_probes_are_rendered_as_chat_renders_them(smollm2_tokenizer):
     from backends.chat.session import render_prompt
 
-    template = probe_template(smollm2_tokenizer, None)
-    inputs = prepare(smollm2_tokenizer, template, QUICK, probes=2)
+    renderer = run_renderer(smollm2_tokenizer, None)
+    inputs = prepare(smollm2_tokenizer, renderer, QUICK, probes=2)
     expected = render_prompt(
-        smollm2_tokenizer, [{"role": "user", "content": inputs.probes[0].prompt}], template
+        smollm2_tokenizer, [{"role": "user", "content": inputs.probes[0].prompt}], renderer
     )
     assert inputs.prompts[0] == expected
     assert smollm2_tokenizer.decode(expected).endswith("<|im_start|>assistant\n")
@@ -289,18 +289,18 @@ def test_end_of_training_hook_skips_what_costs_too_much_or_is_not_built_in(smoll
             raise RuntimeError("boom")
 
     config = config_from_dict({})
-    template = probe_template(smollm2_tokenizer, None)
+    renderer = run_renderer(smollm2_tokenizer, None)
     events = []
     sink = EventSink(None, listeners=[events.append])
     run = RunDir(tmp_path)
-    ForgettingHook(SimpleNamespace(name="mlx"), config, smollm2_tokenizer, template).at_end(
+    ForgettingHook(SimpleNamespace(name="mlx"), config, smollm2_tokenizer, renderer).at_end(
         run, sink, step=5, tokens=1000, elapsed=10.0
     )
     assert (
         "not built into the mlx backend" in events[-1]["message"]
         and "tunedesk forgetting" in events[-1]["message"]
     )
-    hook = ForgettingHook(Engine(), config, smollm2_tokenizer, template)
+    hook = ForgettingHook(Engine(), config, smollm2_tokenizer, renderer)
     estimate = estimated_seconds(hook._prepare(), 1000, 10.0)  # 100 trained tokens/s
     assert estimate > 0
     cheap = estimate / BUDGET * 1.01  # a run this long makes the check cost just under 10%

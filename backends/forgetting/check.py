@@ -38,11 +38,12 @@ class CheckInputs:
         return sum(len(p) for p in self.prompts)
 
 
-def prepare(tokenizer: Any, template: str, size: CheckSize, probes: int | None = None) -> CheckInputs:
-    """The probes of ``size`` (or ``probes`` of them) rendered with ``template`` as chat renders
-    them, and the first ``size.text_tokens`` tokens of the general text (no special tokens)."""
+def prepare(tokenizer: Any, renderer: Any, size: CheckSize, probes: int | None = None) -> CheckInputs:
+    """The probes of ``size`` (or ``probes`` of them) rendered by ``renderer`` (a
+    ``PromptRenderer``, ``backends.forgetting.render``) as chat renders them, and the first
+    ``size.text_tokens`` tokens of the general text (no special tokens)."""
     chosen = select_probes(load_probes(), probes if probes is not None else size.probes)
-    prompts = [render_probe(tokenizer, p.messages, template) for p in chosen]
+    prompts = [render_probe(renderer, p.messages) for p in chosen]
     text_ids = list(tokenizer(general_text(), add_special_tokens=False)["input_ids"])
     if size.text_tokens:
         text_ids = text_ids[: size.text_tokens]

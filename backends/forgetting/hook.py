@@ -38,25 +38,25 @@ def estimated_seconds(inputs: CheckInputs, train_tokens: int, train_seconds: flo
 class ForgettingHook:
     """Runs the quick check for ``TrainingLoop`` (``config.forgetting`` says when).
 
-    ``engine``: the training engine; ``tokenizer`` and ``template``: the run's (probes are rendered
-    as chat renders them with the adapter's template).
+    ``engine``: the training engine; ``tokenizer`` and ``renderer``: the run's (a
+    ``PromptRenderer`` of its recorded spec, so probes are rendered as chat will render them; None
+    when the run has no chat template: no check).
     """
 
-    def __init__(self, engine: Any, config: Any, tokenizer: Any, template: str | None) -> None:
+    def __init__(self, engine: Any, config: Any, tokenizer: Any, renderer: Any) -> None:
         self.engine = engine
         self.config = config
         self.tokenizer = tokenizer
-        self.template = template
+        self.renderer = renderer
         self._inputs: CheckInputs | None = None
 
     @property
     def supported(self) -> bool:
-        return hasattr(self.engine, "forgetting_check") and self.template is not None
+        return hasattr(self.engine, "forgetting_check") and self.renderer is not None
 
     def _prepare(self) -> CheckInputs:
         if self._inputs is None:
-            assert self.template is not None
-            self._inputs = prepare(self.tokenizer, self.template, QUICK, self.config.forgetting.probes)
+            self._inputs = prepare(self.tokenizer, self.renderer, QUICK, self.config.forgetting.probes)
         return self._inputs
 
     def _run(self, step: int) -> Any:
@@ -87,6 +87,9 @@ class ForgettingHook:
         mode = self.config.forgetting.at_end
         command = f"`tunedesk forgetting {run.path}`"
         if mode is False:
+            return
+        if self.renderer is None:
+            sink.emit("log", level="info", message="forgetting check: no chat template, so no probes to run")
             return
         if not self.supported:
             sink.emit(

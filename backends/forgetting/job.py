@@ -18,7 +18,7 @@ from typing import Any
 from backends.errors import EXIT_OK, UserInputError
 from backends.forgetting.check import eos_ids, label_answers, prepare, record
 from backends.forgetting.probes import FULL, QUICK
-from backends.forgetting.render import probe_template
+from backends.forgetting.render import run_renderer
 from backends.forgetting.score import ForgettingResult
 from backends.runs import RunDir, run_status
 
@@ -59,8 +59,7 @@ def check_run(
     if max_new_tokens:
         size = replace(size, max_new_tokens=max_new_tokens)
     tokenizer = load_tokenizer(model_dir)
-    template = probe_template(tokenizer, info.chat_template, config.data.chat_template)
-    inputs = prepare(tokenizer, template, size, probes)
+    inputs = prepare(tokenizer, run_renderer(tokenizer, run.path), size, probes)
     batch = len(inputs.prompts) if quick else 8
     device = pick_device()
     if say:

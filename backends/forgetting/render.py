@@ -1,38 +1,32 @@
-"""How a probe becomes prompt tokens: exactly as chat renders a user's message.
+"""How a probe becomes prompt tokens: exactly as chat renders a user's message to the tuned model.
 
-This is the one place the forgetting check renders prompts, so that it can switch to the project's
-single prompt renderer in one line when that lands. Today it calls chat's own rendering
-(``backends.chat.session.render_prompt``: ``apply_chat_template`` with ``add_generation_prompt``)
-with the template chat would use for the adapter (``probe_template``).
+Both go through the project's one prompt renderer (``backends.data.render.PromptRenderer``) with
+the run's recorded spec (its chat template, system prompt, BOS rule): ``run_renderer`` for a run
+folder (what chat uses, ``renderer_for_run``), ``spec_renderer`` for a run being trained.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
-from backends.data.templates import CHATML_TEMPLATE, model_template
-from backends.errors import UserInputError
+from backends.data.render import PromptRenderer, RenderSpec, renderer_for_run
 
 
-def probe_template(tokenizer: Any, stored: str | None, choice: str | None = None) -> str:
-    """The chat template of the tuned model's replies, as chat picks it: the template stored with
-    the adapter (``stored``), else ChatML when the run chose it (``choice``), else the model's own.
-    Raises UserInputError when there is none."""
-    if stored:
-        return stored
-    if choice == "chatml":
-        return CHATML_TEMPLATE
-    own = model_template(tokenizer)
-    if own:
-        return own
-    raise UserInputError(
-        "this model has no chat template, so the probes cannot be rendered as chat renders them",
-        field="data.chat_template",
-    )
+def run_renderer(tokenizer: Any, run_path: str | Path | None) -> PromptRenderer:
+    """The renderer chat uses for the adapter of ``run_path`` (None: the base model alone).
+    Raises UserInputError when neither the run nor the model has a chat template."""
+    return renderer_for_run(run_path, tokenizer)
 
 
-def render_probe(tokenizer: Any, messages: list[dict[str, str]], template: str) -> list[int]:
+def spec_renderer(tokenizer: Any, spec: RenderSpec | None) -> PromptRenderer | None:
+    """The renderer of a run being trained (``PreparedData.render_spec``); None without a template
+    (plain-text data on a model that has none: there is no chat format to probe)."""
+    if spec is None or spec.template is None:
+        return None
+    return PromptRenderer(tokenizer, spec)
+
+
+def render_probe(renderer: PromptRenderer, messages: list[dict[str, str]]) -> list[int]:
     """Token ids of ``messages`` plus the assistant header, as chat feeds them to the model."""
-    from backends.chat.session import render_prompt
-
-    return render_prompt(tokenizer, messages, template)
+    return list(renderer.render_chat(messages, add_generation_prompt=True).input_ids)
