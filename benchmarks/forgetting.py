@@ -14,7 +14,8 @@ cosine schedule, 10% warmup, precision auto, no validation):
 Each run ends with the quick check (``forgetting.at_end: true``: its time against the run's training
 time is the cost figure), then ``tunedesk forgetting`` with ``--probes`` probes (default 36: six per
 category) and ``--max-new-tokens`` (default 24) scores it. Printed: one row per run (KL, both
-perplexities, answers changed, score, verdict; quick-check score and its cost as % of training).
+perplexities, answers changed, answers in the sample's house style, score, verdict; quick-check
+score and its cost as % of training).
 
     python benchmarks/forgetting.py
     python benchmarks/forgetting.py --rows 32 --epochs 6 --replay 0.2 --json out.json
@@ -106,6 +107,8 @@ def main() -> None:
             "quick_score": quick["score"],
             "quick_seconds": quick["elapsed"],
             "quick_cost_pct": 100 * quick["elapsed"] / finished["elapsed"],
+            # Probe answers that took the sample data's greeting or sign-off ("... Lumen Lane ...").
+            "house_style": sum("Lumen" in a["tuned"] for a in result.answers),
             **result.fields(with_answers=False),
         }
         rows.append(row)
@@ -113,12 +116,12 @@ def main() -> None:
     print()
     print(
         f"{'run':18s} {'steps':>5} {'KL':>7} {'ppl base':>8} {'ppl tuned':>9} {'changed':>8} "
-        f"{'score':>6} {'verdict':10s} {'quick':>6} {'quick cost':>10}"
+        f"{'house':>6} {'score':>6} {'verdict':10s} {'quick':>6} {'quick cost':>10}"
     )
     for r in rows:
         print(
             f"{r['run']:18s} {r['steps']:>5} {r['kl_mean']:7.3f} {r['ppl_base']:8.2f} {r['ppl_tuned']:9.2f} "
-            f"{r['answers_changed']:>4}/{r['probes']:<3} {r['score']:6.3f} {r['verdict']:10s} "
+            f"{r['answers_changed']:>4}/{r['probes']:<3} {r['house_style']:>6} {r['score']:6.3f} {r['verdict']:10s} "
             f"{r['quick_score']:6.3f} {r['quick_cost_pct']:9.1f}%"
         )
     if args.json:
