@@ -78,7 +78,11 @@ class ForgettingHook:
         """After an evaluation, when ``forgetting.at_eval``: the ``forgetting`` event of this step."""
         if not self.config.forgetting.at_eval or not self.supported:
             return
-        result = self._run(step)
+        try:
+            result = self._run(step)
+        except Exception as exc:  # a failed check must not fail the run
+            sink.emit("log", level="warning", message=f"forgetting check failed: {type(exc).__name__}: {exc}")
+            return
         sink.emit("forgetting", **result.fields(with_answers=False))
 
     def at_end(self, run: RunDir, sink: EventSink, *, step: int, tokens: int, elapsed: float) -> None:
