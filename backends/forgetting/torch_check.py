@@ -14,6 +14,7 @@ the adapter off too, which gives exactly KL 0 and equal perplexities (the test o
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import time
 from collections.abc import Callable
@@ -138,30 +139,24 @@ def run_check(
     was_training = model.training
     model.eval()
     cast = autocast or contextlib.nullcontext
+    answers = functools.partial(
+        greedy_answers,
+        model,
+        prompts,
+        max_new_tokens=max_new_tokens,
+        eos=eos,
+        pad=pad,
+        device=device,
+        batch=batch,
+    )
     try:
         with torch.no_grad(), cast():
             with adapter_state(model, False):
-                base_answers = greedy_answers(
-                    model,
-                    prompts,
-                    max_new_tokens=max_new_tokens,
-                    eos=eos,
-                    pad=pad,
-                    device=device,
-                    batch=batch,
-                )
+                base_answers = answers()
             tuned_answers: list[list[int]] = []
             if decode is not None:
                 with adapter_state(model, tuned):
-                    tuned_answers = greedy_answers(
-                        model,
-                        prompts,
-                        max_new_tokens=max_new_tokens,
-                        eos=eos,
-                        pad=pad,
-                        device=device,
-                        batch=batch,
-                    )
+                    tuned_answers = answers()
             kl_sum, tokens, changed = 0.0, 0, 0
             pairs = [(p, a) for p, a in zip(prompts, base_answers, strict=True) if a]
             for chunk in _chunks(pairs, batch):
