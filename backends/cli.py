@@ -217,6 +217,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", default=None, help="output folder")
     p.set_defaults(func=_cmd_export)
 
+    from backends import plan_cli
+
+    plan_cli.add_parser(sub)
+
     p = sub.add_parser("runs", help="list run folders and their status")
     p.add_argument("--runs-dir", default=None)
     p.add_argument("--json", action="store_true")

@@ -163,6 +163,19 @@ def read_model_config(model_dir: str | Path) -> dict[str, Any]:
         raise ValueError(f"cannot read {path}: {exc}") from None
 
 
+def find_model_dir(name_or_path: str) -> Path | None:
+    """The folder of an imported model (the model store) or an HF folder path, by its config.json;
+    None when it is neither (yet). Imports nothing heavy."""
+    from backends import paths
+    from backends.models import sanitize_name
+
+    path = Path(name_or_path).expanduser()
+    if (path / "config.json").is_file():
+        return path
+    stored = paths.models_dir() / sanitize_name(name_or_path)
+    return stored if (stored / "config.json").is_file() else None
+
+
 def cpu_has_bf16_flags() -> bool:
     """True when /proc/cpuinfo lists AVX512-BF16 or AMX-BF16 (what ``precision: auto`` picks bf16 on)."""
     try:

@@ -356,6 +356,13 @@ class TrainingLoop:
         self.sink.emit("log", level=level, message=message)
 
     def _fail(self, kind: str, message: str, hint: str) -> RunFailed:
+        if kind == "oom":
+            from backends.plan import target_for
+            from backends.training.oom import plan_hint
+
+            model_dir = (self.adapter_info.get("base_model") or {}).get("path")
+            extra = plan_hint(self.config, model_dir, target_for(self.engine.name, self.engine.device))
+            hint = f"{extra}; or {hint}" if extra else hint
         self.sink.emit("run_failed", step=self.state.step, kind=kind, message=message, hint=hint)
         return RunFailed(kind, message, hint)
 

@@ -22,12 +22,15 @@ from PySide6.QtWidgets import (
 )
 
 from backends.config import DEFAULT_MODEL
+from backends.plan import find_model_dir
 from backends.model_store_info import default_model_installed, list_models
 from desktop.pages import intro_label
+from desktop.plan_panel import fit_badge
 from desktop.state import AppState
 from desktop.worker import WorkerProcess, WorkerResult
 
-COLUMNS = ("Model", "Parameters", "Size on disk", "Source")
+COLUMNS = ("Model", "Parameters", "Size on disk", "Fits here?", "Source")
+SOURCE_COLUMN = len(COLUMNS) - 1
 
 
 def format_params(n: int | None) -> str:
@@ -90,7 +93,7 @@ class ModelPage(QWidget):
         self.table.verticalHeader().setVisible(False)
         header = self.table.horizontalHeader()
         header.setSectionResizeMode(0, QHeaderView.ResizeMode.ResizeToContents)
-        header.setSectionResizeMode(3, QHeaderView.ResizeMode.Stretch)
+        header.setSectionResizeMode(SOURCE_COLUMN, QHeaderView.ResizeMode.Stretch)
         self.table.itemSelectionChanged.connect(self._on_select)
         layout.addWidget(self.table, 1)
 
@@ -123,10 +126,11 @@ class ModelPage(QWidget):
     # --- listing ---
     def refresh(self) -> None:
         """Re-read the model store and show it; the chosen model's row is selected."""
-        rows = [
-            (m["name"], format_params(m["params"]), format_bytes(m["size"]), m.get("source") or "")
-            for m in list_models()
-        ]
+        badges = {}
+        rows = []
+        for m in list_models():
+            badges[m["name"]] = fit_badge(m.get("path"))
+            rows.append((m["name"], format_params(m["params"]), format_bytes(m["size"]), m.get("source") or ""))
         names = [r[0] for r in rows]
         if DEFAULT_MODEL not in names:
             if default_model_installed():
@@ -144,10 +148,13 @@ class ModelPage(QWidget):
         self.table.blockSignals(True)
         self.table.setRowCount(len(rows))
         for i, row in enumerate(rows):
-            for j, text in enumerate(row):
+            badge, tip = badges.get(row[0]) or fit_badge(find_model_dir(row[0]))
+            for j, text in enumerate((*row[:3], badge, row[3])):
                 item = QTableWidgetItem(text)
                 if j in (1, 2):
                     item.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+                if j == 3:
+                    item.setToolTip(tip)
                 self.table.setItem(i, j, item)
         self.table.blockSignals(False)
         self.select(current)
