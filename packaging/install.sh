@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Install TuneDesk into ./.venv (idempotent; a second run only checks).
 #   bash packaging/install.sh          the app and CLI
-#   bash packaging/install.sh test     plus the test tools (pytest, ruff, import-linter, mlx[cpu] on Linux)
+#   bash packaging/install.sh test     plus the test tools (pytest, ruff, import-linter, mlx[cpu] on Linux,
+#                                      bitsandbytes for the quantised-base tests)
+#   bash packaging/install.sh quant    plus bitsandbytes: lora.quantize 4/8 (QLoRA) on the PyTorch backend
 #   bash packaging/install.sh bench    plus the benchmark peers (trl)
 # torch is installed first, pinned to the build that fits this machine, so that the project's own
 # range never pulls a multi-GB CUDA build onto a machine without an NVIDIA GPU:
@@ -31,9 +33,10 @@ fi
 spec="."
 case "$extras" in
   test) spec=".[test]" ;;
+  quant) spec=".[quant]" ;;
   bench) spec=".[test,bench]" ;;
   "") ;;
-  *) echo "usage: bash packaging/install.sh [test|bench]" >&2; exit 2 ;;
+  *) echo "usage: bash packaging/install.sh [test|bench|quant]" >&2; exit 2 ;;
 esac
 echo "installing tunedesk${extras:+ with $extras extras}..."
 pip install -q -e "$spec" 2>&1 | quiet
