@@ -239,7 +239,9 @@ class TorchEngine:
         except (OSError, ValueError, KeyError) as exc:
             raise UserInputError(f"cannot load this model: {exc}", file=model_dir, field="model") from None
         base.config.use_cache = False
-        if not bits:  # a quantised model is placed by device_map and cannot be moved
+        if bits:  # a quantised model is placed by device_map and cannot be moved
+            quantize.detach_from_file(base)
+        else:
             base.to(self.device)
         targets = resolve_target_modules(base, config.lora.target_modules)
         if t.gradient_checkpointing:

@@ -122,3 +122,17 @@ def make_optimizer(
     bnb = import_bitsandbytes()
     cls = bnb.optim.PagedAdamW8bit if name == "paged_adamw_8bit" else bnb.optim.AdamW8bit
     return cls(params, **kwargs)
+
+
+def detach_from_file(model: torch.nn.Module) -> int:
+    """Copy the unquantised CPU tensors of a quantised model (embeddings, norms) out of the
+    safetensors file they were loaded from without a copy, so that the file's memory map is
+    released: otherwise every page of the full-precision file stays resident beside the quantised
+    weights (measured: 2.0 GB of file pages kept for a 1.2B model). Returns the bytes copied."""
+    copied = 0
+    for tensors in (model.parameters(), model.buffers()):
+        for t in tensors:
+            if t.device.type == "cpu" and t.dtype.is_floating_point:
+                t.data = t.data.clone()
+                copied += t.numel() * t.element_size()
+    return copied
