@@ -52,15 +52,33 @@ TARGETS = ("torch-cpu", "torch-cuda", "mlx")
 GB = 1024**3
 # Verdict: fits when peak + reserve is at most this share of the available memory; tight up to 100%.
 FITS_SHARE = 0.80
-# Calibrated on this project's measurements (benchmarks/memory_plan.py, see the README's table).
-# Activation elements kept per token and layer: a * hidden + b * intermediate + c * LoRA inputs.
-ACT_HIDDEN = {"torch": 16.0, "mlx": 10.0}
-ACT_INTER = {"torch": 6.0, "mlx": 4.0}
+# Calibrated on this project's measurements (benchmarks/memory_plan.py; the README lists the rows).
+# Activation elements kept per token and layer: a * hidden + b * intermediate + c * LoRA inputs
+# (LoRA's dropout keeps a copy of each adapted layer's input).
+ACT_HIDDEN = {"torch": 19.0, "mlx": 11.0}
+ACT_INTER = {"torch": 7.0, "mlx": 5.0}
 ACT_LORA = {"torch": 1.0, "mlx": 1.0}
-# fp32 copies of the vocabulary-wide logits alive at the loss's peak (logits, softmax, gradient).
-LOGIT_COPIES = {"torch": 3.0, "mlx": 3.0}
-# Framework overhead inside the measured peak.
-OVERHEAD = {"torch-cpu": 560 * 2**20, "torch-cuda": 64 * 2**20, "mlx": 16 * 2**20}
+# Bytes per activation element: fp32 4; bf16/fp16 2 plus the norms' and softmax's fp32 copies
+# (autocast keeps those in fp32), measured 2.4 on torch.
+ACT_BYTES = {"fp32": 4.0, "bf16": 2.4, "fp16": 2.4}
+# Bytes per position and vocabulary entry at the loss's peak: fp32 logits, log-softmax, their
+# gradients (torch: 3 fp32 copies; bf16 adds the head's bf16 output; MLX: 4 fp32 copies).
+LOGIT_BYTES = {
+    "torch": {"fp32": 12.4, "bf16": 14.5, "fp16": 14.5},
+    "mlx": {"fp32": 16.0, "bf16": 14.0, "fp16": 14.0},
+}
+# Gradient checkpointing keeps each layer's input and recomputes one layer at a time. On the CPU
+# the process keeps more: glibc holds on to the freed memory of the recomputed layers (measured
+# 5.2x the kept tensors in fp32, 1.9x in bf16 for SmolLM2; fitted on those two rows, the 1B-shape
+# checkpointed row checks it). CUDA's caching allocator and MLX reuse the freed blocks: 1.0.
+CKPT_SLACK = {
+    "torch-cpu": {"fp32": 5.2, "bf16": 1.9, "fp16": 1.9},
+    "torch-cuda": {"fp32": 1.0, "bf16": 1.0, "fp16": 1.0},
+    "mlx": {"fp32": 1.0, "bf16": 1.0, "fp16": 1.0},
+}
+# Framework overhead inside the measured peak (torch on the CPU: imported libraries, tokenizer,
+# data: 455 MB measured here).
+OVERHEAD = {"torch-cpu": 455 * 2**20, "torch-cuda": 64 * 2**20, "mlx": 16 * 2**20}
 # Needed but outside the measured peak: CUDA context and kernels; the Python process beside MLX.
 RESERVE = {"torch-cpu": 0, "torch-cuda": 600 * 2**20, "mlx": 400 * 2**20}
 TRAIN_PARTS = ("weights", "lora", "gradients", "optimizer", "activations", "logits", "overhead")
@@ -117,7 +135,12 @@ class ModelShape:
 
     def linear_layers(self) -> dict[str, tuple[int, int]]:
         """(in, out) features of each linear layer of one block, by Llama's names."""
-        h, q, kv, i = self.hidden, self.heads * self.head_dim, self.kv_heads * self.head_dim, self.intermediate
+        h, q, kv, i = (
+            self.hidden,
+            self.heads * self.head_dim,
+            self.kv_heads * self.head_dim,
+            self.intermediate,
+        )
         out = {"q_proj": (h, q), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (q, h)}
         if self.gated:
             out["gate_proj"] = (h, i)
@@ -167,12 +190,11 @@ def find_model_dir(name_or_path: str) -> Path | None:
     """The folder of an imported model (the model store) or an HF folder path, by its config.json;
     None when it is neither (yet). Imports nothing heavy."""
     from backends import paths
-    from backends.models import sanitize_name
 
     path = Path(name_or_path).expanduser()
     if (path / "config.json").is_file():
         return path
-    stored = paths.models_dir() / sanitize_name(name_or_path)
+    stored = paths.models_dir() / name_or_path  # the store's folder is the model's name
     return stored if (stored / "config.json").is_file() else None
 
 
@@ -260,16 +282,18 @@ def breakdown(config: RunConfig, shape: ModelShape, target: str) -> dict[str, in
     )
     lora_in = sum(a for a, _ in adapted.values())
     tokens = t.batch_size * t.max_seq_length
-    per_layer = ACT_HIDDEN[fw] * shape.hidden + ACT_INTER[fw] * shape.intermediate
-    per_layer += ACT_LORA[fw] * lora_in * (1 if lora.dropout > 0 else 0)
-    per_layer *= s
     if config.method == "dpo":
         tokens *= 2  # chosen and rejected rows go through one forward
+    act_bytes = ACT_BYTES[precision]
+    per_layer = ACT_HIDDEN[fw] * shape.hidden + ACT_INTER[fw] * shape.intermediate
+    per_layer += ACT_LORA[fw] * lora_in * (1 if lora.dropout > 0 else 0)
+    per_layer *= act_bytes
     if t.gradient_checkpointing:
-        activations = tokens * (shape.layers * shape.hidden * s + per_layer)
+        kept = shape.layers * shape.hidden * act_bytes + per_layer
+        activations = tokens * min(kept * CKPT_SLACK[target][precision], shape.layers * per_layer)
     else:
         activations = tokens * shape.layers * per_layer
-    logits = tokens * shape.vocab * 4 * LOGIT_COPIES[fw]
+    logits = tokens * shape.vocab * LOGIT_BYTES[fw][precision]
     optimizer_bytes = 2 if t.optimizer != "adamw" else 8
     parts = {
         "weights": int(weights),
@@ -295,8 +319,12 @@ def verdict(peak: int, available: int | None) -> str:
 
 
 def _variant(config: RunConfig, changes: dict[str, Any]) -> RunConfig:
-    training = config.training.model_copy(update={k.split(".")[1]: v for k, v in changes.items() if k.startswith("training.")})
-    lora = config.lora.model_copy(update={k.split(".")[1]: v for k, v in changes.items() if k.startswith("lora.")})
+    training = config.training.model_copy(
+        update={k.split(".")[1]: v for k, v in changes.items() if k.startswith("training.")}
+    )
+    lora = config.lora.model_copy(
+        update={k.split(".")[1]: v for k, v in changes.items() if k.startswith("lora.")}
+    )
     return config.model_copy(update={"training": training, "lora": lora})
 
 
@@ -329,7 +357,9 @@ def suggestions(
             cost += 2
         if batch != t.batch_size:
             changes["training.batch_size"] = batch
-            changes["training.gradient_accumulation_steps"] = t.gradient_accumulation_steps * (t.batch_size // batch)
+            changes["training.gradient_accumulation_steps"] = t.gradient_accumulation_steps * (
+                t.batch_size // batch
+            )
             cost += 1.5 * batches.index(batch)
         if seq != t.max_seq_length:
             changes["training.max_seq_length"] = seq
@@ -359,7 +389,9 @@ def describe_changes(changes: dict[str, Any]) -> str:
         elif key == "lora.quantize":
             words.append(f"{value}-bit base (QLoRA)")
         elif key == "training.batch_size":
-            words.append(f"batch size {value} (accumulation {changes['training.gradient_accumulation_steps']})")
+            words.append(
+                f"batch size {value} (accumulation {changes['training.gradient_accumulation_steps']})"
+            )
         elif key == "training.max_seq_length":
             words.append(f"max length {value} tokens")
     return ", ".join(words)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+
 from backends import plan
 from backends.config import load_config
 from backends.errors import EXIT_OK, UserInputError
@@ -60,6 +61,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--preset", choices=["quick-test", "balanced", "quality"])
     p.add_argument("--target", choices=plan.TARGETS, help="backend and device (default: this machine's)")
-    p.add_argument("--memory-gb", type=float, help="plan against this much free memory instead of this machine's")
+    p.add_argument(
+        "--memory-gb", type=float, help="plan against this much free memory instead of this machine's"
+    )
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
     p.set_defaults(func=cli_plan)

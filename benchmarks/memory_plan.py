@@ -72,6 +72,7 @@ def rows(cuda: bool) -> list[tuple[str, str, str, dict]]:
         ("smol torch int8 b2 t256", "smol", "torch", {**bf16, **bt(2, 256), **q8}),
         ("llama1b torch bf16 b1 t128", "llama1b", "torch", {**bf16, **bt(1, 128)}),
         ("llama1b torch nf4 b1 t128", "llama1b", "torch", {**bf16, **bt(1, 128), **q4}),
+        ("llama1b torch bf16 b2 t128 ckpt", "llama1b", "torch", {**bf16, **bt(2, 128), **ckpt}),
     ]
     if cuda:
         return torch_rows + [
@@ -142,7 +143,9 @@ def build_llama_1b(out: Path, tokenizer_from: Path) -> Path:
     return out
 
 
-def measure(name: str, model_dir: Path, backend: str, sets: dict, data: Path, work: Path, threads: int) -> dict:
+def measure(
+    name: str, model_dir: Path, backend: str, sets: dict, data: Path, work: Path, threads: int
+) -> dict:
     """One configuration in a child ``tunedesk train --json``; returns its row."""
     config = {
         "model": str(model_dir),
@@ -167,6 +170,9 @@ def measure(name: str, model_dir: Path, backend: str, sets: dict, data: Path, wo
     plan = started.get("memory_plan") or {}
     row = {
         "name": name,
+        "model_dir": str(model_dir),
+        "backend": backend,
+        "sets": sets,
         "rc": proc.returncode,
         "seconds": round(time.monotonic() - start, 1),
         "target": plan.get("target"),
@@ -181,6 +187,28 @@ def measure(name: str, model_dir: Path, backend: str, sets: dict, data: Path, wo
     return row
 
 
+def replan(path: Path) -> list[dict]:
+    """Recompute each measured row's prediction with the current ``backends.plan`` (for
+    calibration: no run is repeated). Rows come from an earlier ``--json`` file."""
+    from backends import plan
+    from backends.config import config_from_dict
+
+    out = []
+    for row in json.loads(path.read_text(encoding="utf-8")):
+        if not row.get("measured"):
+            continue
+        raw = {"model": row["model_dir"], "backend": row["backend"], "lora": {"rank": 16, "alpha": 32}}
+        for key, value in row["sets"].items():
+            section, field = key.split(".")
+            raw.setdefault(section, {})[field] = value
+        config = config_from_dict(raw)
+        result = plan.plan_memory(
+            config, plan.read_model_config(row["model_dir"]), row["target"], 64 * plan.GB
+        )
+        out.append({**row, "predicted": result.peak, "breakdown": result.breakdown})
+    return out
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
@@ -190,8 +218,16 @@ def main() -> int:
     parser.add_argument("--work", type=Path, help="work folder (default: a temporary one)")
     parser.add_argument("--json", type=Path, help="also write the rows here")
     parser.add_argument("--shared-data", type=Path, default=SHARED_DATA, help="the shared datasets folder")
+    parser.add_argument("--replan", type=Path, help="recompute the predictions of an earlier --json file")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if args.replan:
+        for row in replan(args.replan):
+            ratio = row["predicted"] / row["measured"]
+            print(
+                f"{row['name']:36s} {row['predicted'] / 2**20:12.0f} {row['measured'] / 2**20:12.0f} {ratio:6.2f}"
+            )
+        return 0
     table = [r for r in rows(args.device == "cuda") if not (args.quick and r[1] == "llama1b")]
     table = [r for r in table if not args.only or args.only in r[0]]
     work = args.work or Path(tempfile.mkdtemp(prefix="memory-plan-"))

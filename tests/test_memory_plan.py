@@ -71,7 +71,11 @@ def test_run_events_carry_the_plan_and_the_measured_peak(tiny_model_dir, tmp_pat
     versions and the machine (benchmarks/memory_plan.py holds the 10% rows)."""
     raw = {
         "model": str(tiny_model_dir),
-        "data": {"train_file": str(long_rows(tmp_path / "rows.jsonl")), "format": "text", "validation_fraction": 0},
+        "data": {
+            "train_file": str(long_rows(tmp_path / "rows.jsonl")),
+            "format": "text",
+            "validation_fraction": 0,
+        },
         "lora": {"rank": 8, "alpha": 16},
         "training": {"precision": "fp32", "batch_size": 4, "max_seq_length": 128, "max_steps": 2},
         "output": {"runs_dir": str(tmp_path / "runs"), "run_name": "planned"},
@@ -90,7 +94,11 @@ def test_run_events_carry_the_plan_and_the_measured_peak(tiny_model_dir, tmp_pat
     started = next(e for e in events if e["event"] == "run_started")
     finished = next(e for e in events if e["event"] == "run_finished")
     memory_plan = started["memory_plan"]
-    assert memory_plan["target"] == "torch-cpu" and memory_plan["verdict"] in ("fits", "tight", "does_not_fit")
+    assert memory_plan["target"] == "torch-cpu" and memory_plan["verdict"] in (
+        "fits",
+        "tight",
+        "does_not_fit",
+    )
     assert memory_plan["breakdown"]["lora"] == 4 * started["params_trainable"]
     assert memory_plan["peak"] == sum(memory_plan["breakdown"][k] for k in plan.TRAIN_PARTS)
     assert memory_plan["settings"]["gradient_checkpointing"] is False  # auto: the run fits here
@@ -112,7 +120,10 @@ def test_plan_json_fields_and_suggestions(tiny_model_dir, capsys):
     assert set(plan.TRAIN_PARTS) | {"kv_cache_chat"} <= set(roomy["breakdown"])
 
     tight_gb = roomy["peak"] / plan.GB * 0.9
-    assert cli_main([*args, "--memory-gb", f"{tight_gb:.4f}", "--set", "training.gradient_checkpointing=false"]) == 0
+    assert (
+        cli_main([*args, "--memory-gb", f"{tight_gb:.4f}", "--set", "training.gradient_checkpointing=false"])
+        == 0
+    )
     small = json.loads(capsys.readouterr().out)
     assert small["verdict"] == "does_not_fit" and small["suggestions"]
     config = config_from_dict({"model": str(tiny_model_dir), "training": {"gradient_checkpointing": False}})

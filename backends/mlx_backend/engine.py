@@ -301,7 +301,9 @@ class MLXEngine:
             # As mlx-lm's QLoRA: the frozen base is quantised (affine, groups of QUANT_GROUP_SIZE;
             # every layer whose input width the group size divides), the LoRA layers wrap it.
             nn.quantize(model, group_size=QUANT_GROUP_SIZE, bits=lora.quantize)
-            notes.append(f"base quantised to {lora.quantize} bits (mlx affine, group size {QUANT_GROUP_SIZE})")
+            notes.append(
+                f"base quantised to {lora.quantize} bits (mlx affine, group size {QUANT_GROUP_SIZE})"
+            )
         model.freeze()
         targets = resolve_targets(model, lora.target_modules)
         self.num_layers = len(model.layers)

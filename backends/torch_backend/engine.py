@@ -227,7 +227,9 @@ class TorchEngine:
             notes += quantize.check_quantization(bits, self.device)
             load_kwargs["quantization_config"] = quantize.quantization_config(bits, _DTYPES[self.precision])
             load_kwargs["device_map"] = self.device
-            notes.append(f"base quantised to {bits} bits ({'nf4, double quantisation' if bits == 4 else 'LLM.int8()'})")
+            notes.append(
+                f"base quantised to {bits} bits ({'nf4, double quantisation' if bits == 4 else 'LLM.int8()'})"
+            )
         try:
             base = AutoModelForCausalLM.from_pretrained(
                 model_dir,

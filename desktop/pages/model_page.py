@@ -22,8 +22,8 @@ from PySide6.QtWidgets import (
 )
 
 from backends.config import DEFAULT_MODEL
-from backends.plan import find_model_dir
 from backends.model_store_info import default_model_installed, list_models
+from backends.plan import find_model_dir
 from desktop.pages import intro_label
 from desktop.plan_panel import fit_badge
 from desktop.state import AppState
@@ -130,7 +130,9 @@ class ModelPage(QWidget):
         rows = []
         for m in list_models():
             badges[m["name"]] = fit_badge(m.get("path"))
-            rows.append((m["name"], format_params(m["params"]), format_bytes(m["size"]), m.get("source") or ""))
+            rows.append(
+                (m["name"], format_params(m["params"]), format_bytes(m["size"]), m.get("source") or "")
+            )
         names = [r[0] for r in rows]
         if DEFAULT_MODEL not in names:
             if default_model_installed():
