@@ -58,6 +58,9 @@ REQUIRED: dict[str, tuple[str, ...]] = {
     "chat_ready": ("model", "backend", "device", "adapter"),
     "chat_error": ("kind", "message", "hint"),
     "validation_prompts": ("run_dir", "prompts"),
+    # tunedesk export RUN_DIR --format ... --json (backends/jobs/export/run.py): stages and the result.
+    "export_progress": ("stage", "done", "total"),
+    "export_finished": ("path", "format", "quant", "bytes"),
 }
 
 # Optional fields of DPO runs (``method: dpo``; see backends/training/dpo.py for the formulas).

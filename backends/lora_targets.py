@@ -75,3 +75,16 @@ def select_targets(paths: Sequence[str], targets: str | Sequence[str]) -> list[s
                 field="lora.target_modules",
             )
     return [p for p in paths if any(_matches(p, n) for n in targets)]
+
+
+def peft_target_modules(paths: Sequence[str], targets: str | Sequence[str]) -> str | list[str]:
+    """What peft's ``LoraConfig(target_modules=...)`` takes for ``targets``, checked against the
+    model's linear-layer ``paths`` by ``select_targets`` (same errors): ``"all-linear"`` stays peft's
+    own shorthand (the same rule); ``"attention"`` becomes the leaf names of the preset group found;
+    a list of names is passed on as given (peft matches a name as this module does)."""
+    chosen = select_targets(paths, targets)
+    if targets == "all-linear":
+        return "all-linear"
+    if targets == "attention":
+        return sorted({p.rsplit(".", 1)[-1] for p in chosen})
+    return list(targets)

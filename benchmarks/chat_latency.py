@@ -130,7 +130,8 @@ def raw_torch(model_dir: Path, threads: int | None = None) -> Any:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.generation.streamers import BaseStreamer
 
-    from backends.chat.torch_generator import pick_device, pick_dtype
+    from backends.chat.torch_generator import pick_dtype
+    from backends.torch_backend.device import pick_device
 
     device = pick_device()
     tok = AutoTokenizer.from_pretrained(model_dir)

@@ -14,7 +14,7 @@ model with the adapter disabled (computed every step on both sides), the same pr
 checkpointing, no evaluation or checkpoints, the same number of optimizer steps. Each side runs
 in its own fresh process, so its peak RSS is its own.
 
-- ours: ``backends.training.run_training`` with ``method: dpo`` (one forward of the 2B rows, the
+- ours: ``backends.jobs.run_training`` with ``method: dpo`` (one forward of the 2B rows, the
   LM head applied at answer positions only), timed from its ``step`` events;
 - TRL: ``trl.DPOTrainer(model, args=DPOConfig(...), peft_config=LoraConfig(...))`` with its
   defaults otherwise, timed by a ``TrainerCallback``; its real (non-padding) tokens are counted
@@ -83,7 +83,7 @@ def _config(args: argparse.Namespace, data_file: Path, runs_dir: Path):
 
 
 def run_ours(args: argparse.Namespace, data_file: Path, workdir: Path) -> dict:
-    from backends.training import run_training
+    from backends.jobs import run_training
 
     run = run_training(_config(args, data_file, workdir / "runs"), console=False)
     return peers.ours_result(run, args.skip_steps)

@@ -7,7 +7,7 @@ of every block), batch size, sequence limit, AdamW, seed and number of steps, in
 dtype, without validation or checkpoints. Each side runs in its own fresh process (so peak memory
 is its own):
 
-- ours: ``backends.training.run_training`` with ``backend: mlx`` (the shared data pipeline and
+- ours: ``backends.jobs.run_training`` with ``backend: mlx`` (the shared data pipeline and
   loop, the MLX engine), timed from its ``step`` events;
 - mlx-lm: ``mlx_lm.lora.train_model`` (what ``mlx_lm.lora --train`` runs after loading), with its
   own dataset classes and batching, timed from its ``TrainingCallback`` reports (one per step).
@@ -85,8 +85,8 @@ def run_ours(args: argparse.Namespace) -> dict:
     """Our MLX backend through the shared loop; per-step tokens and times from its events."""
     from backends.config import config_from_dict
     from backends.events import read_events
+    from backends.jobs import run_training
     from backends.mlx_backend import engine as mlx_engine
-    from backends.training import run_training
 
     if args.ours_compile != "auto":
         mlx_engine.COMPILE = args.ours_compile == "on"

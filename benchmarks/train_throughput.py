@@ -11,7 +11,7 @@ fp32 on the CPU; TRL then gets ``bf16=True``), no gradient checkpointing, no
 evaluation or checkpoints, the same number of optimizer steps: by default one epoch over the rows
 (``--steps N`` for fewer). Each side runs in its own fresh process, so its peak RSS is its own.
 
-- ours: ``backends.training.run_training`` (the pipeline's length-grouped batches, loss head
+- ours: ``backends.jobs.run_training`` (the pipeline's length-grouped batches, loss head
   applied at labelled positions only), timed from its ``step`` events;
 - TRL: ``trl.SFTTrainer(model, args=SFTConfig(...), peft_config=LoraConfig(...))`` with its
   defaults otherwise (``--trl-order random``: random batches padded to the longest row; its
@@ -90,7 +90,7 @@ def torch_threads() -> int:
 
 
 def run_ours(args: argparse.Namespace, data_file: Path, workdir: Path) -> dict:
-    from backends.training import run_training
+    from backends.jobs import run_training
 
     run = run_training(_config(args, data_file, workdir / "runs"), console=False)
     return peers.ours_result(run, args.skip_steps)

@@ -157,9 +157,12 @@ class MainWindow(QMainWindow):
             self._sync_max_seq_length(train_page.max_seq_length())
             return train_page
         if key == "chat":
-            from desktop.pages.chat_placeholder import make_chat_page
+            from backends import paths
+            from desktop.chat_page import ChatPage
 
-            return make_chat_page()
+            chat_page = ChatPage()
+            chat_page.set_runs_dir(str(paths.runs_dir()))
+            return chat_page
         from desktop.pages.runs_page import RunsPage
 
         runs_page = RunsPage(self.state)

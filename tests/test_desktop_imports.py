@@ -36,7 +36,8 @@ window.state.set_model(plan_model)
 window.train_page.refresh_plan()
 window.model_page.refresh()
 plan_text = window.train_page.plan_panel.label.text()
-badges = [window.model_page.table.item(i, 3).text() for i in range(window.model_page.table.rowCount())]
+from desktop.pages.model_page import FIT_COLUMN
+badges = [window.model_page.table.item(i, FIT_COLUMN).text() for i in range(window.model_page.table.rowCount())]
 forbidden = %r
 loaded = sorted({m.split(".")[0] for m in sys.modules} & set(forbidden))
 print(json.dumps({"forbidden": loaded, "has_qt": "PySide6.QtWidgets" in sys.modules,

@@ -19,8 +19,8 @@ pytest.importorskip("mlx.core")
 from backends.config import config_from_dict  # noqa: E402
 from backends.errors import RunStopped  # noqa: E402
 from backends.events import read_events  # noqa: E402
+from backends.jobs import run_training  # noqa: E402
 from backends.runs import RunDir, run_status  # noqa: E402
-from backends.training import run_training  # noqa: E402
 from backends.training.dpo import REFERENCE_FILE, STEP_FIELDS  # noqa: E402
 from tests.test_dpo_torch import LN2, dpo_config  # noqa: E402
 

@@ -23,8 +23,8 @@ from backends.config import config_from_dict
 from backends.data import load_tokenizer, make_preference_batches, prepare_data
 from backends.errors import RunStopped
 from backends.events import read_events
+from backends.jobs import run_training
 from backends.runs import COMPLETE_MARKER, RunDir, run_status
-from backends.training import run_training
 from backends.training.dpo import REFERENCE_FILE, STEP_FIELDS
 
 ROOT = Path(__file__).resolve().parent.parent

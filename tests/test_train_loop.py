@@ -21,8 +21,8 @@ from backends import cli
 from backends.config import config_from_dict
 from backends.errors import RunStopped, UserInputError
 from backends.events import MEMORY_FIELDS, REQUIRED, read_events
+from backends.jobs import make_engine, run_training
 from backends.runs import COMPLETE_MARKER, RunDir, run_status
-from backends.training import make_engine, run_training
 from backends.training.loop import STATE_FILE, STOP_FILE
 from backends.training.schedule import learning_rate
 

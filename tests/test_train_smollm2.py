@@ -111,7 +111,7 @@ def test_demo_runs_end_to_end(smollm2_dir, session_home, tunedesk_home, monkeypa
     """`tunedesk demo` wiring with few steps and short replies (the full demo's timing and style
     counts are measured by hand and written in the README): training, then base and tuned
     replies to every held-out prompt side by side, with the style counts."""
-    from backends import demo
+    from backends.jobs import demo
 
     monkeypatch.setattr(demo, "MAX_NEW_TOKENS", 16)
     (tunedesk_home / "models").mkdir(parents=True)

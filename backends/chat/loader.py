@@ -17,7 +17,7 @@ from pathlib import Path
 from backends.chat.adapters import AdapterInfo, check_base_model, read_adapter
 from backends.chat.session import ChatEngine, ChatSession
 from backends.config import DEFAULT_MODEL
-from backends.errors import UserInputError
+from backends.jobs.backend import select_backend
 
 Say = Callable[[str, str], None]  # (level, message)
 
@@ -29,28 +29,6 @@ def _say_nothing(level: str, message: str) -> None:
 def mlx_available() -> bool:
     """True when mlx-lm can be imported here."""
     return importlib.util.find_spec("mlx_lm") is not None and importlib.util.find_spec("mlx") is not None
-
-
-def choose_backend(requested: str) -> tuple[str, str | None]:
-    """(backend, torch device or None) for ``requested`` (auto, torch, mlx).
-
-    ``auto`` follows ``tunedesk hardware`` (MLX on Apple silicon, else PyTorch on CUDA, MPS or
-    CPU). Raises UserInputError when ``mlx`` is asked for and mlx-lm is missing.
-    """
-    if requested == "mlx":
-        if not mlx_available():
-            raise UserInputError(
-                "backend 'mlx' is not available here (mlx-lm is not installed)",
-                field="backend",
-                hint="chat with --backend torch",
-            )
-        return "mlx", None
-    if requested == "torch":
-        return "torch", None
-    from backends import hardware
-
-    info = hardware.detect(probe_frameworks=True)
-    return info["backend"], (info["device"] if info["backend"] == "torch" else None)
 
 
 def resolve_chat_model(
@@ -97,7 +75,7 @@ def convert_for(info: AdapterInfo, backend: str, say: Say = _say_nothing) -> Ada
     )
 
 
-def make_engine(backend: str, model_dir: Path, device: str | None = None) -> ChatEngine:
+def make_chat_engine(backend: str, model_dir: Path, device: str | None = None) -> ChatEngine:
     """Load the base model for ``backend`` ("torch" or "mlx")."""
     if backend == "mlx":
         from backends.chat.mlx_generator import MlxChatEngine
@@ -127,7 +105,7 @@ def open_session(
     model_dir, model_name = resolve_chat_model(model, info, say)
     if info is not None:
         check_base_model(info, model_dir, model_name)
-    chosen, device = choose_backend(backend)
+    chosen, device = select_backend(backend)
     from backends.chat.memory import memory_warning
 
     warning = memory_warning(model_dir, device or "gpu", runs_dir, backend=chosen)
@@ -140,7 +118,7 @@ def open_session(
             " (the run has no final adapter: its latest checkpoint)" if info.meta.get("checkpoint") else ""
         )
         say("info", f"adapter {info.name}: {info.path}{latest}")
-    engine = make_engine(chosen, model_dir, device)
+    engine = make_chat_engine(chosen, model_dir, device)
     session = ChatSession(engine, model_dir, model_name, convert=lambda i: convert_for(i, chosen, say))
     if adapter is not None:
         session.set_adapter(adapter)

@@ -18,31 +18,21 @@ from typing import Any
 
 import torch
 from transformers import (
-    AutoModelForCausalLM,
-    AutoTokenizer,
     LogitsProcessorList,
     RepetitionPenaltyLogitsProcessor,
     TemperatureLogitsWarper,
     TopPLogitsWarper,
 )
 
-from backends.chat.adapters import AdapterInfo
+from backends.chat.adapters import AdapterInfo, tensor_mismatch_error
 from backends.chat.session import Sampling
+from backends.data.templates import load_tokenizer
 from backends.errors import RunFailed, UserInputError
+from backends.torch_backend.device import pick_device
+from backends.torch_backend.loading import load_causal_lm
 
 # peft's saved key of a LoRA weight: <prefix>.<module path>.lora_A|lora_B[.<adapter>].weight
 _LORA_KEY = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+)\.lora_(?P<ab>[AB])(?:\.[^.]+)?\.weight$")
-
-
-def pick_device(device: str | None = None) -> str:
-    """``device`` if given, else ``cuda`` when available, then ``mps``, else ``cpu``."""
-    if device:
-        return device
-    if torch.cuda.is_available():
-        return "cuda"
-    if torch.backends.mps.is_available():
-        return "mps"
-    return "cpu"
 
 
 def pick_dtype(device: str) -> torch.dtype:
@@ -79,15 +69,9 @@ class TorchChatEngine:
         self.model_dir = Path(model_dir)
         self.device = pick_device(device)
         self.dtype = pick_dtype(self.device)
-        try:
-            self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
-            base = AutoModelForCausalLM.from_pretrained(
-                self.model_dir, dtype=self.dtype, use_safetensors=True
-            )
-        except (OSError, ValueError) as exc:
-            raise UserInputError(
-                f"cannot load this model: {exc}", file=self.model_dir, field="model"
-            ) from None
+        # The one tokenizer loader and the one model loader: local files, no remote code, safetensors.
+        self.tokenizer = load_tokenizer(self.model_dir)
+        base = load_causal_lm(self.model_dir, self.dtype)
         self.base = base.to(self.device).eval()
         self.model: Any = self.base  # becomes a PeftModel once an adapter is loaded
         self.eos_token_ids = _eos_ids(self.base, self.tokenizer)
@@ -141,9 +125,20 @@ class TorchChatEngine:
                         field="base_model",
                     )
 
+    def _tensor_mismatch(self, info: AdapterInfo, name: str) -> UserInputError | None:
+        """Compare the file's tensors with the adapter weights peft created for ``name``."""
+        from peft.utils import get_peft_model_state_dict
+        from safetensors import safe_open
+
+        expected = set(get_peft_model_state_dict(self.model, adapter_name=name))
+        with safe_open(str(info.weights_file), framework="pt") as fh:
+            found = set(fh.keys())
+        return tensor_mismatch_error(info, sorted(expected - found), sorted(found - expected))
+
     def add_adapter(self, key: str, info: AdapterInfo) -> None:
         """Load a PEFT adapter under ``key`` without merging it. Raises UserInputError naming the
-        adapter path for an MLX-format adapter or one that does not fit this model."""
+        adapter path for an MLX-format adapter, one that does not fit this model, or one whose
+        tensors do not all load (``adapters.tensor_mismatch_error``: never a silent base model)."""
         from peft import PeftModel
 
         if info.format != "peft":
@@ -156,13 +151,16 @@ class TorchChatEngine:
         self._check_shapes(info)
         name = f"adapter{self._counter}"
         self._counter += 1
+        first = self.model is self.base
         try:
             with warnings.catch_warnings():
-                # peft reads transformers' deprecated `is_gradient_checkpointing`: not ours to act on.
+                # peft reads transformers' deprecated `is_gradient_checkpointing`: not ours to act on;
+                # missing or unexpected adapter keys are checked below, as an error, not a warning.
                 warnings.filterwarnings(
                     "ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning
                 )
-                if self.model is self.base:
+                warnings.filterwarnings("ignore", message=".*(missing|unexpected) adapter keys.*")
+                if first:
                     self.model = PeftModel.from_pretrained(
                         self.base, str(info.path), adapter_name=name, is_trainable=False
                     )
@@ -170,6 +168,13 @@ class TorchChatEngine:
                     self.model.load_adapter(str(info.path), adapter_name=name, is_trainable=False)
         except (ValueError, RuntimeError, KeyError) as exc:
             raise UserInputError(f"cannot load this adapter into the model: {exc}", file=info.path) from None
+        error = self._tensor_mismatch(info, name)
+        if error is not None:
+            if first:
+                self.model = self.base = self.model.unload()
+            else:
+                self.model.delete_adapter(name)
+            raise error
         self.model.to(self.device).eval()
         self._names[key] = name
         self._active = "?"  # unknown after a load: the next step sets it

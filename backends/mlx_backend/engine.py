@@ -285,7 +285,7 @@ class MLXEngine:
         self.config = config
         t, lora = config.training, config.lora
         try:
-            model, _ = load_model(Path(model_dir))
+            model, _ = load_model(Path(model_dir), trust_remote_code=False)
         except (FileNotFoundError, ValueError, KeyError) as exc:
             raise UserInputError(
                 f"MLX cannot load this model: {exc}",

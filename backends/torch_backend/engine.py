@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import math
 import warnings
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -33,39 +32,19 @@ from torch import nn
 from backends.config import RunConfig
 from backends.data.types import IGNORE_INDEX, Batch, PreferenceBatch
 from backends.errors import RunFailed, UserInputError
+from backends.lora_targets import peft_target_modules
 from backends.torch_backend import quantize
+from backends.torch_backend.device import pick_device
+from backends.torch_backend.loading import load_causal_lm
 from backends.training import measure
 from backends.training.dpo import PreferenceStats, sigmoid_dpo_loss
 from backends.training.oom import oom_hint
-
-# The 'attention' target preset: the usual names of the query/key/value/output projections, in the
-# order tried. The first group that exists in the model is used.
-ATTENTION_PRESETS: tuple[tuple[str, ...], ...] = (
-    ("q_proj", "k_proj", "v_proj", "o_proj"),  # Llama, Mistral, Qwen, Gemma, SmolLM, Phi-3 (q/k/v)
-    ("qkv_proj", "o_proj"),  # Phi-3
-    ("query_key_value", "dense"),  # Falcon, GPT-NeoX
-    ("c_attn", "c_proj"),  # GPT-2
-    ("Wqkv", "out_proj"),  # Phi-1/2, MPT
-)
 
 # Model types whose causal-LM head is exactly ``lm_head(last_hidden_state)`` (no logit scaling or
 # soft-capping, no auxiliary loss), so the loss may apply the head only at labelled positions.
 FAST_LOSS_MODEL_TYPES = frozenset(
     {"llama", "mistral", "qwen2", "qwen3", "phi3", "smollm3", "olmo", "olmo2", "starcoder2", "gemma"}
 )
-
-_SUPPORTED_LAYER_TYPES: tuple[type, ...] = (nn.Linear, nn.Embedding)
-
-
-def pick_device() -> str:
-    """The torch device to train on: ``cuda`` when available, else ``mps``, else ``cpu``
-    (the same order as ``backends.hardware.choose_backend``)."""
-    if torch.cuda.is_available():
-        return "cuda"
-    mps = getattr(torch.backends, "mps", None)
-    if mps is not None and mps.is_available():
-        return "mps"
-    return "cpu"
 
 
 def cpu_has_fast_bf16() -> bool:
@@ -110,58 +89,14 @@ def resolve_precision(choice: str, device: str) -> tuple[str, str]:
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def linear_layer_names(model: nn.Module) -> dict[str, int]:
-    """Leaf names of the model's linear layers (the names LoRA can target) with their counts,
-    e.g. {"q_proj": 30, ...}; the output head ``lm_head`` is left out."""
-    counts: Counter[str] = Counter()
-    for name, module in model.named_modules():
-        if _is_linear(module) and name.split(".")[-1] != "lm_head":
-            counts[name.split(".")[-1]] += 1
-    return dict(counts)
-
-
-def _is_linear(module: nn.Module) -> bool:
-    # transformers' Conv1D (GPT-2) is a linear layer with transposed weights; peft supports it.
-    return isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D"
-
-
-def resolve_target_modules(model: nn.Module, targets: str | list[str]) -> str | list[str]:
-    """Turn the config's ``lora.target_modules`` into what peft takes, checking it first.
-
-    ``all-linear``: peft's own shorthand (every linear layer but the output head).
-    ``attention``: the first group of ``ATTENTION_PRESETS`` whose names all exist in the model.
-    A list: module names matched as peft does (the full name, or its last dotted parts).
-    Raises UserInputError listing the model's linear layer names when a target matches nothing.
-    """
-    names = linear_layer_names(model)
-    listing = ", ".join(f"{n} (x{c})" for n, c in sorted(names.items())) or "none"
-    if targets == "all-linear":
-        if not names:
-            raise UserInputError(
-                "this model has no linear layers LoRA can adapt", field="lora.target_modules"
-            )
-        return "all-linear"
-    if targets == "attention":
-        for group in ATTENTION_PRESETS:
-            if all(n in names for n in group):
-                return list(group)
-        raise UserInputError(
-            f"the 'attention' preset found no attention projections in this model; its linear layers are: {listing}",
-            field="lora.target_modules",
-            hint="list the module names to adapt, or use all-linear",
-        )
-    module_names = [
+def linear_layer_paths(model: nn.Module) -> list[str]:
+    """Full module paths of the model's linear layers (what LoRA can adapt), in model order;
+    transformers' ``Conv1D`` (GPT-2: a linear layer with transposed weights) counts, as in peft."""
+    return [
         name
         for name, module in model.named_modules()
-        if isinstance(module, _SUPPORTED_LAYER_TYPES) or _is_linear(module)
+        if isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D"
     ]
-    for target in targets:
-        if not any(name == target or name.endswith("." + target) for name in module_names):
-            raise UserInputError(
-                f"target module {target!r} matches no linear layer of this model; its linear layers are: {listing}",
-                field="lora.target_modules",
-            )
-    return list(targets)
 
 
 # torch.OutOfMemoryError exists from torch 2.5; torch.cuda.OutOfMemoryError before that.
@@ -207,20 +142,12 @@ class TorchEngine:
         matches nothing.
         """
         from peft import LoraConfig, get_peft_model
-        from transformers import AutoModelForCausalLM
 
         model_dir = Path(model_dir)
         self.config = config
         t = config.training
         self.precision, precision_note = resolve_precision(t.precision, self.device)
         notes = [f"device {self.device}", precision_note]
-        if not any(model_dir.glob("*.safetensors")):
-            raise UserInputError(
-                "no safetensors weights in this model folder (pickle weights are not loaded)",
-                file=model_dir,
-                field="model",
-                hint="import the model with `tunedesk models import PATH`",
-            )
         load_kwargs: dict[str, Any] = {}
         bits = config.lora.quantize
         if bits:
@@ -230,22 +157,13 @@ class TorchEngine:
             notes.append(
                 f"base quantised to {bits} bits ({'nf4, double quantisation' if bits == 4 else 'LLM.int8()'})"
             )
-        try:
-            base = AutoModelForCausalLM.from_pretrained(
-                model_dir,
-                use_safetensors=True,
-                trust_remote_code=False,
-                dtype=_DTYPES[self.precision],
-                **load_kwargs,
-            )
-        except (OSError, ValueError, KeyError) as exc:
-            raise UserInputError(f"cannot load this model: {exc}", file=model_dir, field="model") from None
+        base = load_causal_lm(model_dir, _DTYPES[self.precision], **load_kwargs)
         base.config.use_cache = False
         if bits:  # a quantised model is placed by device_map and cannot be moved
             quantize.detach_from_file(base)
         else:
             base.to(self.device)
-        targets = resolve_target_modules(base, config.lora.target_modules)
+        targets = peft_target_modules(linear_layer_paths(base), config.lora.target_modules)
         if t.gradient_checkpointing:
             kwargs = {"use_reentrant": False}
             if hasattr(base, "activation_checkpointing_enable"):  # transformers >= 5.x name
@@ -591,7 +509,7 @@ class TorchEngine:
         return {"device_allocated": None, "device_peak": None}
 
 
-def create_engine(config: RunConfig) -> TorchEngine:
-    """The backend factory ``backends.training.make_engine`` calls: a TorchEngine on the best
-    available device (nothing is loaded until ``setup``)."""
-    return TorchEngine(pick_device())
+def create_engine(config: RunConfig, device: str | None = None) -> TorchEngine:
+    """The backend factory ``backends.jobs.make_engine`` calls: a TorchEngine on ``device``, else
+    the best available one (``pick_device``); nothing is loaded until ``setup``."""
+    return TorchEngine(pick_device(device))

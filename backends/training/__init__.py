@@ -1,11 +1,6 @@
-"""Training shared by both backends: the loop, schedule, events, checkpoints and the CLI command.
+"""Training shared by both backends: the loop, schedule, DPO math, progress and the Engine protocol.
 
-Entry points: ``run_training(config, *, json_stdout=False, resume_dir=None, stop=None,
-console=None) -> RunDir`` (one run end to end), ``cli_train(args) -> int`` (``tunedesk train``),
-``make_engine(config)`` (the backend for ``config.backend``). The loop itself is
-``backends.training.loop.TrainingLoop``; backends implement ``backends.training.engine.Engine``.
+The loop is ``backends.training.loop.TrainingLoop``; backends implement
+``backends.training.engine.Engine``. A whole run (config -> model -> data -> engine -> run folder
+-> loop) is a job, one floor up: ``backends.jobs.run_training`` / ``backends.jobs.cli_train``.
 """
-
-from backends.training.run import cli_train, make_engine, resolve_data_paths, run_training
-
-__all__ = ["cli_train", "make_engine", "resolve_data_paths", "run_training"]

@@ -13,7 +13,7 @@ How a backend plugs in: its package (``backends.torch_backend``, ``backends.mlx_
     def create_engine(config: RunConfig) -> Engine
 
 which picks the device (without loading anything heavy) and returns an engine ready for
-``setup``. ``backends.training.make_engine(config)`` imports the package lazily and calls it.
+``setup``. ``backends.jobs.make_engine(config)`` imports the package lazily and calls it.
 
 The loop calls, in order: ``setup`` once; then ``load_state`` once when resuming; then
 ``train_step`` per optimizer step, ``eval_loss`` at the eval cadence, ``save_state`` into a
@@ -32,11 +32,8 @@ Changes to this protocol (compatible additions only):
   on the batch (``PreferenceBatch.reference_log_probs``) or, when None, computed with the adapter
   disabled; it returns the mean loss per pair and also ``dpo.STEP_FIELDS`` (rewards_chosen,
   rewards_rejected, reward_margin, reward_accuracy). ``eval_loss`` is the mean DPO loss per pair.
-- ``reference_log_probs(batch: PreferenceBatch) -> numpy float64 [2B]``: the base model's (adapter
-  disabled) log-probability of each row's answer, summed over its tokens; the loop calls it to
-  precompute (``dpo.precompute_ref_log_probs``).
-- optional ``eval_metrics(batches) -> dict``: {"val_loss": what ``eval_loss`` returns, plus any of
-  ``dpo.EVAL_FIELDS``}; the loop prefers it to ``eval_loss`` when an engine has it.
+- ``reference_log_probs`` and ``eval_metrics`` (declared below) for DPO's reference and its
+  evaluation fields.
 """
 
 from __future__ import annotations
@@ -44,8 +41,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
+
 from backends.config import RunConfig
-from backends.data.types import Batch
+from backends.data.types import Batch, PreferenceBatch
 
 
 class Engine(Protocol):
@@ -75,6 +74,17 @@ class Engine(Protocol):
 
     def eval_loss(self, batches: list[Batch]) -> float:
         """Mean loss per label token over the batches, no gradient."""
+        ...
+
+    def eval_metrics(self, batches: list[Batch]) -> dict[str, float]:
+        """{"val_loss": what ``eval_loss`` returns, plus, for DPO, ``dpo.EVAL_FIELDS``
+        (rewards and reward accuracy/margin means)}; the loop's evaluation calls this."""
+        ...
+
+    def reference_log_probs(self, batch: PreferenceBatch) -> np.ndarray:
+        """DPO: the base model's (adapter disabled) log-probability of each row's answer, summed
+        over its tokens: float64 [2B], chosen rows first. The loop precomputes it once per split
+        (``dpo.ReferenceCache``)."""
         ...
 
     def save_state(self, folder: Path) -> None:

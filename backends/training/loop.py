@@ -25,7 +25,7 @@ run, ``eta`` is seconds left at this session's average step time. ``run_started`
 DPO (``method: dpo``, see ``backends.training.dpo``) runs through this same loop: the batcher is
 ``make_preference_batches``, the engine's ``train_step`` returns the DPO loss per pair and the
 reward statistics, which ``step`` events carry (``dpo.STEP_FIELDS``), and ``eval`` events add
-``reward_accuracy`` and ``reward_margin`` when the engine has ``eval_metrics``. With
+``reward_accuracy`` and ``reward_margin`` (from the engine's ``eval_metrics``). With
 ``dpo.precompute_ref_log_probs`` the loop has the engine compute the reference log-probabilities
 of every training and validation pair once before the first step (``dpo.ReferenceCache``), hands
 them to the engine on the batches, and keeps them in every checkpoint, so a resume reuses them.
@@ -54,7 +54,7 @@ from typing import Any
 import numpy as np
 import psutil
 
-from backends.config import RunConfig
+from backends.config import RunConfig, dump_config
 from backends.data.types import Batch, PreferenceBatch, PreferenceExample, PreparedData
 from backends.errors import RunFailed, RunStopped, UserInputError
 from backends.events import EventSink
@@ -326,6 +326,7 @@ class TrainingLoop:
             if self.reference is not None:
                 self.reference.save(tmp)
             atomic_write_text(tmp / STATE_FILE, s.to_json())
+            atomic_write_text(tmp / "config.yaml", dump_config(self.config))  # compared on resume
         path = self.run.checkpoints_dir / f"step-{s.step}"
         self._last_checkpoint_step = s.step
         self.sink.emit("checkpoint", step=s.step, path=str(path))
@@ -520,10 +521,7 @@ class TrainingLoop:
             if weight <= 0:
                 continue
             try:
-                if hasattr(self.engine, "eval_metrics"):
-                    metrics = self.engine.eval_metrics([batch])
-                else:
-                    metrics = {"val_loss": self.engine.eval_loss([batch])}
+                metrics = self.engine.eval_metrics([batch])
             except RunFailed as exc:
                 raise self._fail(exc.kind, exc.message, exc.hint) from exc
             weight_total += weight

@@ -1,6 +1,7 @@
 """One training run end to end: config -> model -> data -> engine -> run folder -> loop.
 
-``run_training`` is what ``tunedesk train``, ``tunedesk demo`` and the app's training worker run.
+``run_training`` is what ``tunedesk train``, ``tunedesk demo`` and the app's training worker run
+(the engine comes from ``backends.jobs.backend.make_engine``).
 Everything that can be wrong with the user's input (config, model, data, target modules) is
 checked before the run folder is created, so a rejected run leaves no folder behind. Events from
 before the folder exists (model import, data report) are kept and written to its
@@ -10,6 +11,7 @@ before the folder exists (model import, data report) are kept and written to its
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import threading
@@ -18,10 +20,12 @@ from pathlib import Path
 from typing import Any
 
 from backends.config import RunConfig, load_config
+from backends.data.render import PROMPT_FILE, RenderSpec
 from backends.errors import EXIT_OK, RunStopped, UserInputError
 from backends.events import EventSink, encode
-from backends.runs import RunDir, run_status
-from backends.training.engine import Engine
+from backends.jobs.backend import make_engine
+from backends.jobs.resume import check_resume_config
+from backends.runs import RunDir, atomic_write_text, run_status
 from backends.training.loop import TrainingLoop, stop_on_signals
 from backends.training.progress import ConsoleProgress, LogFile
 
@@ -36,28 +40,12 @@ def tunedesk_version() -> str:
         return __version__
 
 
-def make_engine(config: RunConfig) -> Engine:
-    """The engine for ``config.backend``: ``auto`` follows ``backends.hardware.detect()`` (MLX on
-    Apple silicon with MLX installed, else PyTorch); ``mlx`` imports ``backends.mlx_backend``
-    lazily. Raises UserInputError when MLX is asked for but missing."""
-    backend = config.backend
-    if backend == "auto":
-        from backends import hardware
-
-        backend = hardware.detect(probe_frameworks=True)["backend"]
-    if backend == "mlx":
-        try:
-            from backends import mlx_backend
-        except ImportError as exc:
-            raise UserInputError(
-                f"backend 'mlx' is not available here: {exc}",
-                field="backend",
-                hint="install mlx and mlx-lm (Apple silicon), or set backend: torch",
-            ) from None
-        return mlx_backend.create_engine(config)
-    from backends import torch_backend
-
-    return torch_backend.create_engine(config)
+def record_prompt_spec(run_dir: Path, spec: RenderSpec | None) -> None:
+    """Write what the prompt renderer used (template, system prompt, BOS rule, special-token
+    policy) into the run folder's ``prompt.json``, where chat and export read it
+    (``backends.data.render.spec_for_run``). Nothing for a run without a template."""
+    if spec is not None:
+        atomic_write_text(Path(run_dir) / PROMPT_FILE, json.dumps(spec.to_dict(), indent=2) + "\n")
 
 
 def resolve_data_paths(config: RunConfig, base: Path | None = None) -> RunConfig:
@@ -83,6 +71,7 @@ def run_training(
     resume_dir: str | Path | None = None,
     stop: threading.Event | None = None,
     console: bool | None = None,
+    allow_config_change: bool = False,
 ) -> RunDir:
     """Train one run and return its folder (see the module docstring).
 
@@ -91,6 +80,10 @@ def run_training(
     to continue from its newest complete checkpoint (from the start when it has none).
     ``stop``: an event that stops the run cooperatively (SIGINT/SIGTERM set it too).
     ``console``: the stderr progress bar and log lines (default: on unless ``json_stdout``).
+    ``allow_config_change``: resume although ``config.yaml`` differs from the checkpoint's
+    (``backends.jobs.resume``; the change is noted in the events), else such a resume is refused.
+    The prompt renderer's spec (``backends.data.render.RenderSpec``) is recorded in the run
+    folder's ``prompt.json`` and the adapter's ``tunedesk.json``, so chat renders as training did.
 
     Raises UserInputError (exit 1) for bad input, RunFailed (exit 3) when the run failed,
     RunStopped (exit 130) when it was stopped; the last two after their event was written.
@@ -131,6 +124,15 @@ def run_training(
                     field="--resume",
                 )
             checkpoint = run.latest_checkpoint()
+            changes = check_resume_config(config, checkpoint, run.config_path, allow=allow_config_change)
+            if changes:
+                early.emit(
+                    "log",
+                    level="warning",
+                    message="resuming with a changed config (--allow-config-change): "
+                    + "; ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in changes),
+                    changed_keys=[k for k, _, _ in changes],
+                )
             say(
                 f"resuming from {checkpoint}"
                 if checkpoint
@@ -162,6 +164,7 @@ def run_training(
             run = RunDir.create(config)
         run.acquire_lock()
         try:
+            record_prompt_spec(run.path, data.render_spec)
             with open(run.events_path, "a", encoding="utf-8") as fh:
                 for event in early_events:
                     fh.write(encode(event) + "\n")
@@ -182,6 +185,7 @@ def run_training(
                     adapter_info={
                         "base_model": {"name": config.model, "path": str(model_dir)},
                         "tunedesk_version": tunedesk_version(),
+                        "prompt": data.render_spec.to_dict() if data.render_spec is not None else None,
                     },
                     batcher=make_preference_batches if data.method == "dpo" else make_batches,
                     stop=stop,
@@ -229,6 +233,8 @@ def cli_train(args: argparse.Namespace) -> int:
     """``tunedesk train``: ``--config FILE [--set k=v ...] [--preset P]`` or ``--resume RUN_DIR``;
     ``--json`` prints events on stdout. Returns 0; failures raise (``backends.cli`` maps them to
     exit codes 1, 3 and 130)."""
+    if getattr(args, "allow_config_change", False) and not args.resume:
+        raise UserInputError("--allow-config-change goes with --resume", field="--allow-config-change")
     if args.resume:
         if args.overrides or args.preset:
             raise UserInputError(
@@ -236,7 +242,12 @@ def cli_train(args: argparse.Namespace) -> int:
                 field="--resume",
                 hint="start a new run with --config to change settings",
             )
-        run = run_training(None, json_stdout=args.json, resume_dir=args.resume)
+        run = run_training(
+            None,
+            json_stdout=args.json,
+            resume_dir=args.resume,
+            allow_config_change=getattr(args, "allow_config_change", False),
+        )
     else:
         config = load_config(args.config, args.overrides, preset=args.preset)
         run = run_training(config, json_stdout=args.json)

@@ -133,7 +133,7 @@ def cli_demo(args: argparse.Namespace) -> int:
     ``prompt``, ``base``, ``tuned``, ``base_style``, ``tuned_style``) go to stdout as JSON lines.
     Returns 0; training failures raise as in ``tunedesk train``.
     """
-    from backends.training import run_training
+    from backends.jobs.train import run_training
 
     start = time.monotonic()
     config = demo_config(args.steps)
@@ -182,4 +182,5 @@ def cli_demo(args: argparse.Namespace) -> int:
             f"Demo finished in {total / 60:.1f} min (training {trained / 60:.1f} min). Run folder: {run.path}"
         )
         print(f"Chat with the tuned model: tunedesk chat --adapter {run.path}")
+        print(f"Use it in Ollama, llama.cpp or LM Studio: tunedesk export {run.path} --format ollama")
     return EXIT_OK
