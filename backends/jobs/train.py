@@ -26,6 +26,7 @@ from backends.events import EventSink, encode
 from backends.jobs.backend import make_engine
 from backends.jobs.resume import check_resume_config
 from backends.runs import RunDir, atomic_write_text, run_status
+from backends.training.engine import Engine
 from backends.training.loop import TrainingLoop, stop_on_signals
 from backends.training.progress import ConsoleProgress, LogFile
 
