@@ -87,12 +87,17 @@ class PlanPanel(QWidget):
         self.label.setWordWrap(True)
         layout.addWidget(self.label)
         self.buttons: list[QPushButton] = []
-        for _ in range(3):
+        for i in range(3):
             button = QPushButton("")
             button.setVisible(False)
+            button.clicked.connect(lambda _=False, i=i: self._apply(i))
             layout.addWidget(button)
             self.buttons.append(button)
         self.result: plan.MemoryPlan | None = None
+
+    def _apply(self, index: int) -> None:
+        if self.result is not None and index < len(self.result.suggestions):
+            self.apply_changes.emit(dict(self.result.suggestions[index]["changes"]))
 
     def update_plan(self, raw: dict[str, Any] | None) -> None:
         """Show the plan of a run config dict (as the Train page builds it); None or an invalid
@@ -104,10 +109,6 @@ class PlanPanel(QWidget):
         self.result = plan_for(config) if config is not None else None
         for button in self.buttons:
             button.setVisible(False)
-            try:
-                button.clicked.disconnect()
-            except (RuntimeError, TypeError):
-                pass
         if self.result is None:
             self.label.setText("Memory plan: shown once the model is imported.")
             self.label.setStyleSheet("")
@@ -120,5 +121,4 @@ class PlanPanel(QWidget):
         )
         for button, suggestion in zip(self.buttons, self.result.suggestions, strict=False):
             button.setText(f"Use {suggestion['label']} (about {gb(suggestion['peak'])})")
-            button.clicked.connect(lambda _=False, c=suggestion["changes"]: self.apply_changes.emit(dict(c)))
             button.setVisible(True)
