@@ -24,6 +24,17 @@ VERDICT_WORDS = {
     "does_not_fit": ("Does not fit", "#c62828"),
 }
 BADGES = {"fits": "✓ fits", "tight": "~ tight", "does_not_fit": "✗ too big"}
+WITH_CHANGES = "~ fits with changes"
+# The plan's parts (field terms) in everyday words.
+PART_WORDS = {
+    "weights": "model weights",
+    "lora": "adapter",
+    "gradients": "adapter gradients",
+    "optimizer": "optimizer state",
+    "activations": "activations (values kept for learning)",
+    "logits": "logits (scores over the vocabulary)",
+    "overhead": "libraries and framework",
+}
 
 
 def gb(n: int | None) -> str:
@@ -53,7 +64,7 @@ def summary(result: plan.MemoryPlan) -> str:
     return (
         f"{words}: this run needs about {gb(need)} of the {gb(result.available)} free "
         f"({result.target.replace('-', ' ')}; model weights {gb(parts['weights'])}, the largest part is "
-        f"{biggest} at {gb(parts[biggest])})."
+        f"{PART_WORDS[biggest]} at {gb(parts[biggest])})."
     )
 
 
@@ -68,9 +79,11 @@ def fit_badge(model_dir: str | Path | None) -> tuple[str, str]:
     except (ValueError, UserInputError) as exc:
         return "-", f"no memory plan: {exc}"
     tip = summary(result)
+    badge = BADGES[result.verdict]
     if result.suggestions:
-        tip += " Try: " + result.suggestions[0]["label"] + "."
-    return BADGES[result.verdict], tip + " (default settings; `tunedesk plan` for details)"
+        tip += " It fits with: " + result.suggestions[0]["label"] + "."
+        badge = WITH_CHANGES if result.verdict == "does_not_fit" else badge
+    return badge, tip + " (default settings; `tunedesk plan` for details)"
 
 
 class PlanPanel(QWidget):
@@ -117,7 +130,9 @@ class PlanPanel(QWidget):
         self.label.setText(summary(self.result))
         self.label.setStyleSheet(f"color: {color}")
         self.label.setToolTip(
-            "\n".join(f"{k}: {gb(v)}" for k, v in self.result.breakdown.items() if k in plan.TRAIN_PARTS)
+            "\n".join(
+                f"{PART_WORDS[k]}: {gb(v)}" for k, v in self.result.breakdown.items() if k in plan.TRAIN_PARTS
+            )
         )
         for button, suggestion in zip(self.buttons, self.result.suggestions, strict=False):
             button.setText(f"Use {suggestion['label']} (about {gb(suggestion['peak'])})")
