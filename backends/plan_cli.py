@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from backends import plan
+from backends import model_shape, plan
 from backends.config import load_config
 from backends.errors import EXIT_OK, UserInputError
 
@@ -39,13 +39,13 @@ def format_plan(result: plan.MemoryPlan) -> str:
 def cli_plan(args: argparse.Namespace) -> int:
     """``tunedesk plan --config F [--set k=v ...] [--target T] [--memory-gb G] [--json]``."""
     config = load_config(args.config, args.overrides, preset=args.preset)
-    model_dir = plan.find_model_dir(config.model)
+    model_dir = model_shape.find_model_dir(config.model)
     if model_dir is None:
         from backends import models
 
         model_dir = models.resolve_model(config.model, progress=models.print_progress)
     try:
-        model_config = plan.read_model_config(model_dir)
+        model_config = model_shape.read_model_config(model_dir)
         available = int(args.memory_gb * plan.GB) if args.memory_gb is not None else None
         result = plan.plan_memory(config, model_config, args.target, available)
     except ValueError as exc:

@@ -190,7 +190,7 @@ def measure(
 def replan(path: Path) -> list[dict]:
     """Recompute each measured row's prediction with the current ``backends.plan`` (for
     calibration: no run is repeated). Rows come from an earlier ``--json`` file."""
-    from backends import plan
+    from backends import model_shape, plan
     from backends.config import config_from_dict
 
     out = []
@@ -203,7 +203,7 @@ def replan(path: Path) -> list[dict]:
             raw.setdefault(section, {})[field] = value
         config = config_from_dict(raw)
         result = plan.plan_memory(
-            config, plan.read_model_config(row["model_dir"]), row["target"], 64 * plan.GB
+            config, model_shape.read_model_config(row["model_dir"]), row["target"], 64 * plan.GB
         )
         out.append({**row, "predicted": result.peak, "breakdown": result.breakdown})
     return out

@@ -14,7 +14,7 @@ from typing import Any
 from PySide6.QtCore import Signal
 from PySide6.QtWidgets import QLabel, QPushButton, QVBoxLayout, QWidget
 
-from backends import plan
+from backends import model_shape, plan
 from backends.config import RunConfig, config_from_dict
 from backends.errors import UserInputError
 
@@ -46,11 +46,11 @@ def gb(n: int | None) -> str:
 def plan_for(config: RunConfig) -> plan.MemoryPlan | None:
     """The plan of ``config`` on this machine; None when the model is not imported yet (no
     config.json to read) or its config.json lacks a shape the plan needs."""
-    model_dir = plan.find_model_dir(config.model)
+    model_dir = model_shape.find_model_dir(config.model)
     if model_dir is None:
         return None
     try:
-        return plan.plan_memory(config, plan.read_model_config(model_dir))
+        return plan.plan_memory(config, model_shape.read_model_config(model_dir))
     except ValueError:
         return None
 
@@ -75,7 +75,7 @@ def fit_badge(model_dir: str | Path | None) -> tuple[str, str]:
         return "-", "import the model to see whether it fits"
     try:
         config = config_from_dict({"model": str(model_dir)})
-        result = plan.plan_memory(config, plan.read_model_config(model_dir))
+        result = plan.plan_memory(config, model_shape.read_model_config(model_dir))
     except (ValueError, UserInputError) as exc:
         return "-", f"no memory plan: {exc}"
     tip = summary(result)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from backends import plan
+from backends import model_shape, plan
 from backends.cli import main as cli_main
 from backends.config import config_from_dict
 from backends.model_store_info import safetensors_param_count
@@ -43,16 +43,16 @@ def long_rows(path: Path, n: int = 8, words: int = 400) -> Path:
 def test_parameter_counts_match_the_real_models(tiny_model_dir):
     """The plan's parameter count equals the safetensors files' (exact), for the tiny Llama; and
     Llama-3.2-1B's shape gives its published 1.24B parameters."""
-    shape = plan.ModelShape.from_config(plan.read_model_config(tiny_model_dir))
+    shape = model_shape.ModelShape.from_config(model_shape.read_model_config(tiny_model_dir))
     assert sum(shape.params().values()) == safetensors_param_count(tiny_model_dir)
-    assert sum(plan.ModelShape.from_config(LLAMA_1B).params().values()) == 1_235_814_400
+    assert sum(model_shape.ModelShape.from_config(LLAMA_1B).params().values()) == 1_235_814_400
 
 
 def test_four_bit_weights_are_about_a_quarter_of_bf16():
     """NF4 with double quantisation is 4.127 bits per linear weight (QLoRA paper); embeddings stay
     bf16 with bitsandbytes, while MLX quantises them too."""
     base = {"model": "x", "training": {"precision": "bf16"}}
-    shape = plan.ModelShape.from_config(LLAMA_1B)
+    shape = model_shape.ModelShape.from_config(LLAMA_1B)
     bf16 = plan.breakdown(config_from_dict(base), shape, "torch-cuda")["weights"]
     nf4 = plan.breakdown(config_from_dict({**base, "lora": {"quantize": 4}}), shape, "torch-cuda")["weights"]
     p = shape.params()
@@ -127,7 +127,7 @@ def test_plan_json_fields_and_suggestions(tiny_model_dir, capsys):
     small = json.loads(capsys.readouterr().out)
     assert small["verdict"] == "does_not_fit" and small["suggestions"]
     config = config_from_dict({"model": str(tiny_model_dir), "training": {"gradient_checkpointing": False}})
-    model_config = plan.read_model_config(tiny_model_dir)
+    model_config = model_shape.read_model_config(tiny_model_dir)
     for suggestion in small["suggestions"]:
         over = [f"{k}={v}" for k, v in suggestion["changes"].items()]
         from backends.config import apply_overrides
@@ -138,7 +138,7 @@ def test_plan_json_fields_and_suggestions(tiny_model_dir, capsys):
 
 
 def test_checkpointing_auto_turns_on_when_memory_is_tight(tiny_model_dir):
-    model_config = plan.read_model_config(tiny_model_dir)
+    model_config = model_shape.read_model_config(tiny_model_dir)
     config = config_from_dict({"model": str(tiny_model_dir)})
     assert config.training.gradient_checkpointing is None
     roomy = plan.plan_memory(config, model_config, "torch-cpu", available=64 * plan.GB)

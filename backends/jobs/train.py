@@ -206,11 +206,11 @@ def plan_run(
     """The run's memory plan (``backends.plan``) for ``run_started.memory_plan``, and ``config``
     with ``training.gradient_checkpointing: null`` (auto) resolved by it. A model whose config.json
     the plan cannot read gets no plan (None; said in the log) and checkpointing off."""
-    from backends import plan
+    from backends import model_shape, plan
 
     try:
         result = plan.plan_memory(
-            config, plan.read_model_config(model_dir), plan.target_for(engine.name, engine.device)
+            config, model_shape.read_model_config(model_dir), plan.target_for(engine.name, engine.device)
         )
     except ValueError as exc:
         say(f"no memory plan for this model: {exc}")

@@ -34,12 +34,12 @@ def plan_hint(config: RunConfig, model_dir: str | Path | None, target: str) -> s
     """The memory plan's nearest settings that need at most 80% of what the failed run was predicted
     to need, as ``--set`` items with the predicted peak; None when the model's config.json cannot be
     read or nothing smaller is found."""
-    from backends import plan
+    from backends import model_shape, plan
 
     if model_dir is None:
         return None
     try:
-        shape = plan.ModelShape.from_config(plan.read_model_config(model_dir))
+        shape = model_shape.ModelShape.from_config(model_shape.read_model_config(model_dir))
     except ValueError:
         return None
     failed = sum(plan.breakdown(config, shape, target)[k] for k in plan.TRAIN_PARTS)

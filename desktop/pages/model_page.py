@@ -26,8 +26,8 @@ from PySide6.QtWidgets import (
 )
 
 from backends.config import DEFAULT_MODEL
+from backends.model_shape import find_model_dir
 from backends.model_store_info import DEFAULT_DTYPE, default_model_installed, list_models
-from backends.plan import find_model_dir
 from desktop.pages import intro_label
 from desktop.plan_panel import fit_badge
 from desktop.state import AppState
