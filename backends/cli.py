@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from backends import paths
 from backends.errors import (
     EXIT_OK,
+    EXIT_RUN_FAILED,
     EXIT_STOPPED,
     EXIT_USAGE,
     RunFailed,
@@ -235,6 +236,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--register", default=None, metavar="NAME", help="ollama: also run `ollama create NAME`")
     p.add_argument("--to", choices=["peft", "mlx"], help="`export adapter` only: the adapter format")
     p.add_argument("--json", action="store_true", help="print export_progress/export_finished events")
+    p.add_argument(
+        "--dry-run", action="store_true", help="check everything and print the size estimate; write nothing"
+    )
     p.set_defaults(func=_cmd_export)
 
     from backends import plan_cli
@@ -289,3 +293,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("stopped", file=sys.stderr)
         return EXIT_STOPPED
+    except Exception as exc:  # the catch-all: exit 3 with the log's path, never a bare traceback
+        from backends.crash import crash_message, write_crash_log
+        from backends.training.oom import is_out_of_memory
+
+        if is_out_of_memory(exc):
+            print(
+                f"run failed (oom): out of memory: {str(exc).splitlines()[0][:300] if str(exc) else exc!r}",
+                file=sys.stderr,
+            )
+            return EXIT_RUN_FAILED
+        print(
+            crash_message(exc, write_crash_log(exc, list(argv) if argv is not None else sys.argv[1:])),
+            file=sys.stderr,
+        )
+        return EXIT_RUN_FAILED

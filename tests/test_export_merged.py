@@ -90,6 +90,9 @@ def test_json_events_and_default_output(tiny_model_dir, tmp_path, capsys):
     from backends.model_store_info import folder_size
 
     run = make_run(tiny_model_dir, tmp_path / "run")
+    assert export(run, "--json", "--dry-run") == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["quant"] == "f32" and not (run / "exports").exists()
     assert export(run, "--json") == 0
     events = [e for e in map(parse_line, capsys.readouterr().out.splitlines()) if e]
     progress = [e for e in events if e["event"] == "export_progress"]
@@ -99,6 +102,7 @@ def test_json_events_and_default_output(tiny_model_dir, tmp_path, capsys):
     assert finished["quant"] == "f32"  # the tiny base model's own precision
     assert finished["path"] == str(run / "exports" / "merged-f32")
     assert finished["bytes"] == folder_size(run / "exports" / "merged-f32") > 1_000_000
+    assert abs(plan["bytes"] - finished["bytes"]) < 0.1 * finished["bytes"]  # the estimate the app shows
 
 
 def test_bad_inputs_exit_1_and_write_nothing(tiny_model_dir, tmp_path, capsys, monkeypatch):

@@ -18,7 +18,6 @@ from backends.data import load_tokenizer, prepare_data
 from backends.data.check import check_file
 from backends.errors import RunStopped, UserInputError
 from backends.events import read_events
-from backends.jobs import run_training
 from backends.runs import RunDir
 
 SYSTEM = "You are the TuneDesk support bot."
@@ -56,9 +55,10 @@ def tiny_config(model_dir: Path, tmp: Path, name: str, **data) -> dict:
 
 
 def test_chat_with_a_runs_adapter_shows_and_feeds_the_training_prompt(tiny_model_dir, tmp_path, capsys):
-    run = run_training(
-        config_from_dict(tiny_config(tiny_model_dir, tmp_path, "sys", system_prompt=SYSTEM)), console=False
-    )
+    config = tmp_path / "sys.yaml"
+    config.write_text(yaml.safe_dump(tiny_config(tiny_model_dir, tmp_path, "sys", system_prompt=SYSTEM)))
+    assert main(["train", "--config", str(config)]) == 0
+    run = RunDir(tmp_path / "runs" / "sys")
     recorded = json.loads((run.path / "prompt.json").read_text())
     assert recorded["system_prompt"] == SYSTEM and recorded["special_tokens"] == "text"
     assert recorded["add_bos"] is False and "<|im_start|>" in recorded["template"]
@@ -115,6 +115,8 @@ def test_strict_makes_an_over_length_row_an_error_naming_file_and_line(tiny_mode
 
 
 def _stopped_run(model_dir: Path, tmp: Path) -> RunDir:
+    from backends.jobs import run_training
+
     raw = tiny_config(model_dir, tmp, "resume")
     raw["training"].update(max_steps=200, save_every=0)
     events = tmp / "runs" / "resume" / "events.jsonl"

@@ -11,23 +11,28 @@ before the folder exists (model import, data report) are kept and written to its
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
 import threading
+from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from backends.config import RunConfig, load_config
-from backends.data.render import PROMPT_FILE, RenderSpec
-from backends.errors import EXIT_OK, RunStopped, UserInputError
+from backends.data.render import RenderSpec
+from backends.data.run_prompt import PROMPT_FILE
+from backends.durable import repair_torn_tail
+from backends.errors import EXIT_OK, RunFailed, RunStopped, UserInputError
 from backends.events import EventSink, encode
 from backends.jobs.backend import make_engine
 from backends.jobs.resume import check_resume_config
 from backends.runs import RunDir, atomic_write_text, run_status
 from backends.training.engine import Engine
 from backends.training.loop import TrainingLoop, stop_on_signals
+from backends.training.oom import memory_errors_as_oom
 from backends.training.progress import ConsoleProgress, LogFile
 
 
@@ -107,7 +112,7 @@ def run_training(
         if stop.is_set():
             raise RunStopped("stopped before training started")
 
-    with stop_on_signals(stop):
+    with stop_on_signals(stop), contextlib.ExitStack() as held:
         run: RunDir | None = None
         checkpoint = None
         if resume_dir is not None:
@@ -124,6 +129,9 @@ def run_training(
                     file=run.path,
                     field="--resume",
                 )
+            # Before the model loads: a second resume of this folder is refused at once.
+            run.acquire_lock()
+            held.callback(run.release_lock)
             checkpoint = run.latest_checkpoint()
             changes = check_resume_config(config, checkpoint, run.config_path, allow=allow_config_change)
             if changes:
@@ -142,11 +150,12 @@ def run_training(
         if config is None:
             raise UserInputError("no config given", field="--config")
         config = resolve_data_paths(config)
-        model_dir = models.resolve_model(config.model, progress=say)
-        stop_if_asked()
-        tokenizer = load_tokenizer(model_dir)
-        say(f"preparing data from {config.data.train_file}")
-        data = prepare_data(config, tokenizer, progress=say)
+        with failures_before_the_run(early):
+            model_dir = models.resolve_model(config.model, progress=say)
+            stop_if_asked()
+            tokenizer = load_tokenizer(model_dir)
+            say(f"preparing data from {config.data.train_file}")
+            data = prepare_data(config, tokenizer, progress=say)
         stop_if_asked()
         for notice in getattr(data.report, "notices", []) or []:
             early.emit("log", level="info", message=str(notice))
@@ -158,7 +167,8 @@ def run_training(
         engine = make_engine(config)
         say(f"loading {config.model} for {engine.name} on {engine.device}")
         config, memory_plan = plan_run(config, model_dir, engine, say)
-        setup_info = engine.setup(config, model_dir)
+        with failures_before_the_run(early, "loading the model"):
+            setup_info = engine.setup(config, model_dir)
         setup_info["memory_plan"] = memory_plan
         stop_if_asked()
         if run is None:
@@ -166,6 +176,7 @@ def run_training(
         run.acquire_lock()
         try:
             record_prompt_spec(run.path, data.render_spec)
+            repair_torn_tail(run.events_path)  # a killed writer's half line stays a line of its own
             with open(run.events_path, "a", encoding="utf-8") as fh:
                 for event in early_events:
                     fh.write(encode(event) + "\n")
@@ -191,6 +202,7 @@ def run_training(
                     batcher=make_preference_batches if data.method == "dpo" else make_batches,
                     stop=stop,
                     pad_token_id=int(pad or 0),
+                    vocab_size=len(tokenizer),
                 )
                 loop.run_loop(resume_from=checkpoint)
         finally:
@@ -228,6 +240,19 @@ def plan_run(
             f"({result.verdict.replace('_', ' ')}; {(result.available or 0) / plan.GB:.1f} GB free)"
         )
     return config, result.to_json() if result is not None else None
+
+
+@contextlib.contextmanager
+def failures_before_the_run(early: EventSink, what: str = "reading the model and data") -> Iterator[None]:
+    """Before the run folder exists: memory running out is RunFailed kind ``oom`` (exit 3, not a
+    traceback), and a RunFailed is also sent as a ``run_failed`` event (step 0) to the listeners
+    and ``--json`` stdout, so the app shows its message and hint."""
+    try:
+        with memory_errors_as_oom(what):
+            yield
+    except RunFailed as exc:
+        early.emit("run_failed", step=0, kind=exc.kind, message=exc.message, hint=exc.hint)
+        raise
 
 
 def cli_train(args: argparse.Namespace) -> int:

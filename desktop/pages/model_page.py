@@ -40,18 +40,18 @@ COLUMNS = (
     "Source",
     "Architecture",
     "Precision",
-    "Context length",
+    "Context (tokens)",
     "Chat template",
     "Fits here?",  # the memory plan's verdict for default settings (desktop.plan_panel.fit_badge)
 )
 FIT_COLUMN = len(COLUMNS) - 1
 # Import precision of a GGUF file (`models import --dtype`), in everyday words beside the term.
 PRECISIONS = (
-    ("bf16", "bf16: half the size of fp32, trains as well (recommended)"),
-    ("f16", "f16: half size, for older GPUs"),
-    ("fp32", "fp32: full precision, twice the disk and memory"),
+    ("bf16", "bf16 (recommended)", "half the size of fp32 and trains as well: 2 bytes per weight"),
+    ("f16", "f16", "half size too, for older GPUs without bf16: 2 bytes per weight"),
+    ("fp32", "fp32 (full size)", "full precision, twice the disk and memory: 4 bytes per weight"),
 )
-_BYTES_PER_WEIGHT = {"bf16": 2, "f16": 2, "fp32": 4}
+_SIZE_WORDS = {"bf16": "half size", "f16": "half size", "fp32": "full size"}
 _PROGRESS = re.compile(r"(\d{1,3})% \(")
 
 
@@ -61,17 +61,18 @@ def describe_row(m: dict) -> tuple[str, ...]:
     if m.get("placed") in ("hardlink", "symlink"):
         size = f"{format_bytes(m.get('size'))} (linked, {size} own)"
     precision = m.get("precision")
-    per = _BYTES_PER_WEIGHT.get(precision or "")
+    words = _SIZE_WORDS.get(precision or "")
     context = m.get("context_length")
+    architecture = m.get("architecture") or "-"
     return (
         m["name"],
         format_params(m.get("params")),
         size,
         Path(m["source"]).name if m.get("source") else "",
-        m.get("architecture") or "-",
-        f"{precision} ({per} bytes/weight)" if per else (precision or "-"),
-        f"{context:,} tokens" if context else "-",
-        "yes" if m.get("chat_template") else "none (training adds one)",
+        architecture.removesuffix("ForCausalLM"),  # the model family: Llama, Qwen2, Gemma3...
+        f"{precision} ({words})" if words else (precision or "-"),
+        f"{context:,}" if context else "-",
+        "yes" if m.get("chat_template") else "none",
     )
 
 
@@ -137,7 +138,19 @@ class ModelPage(QWidget):
         self.table.verticalHeader().setVisible(False)
         header = self.table.horizontalHeader()
         header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
-        header.setStretchLastSection(True)
+        header.setSectionResizeMode(COLUMNS.index("Source"), QHeaderView.ResizeMode.Stretch)
+        self.table.setTextElideMode(Qt.TextElideMode.ElideMiddle)
+        self.table.setWordWrap(False)
+        tips = {
+            "Architecture": "The model family (its transformers class, e.g. LlamaForCausalLM)",
+            "Precision": "How the weights are stored: bf16/f16 take 2 bytes per weight, fp32 takes 4",
+            "Context (tokens)": "The longest text the model was built for, in tokens",
+            "Chat template": "Whether the model knows a chat format; without one, training uses ChatML",
+            "Size on disk": "Linked models share their files with where they came from",
+        }
+        for i, column in enumerate(COLUMNS):
+            if column in tips:
+                self.table.horizontalHeaderItem(i).setToolTip(tips[column])
         self.table.itemSelectionChanged.connect(self._on_select)
         layout.addWidget(self.table, 1)
 
@@ -147,9 +160,10 @@ class ModelPage(QWidget):
         self.import_folder_button = QPushButton("Import model folder…")
         self.import_folder_button.clicked.connect(self._pick_folder)
         self.precision = QComboBox()
-        for key, words in PRECISIONS:
-            self.precision.addItem(words, key)
-        self.precision.setCurrentIndex([k for k, _ in PRECISIONS].index(DEFAULT_DTYPE))
+        for i, (key, label, words) in enumerate(PRECISIONS):
+            self.precision.addItem(label, key)
+            self.precision.setItemData(i, words, Qt.ItemDataRole.ToolTipRole)
+        self.precision.setCurrentIndex([p[0] for p in PRECISIONS].index(DEFAULT_DTYPE))
         self.precision.setToolTip("Precision a GGUF file's weights are stored in after the import")
         self.remove_button = QPushButton("Remove…")
         self.remove_button.setToolTip("Delete the selected model from the model store")
@@ -187,7 +201,9 @@ class ModelPage(QWidget):
         if DEFAULT_MODEL not in names:
             if default_model_installed():
                 rows.insert(
-                    0, (DEFAULT_MODEL, "≈135M", "-", "built in: imported on first use", "LlamaForCausalLM")
+                    0,
+                    (DEFAULT_MODEL, "≈135M", "-", "built in: imported on first use")
+                    + ("Llama", "bf16 (half size)", "8,192", "yes"),
                 )
             else:  # the installer bundle leaves the default model out: offer the import instead
                 rows.insert(0, (DEFAULT_MODEL, "≈135M", "-", "not included: import its GGUF file first"))
@@ -205,6 +221,8 @@ class ModelPage(QWidget):
         for i, row in enumerate(rows):
             for j, text in enumerate(row):
                 item = QTableWidgetItem(text)
+                listed = self._listed.get(row[0], {})
+                item.setToolTip(str(listed.get("source") or text) if COLUMNS[j] == "Source" else text)
                 if j in (1, 2):
                     item.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
                 self.table.setItem(i, j, item)

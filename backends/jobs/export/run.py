@@ -9,7 +9,8 @@ or a kill never leaves a half-written output under the output's name.
 Events (``--json``, one JSON line each on stdout; ``backends.events``):
 ``export_progress`` {stage, done, total} with stage ``merge`` (tensors), ``convert`` (tensors),
 ``quantize``, ``load``, ``fuse``, ``register``; then ``export_finished`` {path (the output folder),
-format, quant, bytes (on disk), file (the main file: the GGUF, the Modelfile, or the folder)}.
+format, quant, bytes (on disk), file (the main file: the GGUF, the Modelfile, or the folder),
+name (the Ollama model name for ``ollama create``: ``--register`` or the run's name)}.
 """
 
 from __future__ import annotations
@@ -95,13 +96,14 @@ def export_model(
         "quant": plan.quant,
         "bytes": folder_size(plan.out),
         "file": str(plan.out / main_name) if main_name else str(plan.out),
+        "name": register or ollama_name(plan.source.name),
     }
 
 
 def next_steps(result: dict[str, Any], register: str | None = None) -> list[str]:
     """The commands a user types next to run the export in another tool."""
     path, fmt = Path(result["path"]), result["format"]
-    name = register or path.parent.parent.name.lower().replace("_", "-") or "tuned"
+    name = register or result["name"]
     if fmt == "ollama":
         steps = [] if register else [f"cd {path} && ollama create {name} -f Modelfile"]
         return [*steps, f"ollama run {name}"]
@@ -110,6 +112,13 @@ def next_steps(result: dict[str, Any], register: str | None = None) -> list[str]
     if fmt == "mlx":
         return [f"mlx_lm.generate --model {path} --prompt 'Hello'"]
     return [f"AutoModelForCausalLM.from_pretrained({str(path)!r})"]
+
+
+def ollama_name(run_name: str) -> str:
+    """A model name Ollama accepts (lower-case letters, digits, ``-``, ``_``, ``.``) from a run's."""
+    import re
+
+    return re.sub(r"[^a-z0-9._-]+", "-", run_name.lower()).strip("-.") or "tuned"
 
 
 def _human_progress(stage: str, done: int, total: int) -> None:
@@ -121,12 +130,27 @@ def cli_export_model(args: argparse.Namespace) -> int:
     """``tunedesk export RUN_DIR --format F [--quant Q] [--out DIR] [--register NAME] [--json]``.
 
     Prints the output folder and how to run it (or, with ``--json``, the events). SIGTERM (the
-    app's Cancel) stops it like Ctrl-C: the temporary folder is removed."""
+    app's Cancel) stops it like Ctrl-C: the temporary folder is removed. ``--dry-run`` makes every
+    check and prints the plan (``ExportPlan.to_dict``: format, quant, path, bytes, bytes_needed,
+    base_model, architecture; one JSON object with ``--json``) without writing."""
     from backends.events import stdout_sink
 
     def stop(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
 
+    if args.dry_run:
+        import json
+
+        plan = plan_export(args.run_dir, args.format, args.quant, args.out)
+        _check_tools(plan)
+        info = plan.to_dict()
+        print(
+            json.dumps(info)
+            if args.json
+            else f"would write {info['format']} ({info['quant']}): about "
+            f"{info['bytes'] / 1e6:.0f} MB to {info['path']} (needs {info['bytes_needed'] / 1e6:.0f} MB free)"
+        )
+        return EXIT_OK
     if hasattr(signal, "SIGTERM"):
         signal.signal(signal.SIGTERM, stop)
     sink = stdout_sink() if args.json else None

@@ -179,18 +179,23 @@ def resolve_quant(fmt: str, quant: str | None, source: ExportSource) -> str:
     return q
 
 
-def estimate_bytes(fmt: str, quant: str, params: int) -> tuple[int, int]:
-    """(final output bytes, bytes needed on disk while writing) for ``params`` parameters.
+def estimate_bytes(fmt: str, quant: str, params: int, extra: int = 0) -> tuple[int, int]:
+    """(final output bytes, bytes needed on disk while writing) for ``params`` parameters and
+    ``extra`` bytes of tokenizer and config files.
 
     gguf/ollama write a 16-bit merged model and a 16-bit GGUF before quantising (both removed at
-    the end); merged/mlx write the model once. Tokenizer and config files add a few MB."""
-    extra = 32 * 2**20
-    if fmt in ("merged", "mlx"):
-        size = int(params * BITS_PER_WEIGHT[quant] / 8) + extra
-        return size, size
+    the end); merged/mlx write the model once."""
     final = int(params * BITS_PER_WEIGHT[quant] / 8) + extra
+    if fmt in ("merged", "mlx"):
+        return final, final
     temporary = 2 * params * 2 if quant not in ("f16", "bf16") else params * 2
-    return final, final + temporary
+    return final, final + temporary + extra
+
+
+def side_files_bytes(model_dir: Path) -> int:
+    """Bytes of a model folder's files other than weights (tokenizer, config, template)."""
+    weights = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".npz")
+    return sum(p.stat().st_size for p in model_dir.iterdir() if p.is_file() and not p.name.endswith(weights))
 
 
 def default_out(source: ExportSource, fmt: str, quant: str) -> Path:
@@ -243,7 +248,7 @@ def plan_export(
             field="--out",
             hint="remove it or pass another --out",
         )
-    size, needed = estimate_bytes(fmt, q, source.params)
+    size, needed = estimate_bytes(fmt, q, source.params, side_files_bytes(source.base_dir))
     needed += folder_size(source.adapter.path)
     check_disk(target, needed)
     return ExportPlan(source=source, format=fmt, quant=q, out=target, bytes=size, bytes_needed=needed)
