@@ -87,7 +87,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from backends.serve import cli_serve
+    from backends.jobs.serve import cli_serve
 
     return cli_serve(args)
 
@@ -254,6 +254,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, default=None, help="answer length in tokens (default 48)")
     p.add_argument("--json", action="store_true", help="print the forgetting event as one JSON line")
     p.set_defaults(func=_cmd_forgetting)
+
+    from backends import plan_cli
+
+    plan_cli.add_parser(sub)
 
     p = sub.add_parser("serve", help="a local OpenAI-compatible server (/v1/chat/completions, /v1/models)")
     p.add_argument("--model", default=None, help="model name or folder (default: the adapter's base model)")

@@ -10,7 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from backends.data.render import PromptRenderer, RenderSpec, renderer_for_run
+from backends.data.render import PromptRenderer, RenderSpec
+from backends.data.run_prompt import renderer_for_run
 
 
 def run_renderer(tokenizer: Any, run_path: str | Path | None) -> PromptRenderer:
