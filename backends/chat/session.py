@@ -22,7 +22,8 @@ from typing import Any, Protocol
 
 from backends.chat.adapters import AdapterInfo, check_base_model, read_adapter
 from backends.data.formats import RowError
-from backends.data.render import PromptRenderer, RenderedPrompt, RenderSpec, spec_for_run
+from backends.data.render import PromptRenderer, RenderedPrompt, RenderSpec
+from backends.data.run_prompt import spec_for_run
 from backends.data.templates import CHATML_TEMPLATE, model_template
 from backends.errors import UserInputError
 

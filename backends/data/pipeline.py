@@ -21,7 +21,8 @@ from backends import paths
 from backends.data.encode import Encoder, encode_rows
 from backends.data.formats import CHAT_FORMATS, FORMATS, Preference, RowError, detect_row_format, parse_row
 from backends.data.readers import read_file
-from backends.data.render import RenderSpec, spec_from_config
+from backends.data.render import RenderSpec
+from backends.data.run_prompt import spec_from_config
 from backends.data.templates import CHATML_TEMPLATE, model_template, resolve_chat_template
 from backends.data.types import DataReport, PreparedData, Problem
 from backends.errors import UserInputError

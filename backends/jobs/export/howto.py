@@ -27,7 +27,7 @@ def run_commands(result: dict[str, Any], registered: bool = False) -> list[tuple
         cd = f"cd {q(str(gguf.parent))}\n"
         steps = []
         if fmt == "ollama":
-            name = result.get("name") or ollama_name(path.name)
+            name = result.get("ollama_name") or result.get("name") or ollama_name(path.name)
             create = "" if registered else f"{cd}ollama create {name} -f Modelfile\n"
             steps.append(("Ollama", f"{create}ollama run {name}"))
         return [

@@ -10,7 +10,7 @@ Events (``--json``, one JSON line each on stdout; ``backends.events``):
 ``export_progress`` {stage, done, total} with stage ``merge`` (tensors), ``convert`` (tensors),
 ``quantize``, ``load``, ``fuse``, ``register``; then ``export_finished`` {path (the output folder),
 format, quant, bytes (on disk), file (the main file: the GGUF, the Modelfile, or the folder),
-name (the Ollama model name for ``ollama create``: ``--register`` or the run's name)}.
+ollama_name (the Ollama model name for ``ollama create``: ``--register`` or the run's name)}.
 """
 
 from __future__ import annotations
@@ -104,7 +104,7 @@ def export_model(
         "quant": plan.quant,
         "bytes": folder_size(plan.out),
         "file": str(plan.out / main_name) if main_name else str(plan.out),
-        "name": register or ollama_name(plan.source.name),
+        "ollama_name": register or ollama_name(plan.source.name),
     }
 
 
