@@ -241,6 +241,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=_cmd_export)
 
+    from backends import plan_cli
+
+    plan_cli.add_parser(sub)
+
     p = sub.add_parser("serve", help="a local OpenAI-compatible server (/v1/chat/completions, /v1/models)")
     p.add_argument("--model", default=None, help="model name or folder (default: the adapter's base model)")
     p.add_argument("--adapter", default=None, metavar="RUN_DIR", help="run folder (or adapter folder)")

@@ -237,7 +237,7 @@ def download_snapshot(repo: str, revision: str | None = None) -> Path:
         path = snapshot_download(
             repo, revision=revision, allow_patterns=DOWNLOAD_PATTERNS, cache_dir=hf_cache_dir()
         )
-    except (HfHubHTTPError, OSError, ValueError) as exc:
+    except (HfHubHTTPError, OSError, ValueError, KeyError, TypeError) as exc:  # also a malformed answer
         raise UserInputError(
             f"download of {repo} failed: {exc}", hint="check the name and the connection"
         ) from None

@@ -62,7 +62,8 @@ class ChatService:
         key = session.default_adapter
         if key is not None:
             self.models[session.adapters[key].name] = key
-        self.models.setdefault(session.model_name or Path(session.model_dir).name, None)
+        # The base model by its name (a folder given by path: the folder's name).
+        self.models.setdefault(Path(session.model_name or session.model_dir).name, None)
         self.context = context_length(session.model_dir)
 
     def adapter_for(self, model: str | None) -> str | None:

@@ -17,10 +17,10 @@ import pytest
 
 from backends import cli
 from backends.runs import RunDir
-from backends.training.divergence import PATIENCE, DivergenceMonitor
 from tests.test_train_loop import ROOT, make_config, steps, write_config
 
 VOCAB = 49152  # the tiny Llama's (SmolLM2's) vocabulary
+PATIENCE = 10  # backends.training.divergence.PATIENCE (not imported: these tests also run on older code)
 
 
 @pytest.fixture
@@ -171,6 +171,10 @@ def test_a_learning_rate_of_1000_ends_as_diverged_keeping_the_last_good_checkpoi
 def test_divergence_rules_on_loss_curves():
     """The three rules of backends/training/divergence.py on synthetic curves, and no alarm on
     ordinary noisy training."""
+    from backends.training.divergence import PATIENCE as patience
+    from backends.training.divergence import DivergenceMonitor
+
+    assert patience == PATIENCE
     u = math.log(VOCAB)
 
     def first_alarm(losses, grads=None):

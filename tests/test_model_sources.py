@@ -140,3 +140,43 @@ def test_ollama_blob_imports_as_gguf(fake_home, tmp_path):
     assert cli.main(["models", "import", "ollama:tiny"]) == 0
     row = {m["name"]: m for m in models.list_models()}["tiny"]
     assert row["precision"] == "bf16" and row["architecture"] == "LlamaForCausalLM"
+
+
+def _download(fake_home, port, tunedesk_home):
+    import subprocess
+    import sys
+
+    env = dict(os.environ, HF_ENDPOINT=f"http://127.0.0.1:{port}", HOME=str(fake_home))
+    env["TUNEDESK_HOME"] = str(tunedesk_home)
+    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HUB_CACHE", "HF_HOME"):
+        env.pop(var, None)
+    argv = [sys.executable, "-m", "desktop", "models", "import", "hf:acme/tiny-llama", "--download"]
+    return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_download_from_a_hub_on_localhost_resumes_after_a_dropped_connection(
+    fake_home, tiny_model_dir, tunedesk_home
+):
+    """huggingface_hub's snapshot_download against a stand-in Hub on 127.0.0.1 (HF_ENDPOINT): the
+    files land in the HF cache and are imported by reference; a connection dropped half way through
+    the weights (12.9 MB) is continued with a Range request, not fetched again from the start.
+    (huggingface_hub >= 1 resumes within one download; a new process starts a file afresh.)"""
+    from tests.fake_hub import COMMIT, serve_repo
+
+    server, seen = serve_repo("acme/tiny-llama", tiny_model_dir, cut="model.safetensors")
+    try:
+        done = _download(fake_home, server.server_address[1], tunedesk_home)
+        assert done.returncode == 0, done.stderr[-2000:]
+    finally:
+        server.shutdown()
+    weights = (tiny_model_dir / "model.safetensors").read_bytes()
+    url = f"/acme/tiny-llama/resolve/{COMMIT}/model.safetensors"
+    gets = [line for line in seen if line.startswith(f"GET {url}")]
+    # huggingface_hub writes 10 MB chunks; the retry asks for the rest after what it kept
+    assert len(gets) == 2 and gets[0] == f"GET {url}", gets
+    kept = int(gets[1].removeprefix(f"GET {url} bytes=").rstrip("-"))
+    assert 0 < kept < len(weights) - 1_000_000
+    out = models.paths.models_dir() / "tiny-llama"
+    assert (out / "model.safetensors").read_bytes() == weights
+    assert (out / "model.safetensors").stat().st_nlink == 2  # linked to the cache's blob
+    assert any("Trying to resume" in line for line in done.stderr.splitlines())

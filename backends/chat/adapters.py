@@ -26,7 +26,6 @@ import yaml
 
 from backends.errors import UserInputError
 from backends.runs import RunDir, run_status
-from backends.weights_check import check_safetensors
 
 TEMPLATE_FILE = "chat_template.jinja"
 META_FILE = "tunedesk.json"
@@ -225,9 +224,6 @@ def read_adapter(path: str | Path) -> AdapterInfo:
     if base is None and config.get("base_model_name_or_path"):
         ref = str(config["base_model_name_or_path"])
         base = {"name": Path(ref).name, "path": ref}
-    weights = folder / (MLX_WEIGHTS if fmt == "mlx" else PEFT_WEIGHTS[0])
-    if weights.is_file():  # (a pickle .bin is refused where it is loaded)
-        check_safetensors(weights, "adapter weights file", field="adapter")
     template_path = folder / TEMPLATE_FILE
     template = template_path.read_text(encoding="utf-8") if template_path.is_file() else None
     return AdapterInfo(

@@ -26,6 +26,7 @@ from backends.chat.adapters import AdapterInfo, tensor_mismatch_error
 from backends.chat.session import Sampling
 from backends.data.templates import load_tokenizer
 from backends.errors import UserInputError
+from backends.weights_check import check_safetensors
 
 ADAPTER_LEAVES = ("lora_a", "lora_b", "m")  # mlx-lm's LoRA/DoRA parameter names
 
@@ -90,6 +91,7 @@ class MlxChatEngine:
                 field="adapter",
                 hint="convert it with `tunedesk export adapter RUN_DIR --to mlx`, or chat with --backend torch",
             )
+        check_safetensors(info.weights_file, "adapter weights file", field="adapter")
         self._swap(None)
         cfg = info.config  # read_adapter's normalized config (older mlx-lm's lora_layers read)
         try:

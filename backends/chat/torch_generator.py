@@ -30,6 +30,7 @@ from backends.data.templates import load_tokenizer
 from backends.errors import RunFailed, UserInputError
 from backends.torch_backend.device import pick_device
 from backends.torch_backend.loading import load_causal_lm
+from backends.weights_check import check_safetensors
 
 # peft's saved key of a LoRA weight: <prefix>.<module path>.lora_A|lora_B[.<adapter>].weight
 _LORA_KEY = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+)\.lora_(?P<ab>[AB])(?:\.[^.]+)?\.weight$")
@@ -95,6 +96,7 @@ class TorchChatEngine:
                 file=info.weights_file,
                 hint="re-save the adapter as safetensors",
             )
+        check_safetensors(info.weights_file, "adapter weights file", field="adapter")
         modules = dict(self.base.named_modules())
         with safe_open(str(info.weights_file), framework="pt") as fh:
             for key in fh.keys():

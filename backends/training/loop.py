@@ -18,8 +18,9 @@ number of non-padding tokens trained so far (``step.step_tokens`` those of this 
 is fractional (epochs completed), ``elapsed`` counts training time of all segments of a resumed
 run, ``eta`` is seconds left at this session's average step time. ``run_started`` adds
 ``precision``, ``resumed_from`` (the checkpoint step, None for a fresh start), ``train_examples``,
-``validation_examples``, ``steps_per_epoch`` and ``warmup_steps``; ``run_finished`` adds ``tokens``
-and ``elapsed``; ``run_failed.step`` and ``stopped.step`` are the last completed step.
+``validation_examples``, ``steps_per_epoch``, ``warmup_steps`` and ``memory_plan`` (the
+``backends.plan`` prediction, or None); ``run_finished`` adds ``tokens``, ``elapsed`` and
+``memory_peak`` (bytes measured since the model was loaded, ``backends.training.measure``); ``run_failed.step`` and ``stopped.step`` are the last completed step.
 
 DPO (``method: dpo``, see ``backends.training.dpo``) runs through this same loop: the batcher is
 ``make_preference_batches``, the engine's ``train_step`` returns the DPO loss per pair and the
@@ -64,6 +65,7 @@ from backends.training.divergence import DivergenceMonitor
 from backends.training.dpo import STEP_FIELDS, ReferenceCache
 from backends.training.engine import Engine
 from backends.training.evaluation import Evaluation
+from backends.training.measure import measured_peak
 from backends.training.schedule import learning_rate, warmup_steps
 from backends.training.state import STATE_FILE as STATE_FILE  # re-exported: tests, tools
 from backends.training.state import LoopState, data_fingerprint, rss_bytes
@@ -186,6 +188,13 @@ class TrainingLoop(Checkpoints, Evaluation):
         self.sink.emit("log", level=level, message=message)
 
     def _fail(self, kind: str, message: str, hint: str) -> RunFailed:
+        if kind == "oom":
+            from backends.plan import target_for
+            from backends.training.oom import plan_hint
+
+            model_dir = (self.adapter_info.get("base_model") or {}).get("path")
+            extra = plan_hint(self.config, model_dir, target_for(self.engine.name, self.engine.device))
+            hint = f"{extra}; or {hint}" if extra else hint
         self.sink.emit("run_failed", step=self.state.step, kind=kind, message=message, hint=hint)
         return RunFailed(kind, message, hint)
 
@@ -207,6 +216,8 @@ class TrainingLoop(Checkpoints, Evaluation):
             resumed_from = self.state.step
         self.state.max_steps = self.max_steps
         self.state.data_fingerprint = self.fingerprint
+        if hasattr(self.engine, "reset_peak_memory"):
+            self.engine.reset_peak_memory()  # memory_peak is the training phase's (measure.py)
         self.sink.emit(
             "run_started",
             run_dir=str(self.run.path),
@@ -223,6 +234,7 @@ class TrainingLoop(Checkpoints, Evaluation):
             validation_examples=len(self.data.validation or []),
             steps_per_epoch=self.steps_per_epoch,
             warmup_steps=self.warmup,
+            memory_plan=self.setup_info.get("memory_plan"),
         )
         for note in self.setup_info.get("notes") or []:
             self._log("info", note)
@@ -358,4 +370,5 @@ class TrainingLoop(Checkpoints, Evaluation):
             val_loss=s.val_loss,
             tokens=s.tokens,
             elapsed=round(s.elapsed, 3),
+            memory_peak=measured_peak(self.engine.memory()),
         )

@@ -26,8 +26,10 @@ from PySide6.QtWidgets import (
 )
 
 from backends.config import DEFAULT_MODEL
+from backends.model_shape import find_model_dir
 from backends.model_store_info import DEFAULT_DTYPE, default_model_installed, list_models
 from desktop.pages import intro_label
+from desktop.plan_panel import fit_badge
 from desktop.state import AppState
 from desktop.worker import WorkerProcess, WorkerResult
 
@@ -40,7 +42,9 @@ COLUMNS = (
     "Precision",
     "Context (tokens)",
     "Chat template",
+    "Fits here?",  # the memory plan's verdict for default settings (desktop.plan_panel.fit_badge)
 )
+FIT_COLUMN = len(COLUMNS) - 1
 # Import precision of a GGUF file (`models import --dtype`), in everyday words beside the term.
 PRECISIONS = (
     ("bf16", "bf16 (recommended)", "half the size of fp32 and trains as well: 2 bytes per weight"),
@@ -222,6 +226,10 @@ class ModelPage(QWidget):
                 if j in (1, 2):
                     item.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
                 self.table.setItem(i, j, item)
+            badge, tip = fit_badge(find_model_dir(row[0]))
+            badge_item = QTableWidgetItem(badge)
+            badge_item.setToolTip(tip)
+            self.table.setItem(i, FIT_COLUMN, badge_item)
         self.table.blockSignals(False)
         self.select(current)
 

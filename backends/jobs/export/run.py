@@ -10,7 +10,7 @@ Events (``--json``, one JSON line each on stdout; ``backends.events``):
 ``export_progress`` {stage, done, total} with stage ``merge`` (tensors), ``convert`` (tensors),
 ``quantize``, ``load``, ``fuse``, ``register``; then ``export_finished`` {path (the output folder),
 format, quant, bytes (on disk), file (the main file: the GGUF, the Modelfile, or the folder),
-name (the Ollama model name for ``ollama create``: ``--register`` or the run's name)}.
+ollama_name (the Ollama model name for ``ollama create``: ``--register`` or the run's name)}.
 """
 
 from __future__ import annotations
@@ -96,14 +96,14 @@ def export_model(
         "quant": plan.quant,
         "bytes": folder_size(plan.out),
         "file": str(plan.out / main_name) if main_name else str(plan.out),
-        "name": register or ollama_name(plan.source.name),
+        "ollama_name": register or ollama_name(plan.source.name),
     }
 
 
 def next_steps(result: dict[str, Any], register: str | None = None) -> list[str]:
     """The commands a user types next to run the export in another tool."""
     path, fmt = Path(result["path"]), result["format"]
-    name = register or result["name"]
+    name = register or result["ollama_name"]
     if fmt == "ollama":
         steps = [] if register else [f"cd {path} && ollama create {name} -f Modelfile"]
         return [*steps, f"ollama run {name}"]
