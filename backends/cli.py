@@ -87,7 +87,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from backends.serve import cli_serve
+    from backends.jobs.serve import cli_serve
 
     return cli_serve(args)
 

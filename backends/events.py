@@ -112,7 +112,7 @@ def _clean(value: Any) -> Any:
     return value
 
 
-def make_event(name: str, **fields: Any) -> dict[str, Any]:
+def make_event(name: str, /, **fields: Any) -> dict[str, Any]:
     """Build one event dict, checking its required fields.
 
     Raises EventSchemaError for an unknown event name or a missing required field, or a ``step``
@@ -191,7 +191,7 @@ class EventSink:
         self._stdout = stdout
         self.listeners = list(listeners or [])
 
-    def emit(self, name: str, **fields: Any) -> dict[str, Any]:
+    def emit(self, name: str, /, **fields: Any) -> dict[str, Any]:
         """Build (``make_event``), write and broadcast one event; returns it."""
         event = make_event(name, **fields)
         line = encode(event)

@@ -21,8 +21,8 @@ import pytest
 
 from backends.chat.loader import open_session
 from backends.chat.session import Sampling, StreamRequest
-from backends.openai_api import StopMatcher, parse_chat_request
-from backends.serve import make_server
+from backends.jobs.openai_api import StopMatcher, parse_chat_request
+from backends.jobs.serve import make_server
 from tests.chat_adapters import ANSWER, PROMPT, make_peft_run
 from tests.test_chat_worker import ROOT
 

@@ -8,7 +8,7 @@ serialises generation (a second request waits for the first reply to end). Bound
 unless ``--host`` says otherwise. Ctrl-C or SIGTERM stops replies in progress after their current
 token, closes the connections and exits 0.
 
-The wire format (parsing, chunks, errors) is ``backends.openai_api``.
+The wire format (parsing, chunks, errors) is ``backends.jobs.openai_api``.
 """
 
 from __future__ import annotations
@@ -26,9 +26,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from backends import openai_api as api
 from backends.chat.session import ChatSession, StreamRequest, render_prompt
 from backends.errors import EXIT_OK, RunFailed, UserInputError
+from backends.jobs import openai_api as api
 
 MAX_BODY = 16 * 2**20  # bytes; a chat request is a few KB
 CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
