@@ -63,6 +63,16 @@ class DataConfig(_Strict):
         False, description="Pack several short rows into one sequence (attention kept within each row)."
     )
     system_prompt: str | None = Field(None, description="System prompt added to rows that have none.")
+    replay: float = Field(
+        0.0,
+        ge=0.0,
+        le=0.5,
+        description="Share of training examples that are general ones mixed in against forgetting "
+        "(e.g. 0.1; 0: off). From data.replay_file, else TuneDesk's own.",
+    )
+    replay_file: Path | None = Field(
+        None, description="General examples for data.replay (any training format); empty: TuneDesk's own."
+    )
     literal_special_tokens: Literal["text", "control"] = Field(
         "text",
         description="Special-token strings typed inside messages (a literal <|im_end|>): tokenised as "
@@ -152,6 +162,17 @@ class TrainingConfig(_Strict):
     keep_checkpoints: int = Field(2, ge=1, le=1000, description="Newest checkpoints kept.")
 
 
+class ForgettingConfig(_Strict):
+    """The forgetting check (``tunedesk forgetting``): drift from the base model on general probes."""
+
+    at_end: Literal["auto", True, False] = Field(
+        "auto",
+        description="Quick check after training; 'auto': when it costs at most ~10% of the run's time.",
+    )
+    at_eval: bool = Field(False, description="Quick check at every evaluation too (charted as drift).")
+    probes: int = Field(12, ge=1, le=100, description="Probes of the quick check (the command uses all 100).")
+
+
 class OutputConfig(_Strict):
     """Where the run folder goes."""
 
@@ -185,6 +206,7 @@ class RunConfig(_Strict):
     lora: LoraConfig = Field(default_factory=LoraConfig)
     dpo: DPOConfig = Field(default_factory=DPOConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
+    forgetting: ForgettingConfig = Field(default_factory=ForgettingConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
 
     @model_validator(mode="after")
@@ -193,6 +215,8 @@ class RunConfig(_Strict):
             raise ValueError("model: must name a model")
         if self.method == "dpo" and self.data.packing:
             raise ValueError("data.packing: DPO trains on whole preference pairs, which are not packed")
+        if self.method == "dpo" and self.data.replay:
+            raise ValueError("data.replay: general examples are mixed into SFT only, not into DPO pairs")
         return self
 
 

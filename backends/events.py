@@ -58,6 +58,13 @@ REQUIRED: dict[str, tuple[str, ...]] = {
     "chat_ready": ("model", "backend", "device", "adapter"),
     "chat_error": ("kind", "message", "hint"),
     "validation_prompts": ("run_dir", "prompts"),
+    # The forgetting check (backends/forgetting/): drift of the tuned model from its base on general
+    # probes. kl_mean: mean per-token KL(base || tuned) in nats on the base model's greedy answers;
+    # ppl_base/ppl_tuned: perplexity of the general text sample; answers_changed: probes whose greedy
+    # answer changed; score: kl_mean + max(0, ln(ppl_tuned/ppl_base)) in nats/token; verdict: little,
+    # noticeable or large. Also: probes, tokens, size (quick/full), elapsed, step (the training step,
+    # null after training), advice (list of suggestions when large).
+    "forgetting": ("kl_mean", "ppl_base", "ppl_tuned", "answers_changed", "score", "verdict"),
     # tunedesk export RUN_DIR --format ... --json (backends/jobs/export/run.py): stages and the result.
     "export_progress": ("stage", "done", "total"),
     "export_finished": ("path", "format", "quant", "bytes"),
