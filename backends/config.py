@@ -19,7 +19,9 @@ from backends.errors import UsageError, UserInputError
 
 DEFAULT_MODEL = "SmolLM2-135M-Instruct"
 
-DataFormat = Literal["auto", "messages", "sharegpt", "alpaca", "prompt_completion", "text", "preference"]
+DataFormat = Literal[
+    "auto", "messages", "sharegpt", "alpaca", "prompt_completion", "text", "preference", "feedback"
+]
 
 
 class _Strict(BaseModel):
@@ -99,6 +101,26 @@ class DPOConfig(_Strict):
     )
 
 
+class ORPOConfig(_Strict):
+    """Odds Ratio Preference Optimization (Hong et al. 2024) settings, used when method is 'orpo'."""
+
+    beta: float = Field(
+        0.1, gt=0, le=10, description="ORPO lambda: weight of the odds-ratio term beside the NLL loss."
+    )
+
+
+class KTOConfig(_Strict):
+    """Kahneman-Tversky Optimization (Ethayarajh et al. 2024) settings, used when method is 'kto'."""
+
+    beta: float = Field(0.1, gt=0, le=10, description="KTO beta: strength of the pull to the reference.")
+    desirable_weight: float = Field(
+        1.0, gt=0, le=100, description="Loss weight of desirable (thumbs-up) answers."
+    )
+    undesirable_weight: float = Field(
+        1.0, gt=0, le=100, description="Loss weight of undesirable (thumbs-down) answers."
+    )
+
+
 class TrainingConfig(_Strict):
     """Optimisation settings; step counts are optimizer steps (after gradient accumulation)."""
 
@@ -157,8 +179,9 @@ class RunConfig(_Strict):
         None, description="Preset whose values fill in what the file does not set."
     )
     model: str = Field(DEFAULT_MODEL, description="Imported model name, or a path to an HF folder.")
-    method: Literal["sft", "dpo"] = Field(
-        "sft", description="Supervised fine-tuning or preference tuning (DPO)."
+    method: Literal["sft", "dpo", "orpo", "kto"] = Field(
+        "sft",
+        description="Supervised fine-tuning, preference tuning (DPO, ORPO: pairs) or KTO (thumbs up/down).",
     )
     backend: Literal["auto", "torch", "mlx"] = Field(
         "auto", description="Training backend; 'auto' follows `tunedesk hardware`."
@@ -166,6 +189,8 @@ class RunConfig(_Strict):
     data: DataConfig = Field(default_factory=DataConfig)
     lora: LoraConfig = Field(default_factory=LoraConfig)
     dpo: DPOConfig = Field(default_factory=DPOConfig)
+    orpo: ORPOConfig = Field(default_factory=ORPOConfig)
+    kto: KTOConfig = Field(default_factory=KTOConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
 
@@ -173,8 +198,16 @@ class RunConfig(_Strict):
     def _check(self) -> RunConfig:
         if self.model.strip() == "":
             raise ValueError("model: must name a model")
-        if self.method == "dpo" and self.data.packing:
-            raise ValueError("data.packing: DPO trains on whole preference pairs, which are not packed")
+        if self.method in ("dpo", "orpo", "kto") and self.data.packing:
+            raise ValueError(
+                f"data.packing: {self.method.upper()} trains on whole answers with their prompts, "
+                "which are not packed"
+            )
+        if self.method == "kto" and self.training.batch_size < 2:
+            raise ValueError(
+                "training.batch_size: KTO estimates its KL term from mismatched rows of a batch, "
+                "so it needs at least 2 rows per batch"
+            )
         return self
 
 

@@ -3,7 +3,7 @@
 Every event is one JSON object on one line with ``"v": SCHEMA_VERSION``, ``"event"`` (its name)
 and ``"time"`` (Unix seconds). Required fields per event are in ``REQUIRED`` and come from
 ``../shared/design.md``; times are seconds, memory is bytes. Extra fields are allowed; the
-documented optional ones are in ``OPTIONAL`` (DPO rewards on ``step`` and ``eval``). Readers must
+documented optional ones are in ``OPTIONAL`` (DPO, ORPO and KTO figures on ``step`` and ``eval``). Readers must
 ignore unknown events and fields.
 """
 
@@ -70,7 +70,21 @@ REQUIRED: dict[str, tuple[str, ...]] = {
 # validation pairs, plus reward_accuracy and reward_margin over them.
 DPO_STEP_FIELDS = ("rewards_chosen", "rewards_rejected", "reward_margin", "reward_accuracy")
 DPO_EVAL_FIELDS = ("reward_accuracy", "reward_margin")
-OPTIONAL: dict[str, tuple[str, ...]] = {"step": DPO_STEP_FIELDS, "eval": DPO_EVAL_FIELDS}
+# ORPO runs (``method: orpo``; backends/training/orpo.py): ``step.loss`` is NLL + beta * odds-ratio
+# loss; ``nll_loss`` the chosen answers' NLL per token, ``log_odds_ratio`` the mean
+# log sigmoid(log odds(chosen) - log odds(rejected)), ``log_odds_chosen`` the mean of that log odds
+# ratio; the reward fields above with rewards = beta * mean answer log-probability (no reference).
+ORPO_STEP_FIELDS = ("nll_loss", "log_odds_ratio", "log_odds_chosen", *DPO_STEP_FIELDS)
+# KTO runs (``method: kto``; backends/training/kto.py): ``rewards_desirable`` / ``rewards_undesirable``
+# the mean beta * (log pi - log ref) of the step's desirable (label true) and undesirable rows
+# (absent when the step has none), ``kl`` the batch KL estimate z0 (>= 0), ``desirable_share`` the
+# share of desirable rows. ``eval`` adds ``kl`` and the two reward means.
+KTO_STEP_FIELDS = ("rewards_desirable", "rewards_undesirable", "kl", "desirable_share")
+KTO_EVAL_FIELDS = ("rewards_desirable", "rewards_undesirable", "kl")
+OPTIONAL: dict[str, tuple[str, ...]] = {
+    "step": tuple(dict.fromkeys((*ORPO_STEP_FIELDS, *KTO_STEP_FIELDS))),
+    "eval": tuple(dict.fromkeys((*DPO_EVAL_FIELDS, "log_odds_chosen", *KTO_EVAL_FIELDS))),
+}
 
 MEMORY_FIELDS = ("rss", "device_allocated", "device_peak")
 FAILURE_KINDS = ("nan", "oom", "data", "model", "crash")

@@ -33,7 +33,8 @@ SAMPLE_DATA = Path("demo") / "support_train.jsonl"
 _FORMAT_FIELDS = (
     "messages (`messages`), sharegpt (`conversations`), alpaca (`instruction`/`output`), "
     "prompt_completion (`prompt`/`completion`), text (`text`), preference (`prompt` or "
-    "`conversations` with `chosen`/`rejected`)"
+    "`conversations` with `chosen`/`rejected`), feedback (`prompt`/`completion` or `messages` with "
+    "`label` true/false)"
 )
 
 
@@ -115,22 +116,38 @@ def _kind(fmt: str) -> str:
     return "chat" if fmt in CHAT_FORMATS else fmt
 
 
+# Which training methods each format suits (``data check`` shows it; ``_check_method`` enforces it).
+METHODS_FOR_FORMAT = {"preference": ("dpo", "orpo"), "feedback": ("kto",)}
+
+
+def methods_for_format(fmt: str) -> tuple[str, ...]:
+    """The methods a file of format ``fmt`` can be trained with (the first is the default)."""
+    return METHODS_FOR_FORMAT.get(fmt, ("sft",))
+
+
 def _check_method(path: Path, fmt: str, method: str | None) -> str:
+    suits = methods_for_format(fmt)
     if method in (None, "auto"):
-        return "dpo" if fmt == "preference" else "sft"
-    if method == "dpo" and fmt != "preference":
-        raise UserInputError(
-            f"method 'dpo' needs preference pairs (prompt/chosen/rejected), but this file is {fmt!r}",
-            file=path,
-            field="method",
+        return suits[0]
+    if method in suits:
+        return method
+    if fmt == "feedback":
+        reason = (
+            "this file holds unpaired feedback (an answer with label true/false): training it with "
+            f"method {method!r} would learn the bad answers too; train it with method 'kto'"
         )
-    if method == "sft" and fmt == "preference":
-        raise UserInputError(
-            "this file holds preference pairs (chosen/rejected): train it with method 'dpo'",
-            file=path,
-            field="method",
+    elif fmt == "preference":
+        reason = "this file holds preference pairs (chosen/rejected): train it with method 'dpo' or 'orpo'"
+    elif method in ("dpo", "orpo"):
+        reason = (
+            f"method {method!r} needs preference pairs (prompt/chosen/rejected), but this file is {fmt!r}"
         )
-    return method
+    else:
+        reason = (
+            f"method {method!r} needs unpaired feedback (prompt/completion or messages with label "
+            f"true/false), but this file is {fmt!r}"
+        )
+    raise UserInputError(reason, file=path, field="method")
 
 
 def template_for(tokenizer: Any, choice: str, fmt: str) -> str | None:

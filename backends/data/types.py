@@ -52,6 +52,18 @@ class PreferenceExample:
 
 
 @dataclass
+class KTOExample:
+    """One tokenised unpaired-feedback row for KTO: the rendered prompt (up to and including the
+    assistant header), the answer tokens (ending with the end-of-turn token) and whether the answer
+    is desirable (``label: true``) or undesirable (``label: false``)."""
+
+    prompt_ids: list[int]
+    completion_ids: list[int]
+    desirable: bool
+    row: int
+
+
+@dataclass
 class Batch:
     """A padded micro-batch, as numpy int64 arrays of shape [B, T].
 
@@ -154,3 +166,14 @@ class PreferenceBatch(Batch):
 
     num_pairs: int = 0
     reference_log_probs: np.ndarray | None = None
+
+
+@dataclass
+class KTOBatch(PreferenceBatch):
+    """A KTO micro-batch of ``2 * num_pairs`` rows: rows ``[0, B)`` are each example's prompt +
+    its answer, rows ``[B, 2B)`` the same prompts with the answers rotated by one (row B + i holds
+    prompt i with the answer of example i - 1), the mismatched pairs of KTO's KL estimate.
+    ``desirable``: bool [B], the label of each example. ``num_tokens`` counts the first B rows
+    only (the mismatched rows run without gradient)."""
+
+    desirable: np.ndarray | None = None

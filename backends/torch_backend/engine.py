@@ -13,7 +13,9 @@ DPO (``method: dpo``): the chosen and rejected rows of a ``PreferenceBatch`` go 
 forward; each row's answer log-probability is the sum of its labelled tokens' log-probabilities
 (``sequence_log_probs``); the reference is the same model inside peft's ``disable_adapter()``
 context (no second copy of the weights), unless the loop precomputed it. The loss formula is the
-shared ``backends.training.dpo.sigmoid_dpo_loss``.
+shared ``backends.training.dpo.sigmoid_dpo_loss``. ORPO and KTO (``method: orpo | kto``) run
+through ``backends.torch_backend.preference_methods`` (formulas in ``backends.training.orpo`` and
+``backends.training.kto``).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from backends.config import RunConfig
 from backends.data.types import IGNORE_INDEX, Batch, PreferenceBatch
 from backends.errors import RunFailed, UserInputError
 from backends.lora_targets import peft_target_modules
+from backends.torch_backend import preference_methods
 from backends.torch_backend.device import pick_device
 from backends.torch_backend.loading import load_causal_lm
 from backends.training.dpo import PreferenceStats, sigmoid_dpo_loss
@@ -315,6 +318,9 @@ class TorchEngine:
             if self.config.method == "dpo":
                 extra = self._dpo_backward(micro_batches)
                 mean_loss = extra.pop("loss")
+            elif self.config.method in preference_methods.METHODS:
+                extra = preference_methods.backward(self, micro_batches)
+                mean_loss = extra.pop("loss")
             else:
                 loss_total = 0.0
                 for batch in micro_batches:
@@ -385,6 +391,15 @@ class TorchEngine:
             finally:
                 self.model.train()
             return stats.eval_metrics()
+        if self.config.method in preference_methods.METHODS:
+            self.model.eval()
+            try:
+                return preference_methods.eval_metrics(self, batches)
+            except Exception as exc:
+                self._raise_if_oom(exc)
+                raise
+            finally:
+                self.model.train()
         return {"val_loss": self._sft_eval_loss(batches)}
 
     def _sft_eval_loss(self, batches: list[Batch]) -> float:

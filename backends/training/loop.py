@@ -21,7 +21,9 @@ run, ``eta`` is seconds left at this session's average step time. ``run_started`
 ``validation_examples``, ``steps_per_epoch`` and ``warmup_steps``; ``run_finished`` adds ``tokens``
 and ``elapsed``; ``run_failed.step`` and ``stopped.step`` are the last completed step.
 
-DPO (``method: dpo``, see ``backends.training.dpo``) runs through this same loop: the batcher is
+ORPO and KTO (``backends.training.orpo``, ``backends.training.kto``) run the same way: their
+engines return the methods' own figures, which ``step`` and ``eval`` events carry
+(``events.OPTIONAL``). DPO (``method: dpo``, see ``backends.training.dpo``) runs through this same loop: the batcher is
 ``make_preference_batches``, the engine's ``train_step`` returns the DPO loss per pair and the
 reward statistics, which ``step`` events carry (``dpo.STEP_FIELDS``), and ``eval`` events add
 ``reward_accuracy`` and ``reward_margin`` (from the engine's ``eval_metrics``). With
@@ -54,11 +56,11 @@ import numpy as np
 import psutil
 
 from backends.config import RunConfig
-from backends.data.types import Batch, PreferenceBatch, PreferenceExample, PreparedData
+from backends.data.types import Batch, KTOExample, PreferenceBatch, PreferenceExample, PreparedData
 from backends.errors import RunFailed, RunStopped, UserInputError
-from backends.events import EventSink
+from backends.events import OPTIONAL, EventSink
 from backends.runs import RunDir, atomic_dir, atomic_write_text
-from backends.training.dpo import EVAL_FIELDS, STEP_FIELDS, ReferenceCache
+from backends.training.dpo import ReferenceCache
 from backends.training.engine import Engine
 from backends.training.schedule import learning_rate, warmup_steps
 
@@ -131,8 +133,13 @@ def data_fingerprint(examples: list) -> str:
     checkpoint and its resume."""
     h = hashlib.sha256()
     for ex in examples:
-        if isinstance(ex, PreferenceExample):
-            for part in (ex.prompt_ids, ex.chosen_ids, ex.rejected_ids, [ex.row]):
+        if isinstance(ex, PreferenceExample | KTOExample):
+            answers = (
+                (ex.chosen_ids, ex.rejected_ids)
+                if isinstance(ex, PreferenceExample)
+                else (ex.completion_ids, [int(ex.desirable)])
+            )
+            for part in (ex.prompt_ids, *answers, [ex.row]):
                 h.update(np.asarray(part, dtype=np.int64).tobytes())
                 h.update(b",")
         else:
@@ -471,7 +478,7 @@ class TrainingLoop:
                 eta=round(per_step * (self.max_steps - s.step), 1),
                 memory={"rss": rss_bytes(), **self.engine.memory()},
                 **({"skipped": True} if skipped else {}),
-                **{k: float(result[k]) for k in STEP_FIELDS if k in result},
+                **{k: float(result[k]) for k in OPTIONAL["step"] if k in result},
             )
             if (
                 self.data.validation
@@ -517,7 +524,7 @@ class TrainingLoop:
         means = {k: v / weight_total for k, v in sums.items()} if weight_total else {}
         val = means.get("val_loss", float("nan"))
         self.state.val_loss = val if math.isfinite(val) else None
-        extra = {k: means[k] for k in EVAL_FIELDS if k in means}
+        extra = {k: means[k] for k in OPTIONAL["eval"] if k in means}
         self.sink.emit("eval", step=self.state.step, val_loss=val, **extra)
         return val
 
