@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install TuneDesk into ./.venv (idempotent; a second run only checks).
 #   bash packaging/install.sh          the app and CLI
-#   bash packaging/install.sh test     plus the test tools (pytest, ruff, import-linter, mlx[cpu] on Linux)
+#   bash packaging/install.sh test     plus the test tools (pytest, ruff, import-linter, mlx[cpu] on Linux,
+#                                      trl for the ORPO/KTO parity tests)
 #   bash packaging/install.sh bench    plus the benchmark peers (trl)
 # torch is installed first, pinned to the build that fits this machine, so that the project's own
 # range never pulls a multi-GB CUDA build onto a machine without an NVIDIA GPU:

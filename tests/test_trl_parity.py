@@ -3,12 +3,15 @@
 with identical weights (the trainers get our engine's peft model itself), within 1e-4.
 
 LoRA's B matrices start at zero (then policy = reference and half the gradients vanish), so the
-tests first set them to fixed random values: both sides then see a policy that differs from the
-reference. TRL's ORPO counts the prompt's tokens in its NLL, ours only the answer's: with a
+policy is first moved: ORPO sets B to fixed random values; KTO (whose TRL trainer copies a given
+adapter as its reference, so it gets the adapter while B is zero) takes one step of our own first,
+which also makes its KL estimate positive. TRL's ORPO counts the prompt's tokens in its NLL, ours only the answer's: with a
 one-token prompt the two are the same, so the ORPO batch uses one.
 """
 
 from __future__ import annotations
+
+import copy
 
 import numpy as np
 import pytest
@@ -41,16 +44,20 @@ def engine_for(model_dir, method: str, **section):
     config = config_from_dict(raw)
     engine = torch_backend.create_engine(config, "cpu")
     engine.setup(config, model_dir)
-    generator = torch.Generator().manual_seed(11)
-    with torch.no_grad():
-        for name, p in engine.model.named_parameters():
-            if "lora_B" in name:
-                p.copy_(torch.randn(p.shape, generator=generator) * 0.05)
     return engine
 
 
+def randomise_lora_b(model, scale: float = 0.05) -> None:
+    """Fixed random values in the trained adapter's B matrices (zero at initialisation)."""
+    generator = torch.Generator().manual_seed(11)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B.default" in name:
+                p.copy_(torch.randn(p.shape, generator=generator) * scale)
+
+
 def lora_grads(model) -> dict[str, torch.Tensor]:
-    return {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    return {n: p.grad.detach().clone() for n, p in model.named_parameters() if ".default." in n}
 
 
 def assert_same_grads(ours: dict[str, torch.Tensor], theirs: dict[str, torch.Tensor]) -> None:
@@ -67,6 +74,7 @@ def test_orpo_first_step_equals_trl(tiny_model_dir, tmp_path):
 
     tokenizer = load_tokenizer(tiny_model_dir)
     engine = engine_for(tiny_model_dir, "orpo", beta=0.2)
+    randomise_lora_b(engine.model)
     eos = [tokenizer.eos_token_id]
     examples = [
         PreferenceExample(
@@ -106,4 +114,78 @@ def test_orpo_first_step_equals_trl(tiny_model_dir, tmp_path):
     assert abs(ours["log_odds_chosen"] - metrics["log_odds_chosen"]) < 1e-4
     assert abs(ours["reward_margin"] - metrics["rewards/margins"]) < 1e-4
     assert abs(ours["log_odds_chosen"]) > 1e-3  # the two answers differ under the policy
+    assert_same_grads(our_grads, lora_grads(engine.model))
+
+
+def test_kto_first_step_equals_trl(tiny_model_dir, tmp_path):
+    from datasets import Dataset
+    from trl import KTOConfig, KTOTrainer
+
+    tokenizer = load_tokenizer(tiny_model_dir)
+    engine = engine_for(tiny_model_dir, "kto", beta=0.3, desirable_weight=1.0, undesirable_weight=1.5)
+    eos = [tokenizer.eos_token_id]
+    rated = [(ANSWERS[0][0], True), (ANSWERS[1][1], False), (ANSWERS[2][0], True)]
+    prompts = ["Tell me about France.", "What is two plus two?", "When does water boil?"]
+    examples = [
+        KTOExample(
+            tokenizer(p, add_special_tokens=False)["input_ids"],
+            tokenizer(a, add_special_tokens=False)["input_ids"] + eos,
+            label,
+            i + 1,
+        )
+        for i, (p, (a, label)) in enumerate(zip(prompts, rated, strict=True))
+    ]
+    (batch,) = make_kto_batches(examples, batch_size=3, pad_token_id=0, seed=0, epoch=0)
+
+    args = KTOConfig(
+        output_dir=str(tmp_path / "trl"),
+        beta=0.3,
+        desirable_weight=1.0,
+        undesirable_weight=1.5,
+        per_device_train_batch_size=3,
+        train_sampling_strategy="sequential",
+        report_to=[],
+        use_cpu=True,
+    )
+    rows = [
+        {"prompt": p, "completion": a, "label": label} for p, (a, label) in zip(prompts, rated, strict=True)
+    ]
+    # TRL keeps a copy of a given adapter as its reference ("ref" adapter): hand it the adapter while
+    # B is still zero, so its reference is the base model as ours.
+    trainer = KTOTrainer(
+        model=engine.model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer
+    )
+    # Move the policy with one step on the batch rated all desirable: its answers (also those of
+    # the mismatched rows) become likelier, so the KL estimate z0 is positive (random B gives z0 < 0,
+    # clamped to 0, which would leave the KL shift untested).
+    liked = copy.deepcopy(batch)
+    liked.desirable = np.ones_like(batch.desirable)
+    engine.train_step([liked], 3e-2)
+    engine.model.train()
+    engine.optimizer.zero_grad(set_to_none=True)
+    ours = preference_methods.backward(engine, [batch])
+    our_grads = lora_grads(engine.model)
+    n = batch.num_pairs
+    completion = torch.as_tensor(batch.labels != -100).long()
+    t = {
+        "input_ids": torch.as_tensor(batch.input_ids),
+        "attention_mask": torch.as_tensor(batch.attention_mask),
+    }
+    inputs = {
+        **{k: v[:n] for k, v in t.items()},
+        "completion_mask": completion[:n],
+        **{f"KL_{k}": v[n:] for k, v in t.items()},
+        "KL_completion_mask": completion[n:],
+        "label": torch.as_tensor(batch.desirable),
+    }
+    trainer.model.train()
+    engine.optimizer.zero_grad(set_to_none=True)
+    loss = trainer.compute_loss(trainer.model, inputs)
+    loss.backward()
+    logged = {k: v[-1] for k, v in trainer._metrics["train"].items()}
+    assert abs(ours["loss"] - float(loss.detach())) < 1e-4
+    assert abs(ours["kl"] - logged["kl"]) < 1e-4
+    assert abs(ours["rewards_desirable"] - logged["rewards/chosen"]) < 1e-4
+    assert abs(ours["rewards_undesirable"] - logged["rewards/rejected"]) < 1e-4
+    assert ours["kl"] > 0.1 and abs(ours["loss"] - 0.5 * (1 + 1.5 + 1) / 3) > 1e-3
     assert_same_grads(our_grads, lora_grads(engine.model))
