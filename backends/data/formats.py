@@ -15,7 +15,8 @@ Formats (names as in ``DataConfig.format``):
   ShareGPT style ``conversations`` + ``chosen`` + ``rejected`` (each ``{"from": "gpt", "value"}``).
 - ``feedback`` (KTO, unpaired thumbs up/down): ``label`` true or false beside ``prompt`` +
   ``completion`` (TRL's unpaired preference form) or a ``messages``/``conversations`` list ending
-  with the rated assistant turn (LLaMA-Factory's KTO form); detected when ``label`` is a boolean.
+  with the rated assistant turn (LLaMA-Factory's KTO form); detected when ``label`` is a boolean
+  (or the string "true"/"false", which is then a row problem: it must be a JSON boolean).
 
 Chat lists accept either ``role``/``content`` or ``from``/``value`` items. Roles: ``system``;
 ``user``/``human``; ``assistant``/``gpt``. A conversation is an optional system message, then
@@ -78,10 +79,10 @@ def detect_row_format(obj: Any) -> str | None:
     """The format a row's fields point to, or None when they match no format (or it is no object)."""
     if not isinstance(obj, dict):
         return None
-    if isinstance(obj.get("label"), bool) and any(
-        k in obj for k in ("completion", "messages", "conversations")
-    ):
-        return "feedback"
+    label = obj.get("label")
+    rated = isinstance(label, bool) or (isinstance(label, str) and label.strip().lower() in ("true", "false"))
+    if rated and any(k in obj for k in ("completion", "messages", "conversations")):
+        return "feedback"  # a quoted "true"/"false" too, so that row's error names the label
     if "chosen" in obj or "rejected" in obj:
         return "preference"
     if "messages" in obj:
