@@ -121,6 +121,53 @@ class KTOConfig(_Strict):
     )
 
 
+class RewardConfig(_Strict):
+    """One GRPO reward function (backends/training/rewards.py describes each type)."""
+
+    type: Literal["matches_answer", "valid_json", "regex", "length", "python"] = Field(
+        description="matches_answer, valid_json, regex (needs pattern), length (min/max characters) "
+        "or python (your file's function)."
+    )
+    weight: float = Field(1.0, description="Weight of this reward in the total.")
+    name: str | None = Field(None, description="Name in charts and events (default: the type).")
+    pattern: str | None = Field(None, description="regex: the regular expression to find.")
+    min: int | None = Field(None, ge=0, description="length: fewest characters.")
+    max: int | None = Field(None, ge=0, description="length: most characters.")
+    file: Path | None = Field(None, description="python: the .py file, run only because it is named here.")
+    function: str = Field("reward", description="python: the function's name in the file.")
+
+    @model_validator(mode="after")
+    def _fields(self) -> RewardConfig:
+        if self.type == "regex" and not self.pattern:
+            raise ValueError("pattern: a regex reward needs a pattern")
+        if self.type == "python" and self.file is None:
+            raise ValueError("file: a python reward needs the file holding the function")
+        if self.type == "length" and self.min is None and self.max is None:
+            raise ValueError("a length reward needs min and/or max")
+        return self
+
+
+class GRPOConfig(_Strict):
+    """Group Relative Policy Optimization (Shao et al. 2024) settings, used when method is 'grpo'."""
+
+    num_generations: int = Field(4, ge=2, le=64, description="Completions sampled per prompt (the group).")
+    max_completion_length: int = Field(64, ge=1, le=8192, description="Most tokens per completion.")
+    temperature: float = Field(1.0, gt=0, le=5, description="Sampling temperature of the completions.")
+    beta: float = Field(0.04, ge=0, le=10, description="Weight of the KL penalty to the base model (0: off).")
+    epsilon: float = Field(0.2, gt=0, lt=1, description="Clipping range of the probability ratio.")
+    kl_bias_correction: bool = Field(
+        False,
+        description="Weight the KL term by the probability ratio (unbiased KL gradient; TRL's default).",
+    )
+    loss_type: Literal["grpo", "dapo"] = Field(
+        "grpo", description="grpo: mean per completion, then over completions; dapo: mean over all tokens."
+    )
+    rewards: list[RewardConfig] = Field(
+        default_factory=lambda: [RewardConfig(type="matches_answer")],
+        description="Reward functions; the total reward is their weighted sum.",
+    )
+
+
 class TrainingConfig(_Strict):
     """Optimisation settings; step counts are optimizer steps (after gradient accumulation)."""
 
@@ -179,9 +226,10 @@ class RunConfig(_Strict):
         None, description="Preset whose values fill in what the file does not set."
     )
     model: str = Field(DEFAULT_MODEL, description="Imported model name, or a path to an HF folder.")
-    method: Literal["sft", "dpo", "orpo", "kto"] = Field(
+    method: Literal["sft", "dpo", "orpo", "kto", "grpo"] = Field(
         "sft",
-        description="Supervised fine-tuning, preference tuning (DPO, ORPO: pairs) or KTO (thumbs up/down).",
+        description="Supervised fine-tuning, preference tuning (DPO, ORPO: pairs), KTO (thumbs up/down) "
+        "or GRPO (rewards).",
     )
     backend: Literal["auto", "torch", "mlx"] = Field(
         "auto", description="Training backend; 'auto' follows `tunedesk hardware`."
@@ -191,6 +239,7 @@ class RunConfig(_Strict):
     dpo: DPOConfig = Field(default_factory=DPOConfig)
     orpo: ORPOConfig = Field(default_factory=ORPOConfig)
     kto: KTOConfig = Field(default_factory=KTOConfig)
+    grpo: GRPOConfig = Field(default_factory=GRPOConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
 
@@ -198,7 +247,7 @@ class RunConfig(_Strict):
     def _check(self) -> RunConfig:
         if self.model.strip() == "":
             raise ValueError("model: must name a model")
-        if self.method in ("dpo", "orpo", "kto") and self.data.packing:
+        if self.method in ("dpo", "orpo", "kto", "grpo") and self.data.packing:
             raise ValueError(
                 f"data.packing: {self.method.upper()} trains on whole answers with their prompts, "
                 "which are not packed"

@@ -81,10 +81,29 @@ ORPO_STEP_FIELDS = ("nll_loss", "log_odds_ratio", "log_odds_chosen", *DPO_STEP_F
 # share of desirable rows. ``eval`` adds ``kl`` and the two reward means.
 KTO_STEP_FIELDS = ("rewards_desirable", "rewards_undesirable", "kl", "desirable_share")
 KTO_EVAL_FIELDS = ("rewards_desirable", "rewards_undesirable", "kl")
+# GRPO runs (``method: grpo``; backends/training/grpo.py): ``reward_mean``/``reward_std`` of the
+# total reward over the step's sampled completions, ``reward_mean/<name>``/``reward_std/<name>`` per
+# reward function (``OPTIONAL_PREFIXES``), ``completion_length`` (mean tokens), ``kl`` (mean per-token
+# KL to the base model) and ``clip_fraction`` (share of clipped tokens). ``eval``: ``reward_mean``
+# of one completion per validation prompt, and ``val_loss`` = minus that mean.
+GRPO_STEP_FIELDS = ("reward_mean", "reward_std", "completion_length", "kl", "clip_fraction")
+OPTIONAL_PREFIXES = ("reward_mean/", "reward_std/")
 OPTIONAL: dict[str, tuple[str, ...]] = {
-    "step": tuple(dict.fromkeys((*ORPO_STEP_FIELDS, *KTO_STEP_FIELDS))),
-    "eval": tuple(dict.fromkeys((*DPO_EVAL_FIELDS, "log_odds_chosen", *KTO_EVAL_FIELDS))),
+    "step": tuple(dict.fromkeys((*ORPO_STEP_FIELDS, *KTO_STEP_FIELDS, *GRPO_STEP_FIELDS))),
+    "eval": tuple(dict.fromkeys((*DPO_EVAL_FIELDS, "log_odds_chosen", *KTO_EVAL_FIELDS, "reward_mean"))),
 }
+
+
+def optional_fields(event: str, values: dict[str, Any]) -> dict[str, float]:
+    """The documented optional fields of ``event`` found in ``values`` (as floats): names in
+    ``OPTIONAL[event]`` and, for ``step``, names starting with one of ``OPTIONAL_PREFIXES``."""
+    names = OPTIONAL.get(event, ())
+    return {
+        k: float(v)
+        for k, v in values.items()
+        if k in names or (event == "step" and k.startswith(OPTIONAL_PREFIXES))
+    }
+
 
 MEMORY_FIELDS = ("rss", "device_allocated", "device_peak")
 FAILURE_KINDS = ("nan", "oom", "data", "model", "crash")

@@ -189,3 +189,105 @@ def test_kto_first_step_equals_trl(tiny_model_dir, tmp_path):
     assert abs(ours["rewards_undesirable"] - logged["rewards/rejected"]) < 1e-4
     assert ours["kl"] > 0.1 and abs(ours["loss"] - 0.5 * (1 + 1.5 + 1) / 3) > 1e-3
     assert_same_grads(our_grads, lora_grads(engine.model))
+
+
+@pytest.mark.parametrize(("loss_type", "bias_correction"), [("grpo", False), ("dapo", True)])
+def test_grpo_loss_on_fixed_completions_equals_trl(tiny_model_dir, tmp_path, loss_type, bias_correction):
+    """GRPO's advantages (TRL's own ``nanstd``), loss and LoRA gradients on a fixed batch of prompts,
+    completions and rewards against ``GRPOTrainer._compute_loss`` (beta 0.04: with the KL term).
+    With TRL's KL bias correction off (the paper's loss, our default) and on. The prompts have the same length (TRL left-pads prompts, and the model numbers positions from
+    the padded start; ours from the first real token)."""
+    from datasets import Dataset
+    from trl import GRPOConfig, GRPOTrainer
+    from trl.trainer.utils import nanstd
+
+    from backends.torch_backend.grpo_step import GRPORunner, Scored
+    from backends.training.grpo import group_advantages
+
+    tokenizer = load_tokenizer(tiny_model_dir)
+    engine = engine_for(
+        tiny_model_dir,
+        "grpo",
+        beta=0.04,
+        num_generations=3,
+        loss_type=loss_type,
+        kl_bias_correction=bias_correction,
+    )
+    args = GRPOConfig(
+        output_dir=str(tmp_path / "trl"),
+        beta=0.04,
+        loss_type=loss_type,
+        use_bias_correction_kl=bias_correction,
+        bf16=False,  # TRL's GRPO defaults to bf16 autocast; this compares fp32 with fp32
+        num_generations=3,
+        per_device_train_batch_size=6,
+        max_completion_length=16,
+        report_to=[],
+        use_cpu=True,
+    )
+    trainer = GRPOTrainer(
+        model=engine.model,
+        reward_funcs=lambda completions, **kw: [0.0] * len(completions),
+        args=args,
+        train_dataset=Dataset.from_list([{"prompt": "Say something."}] * 6),
+        processing_class=tokenizer,
+    )
+    trainer.current_gradient_accumulation_steps = 1
+    randomise_lora_b(engine.model, 0.2)
+
+    def ids(text: str) -> list[int]:
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    prompts = [ids("What is the capital of France?"), ids("What is two plus two?")]
+    prompts = [p[: min(map(len, prompts))] for p in prompts]  # the same length: see the docstring
+    eos = [tokenizer.eos_token_id]
+    completions = [
+        ids("Paris.") + eos,
+        ids("It is Paris, of course.") + eos,
+        ids("Lyon"),
+        ids("Four.") + eos,
+        ids("5") + eos,
+        ids("Two plus two is four, which is even.") + eos,
+    ]
+    rewards = np.array([1.0, 0.5, 0.0, 1.0, 0.0, 0.7])
+    theirs_adv = rewards - torch.tensor(rewards).view(-1, 3).mean(1).repeat_interleave(3).numpy()
+    theirs_adv = theirs_adv / (
+        nanstd(torch.tensor(rewards).view(-1, 3), dim=1).repeat_interleave(3).numpy() + 1e-4
+    )
+    advantages = group_advantages(rewards, 3)
+    np.testing.assert_allclose(advantages, theirs_adv, atol=1e-9)
+
+    runner = GRPORunner(engine)
+    engine.model.train()
+    engine.optimizer.zero_grad(set_to_none=True)
+    metrics, _ = runner.learn([Scored(prompts, completions, rewards[:, None], advantages)])
+    our_grads = lora_grads(engine.model)
+
+    width = max(len(c) for c in completions)
+    completion_ids = torch.tensor([c + [0] * (width - len(c)) for c in completions])
+    completion_mask = torch.tensor([[1] * len(c) + [0] * (width - len(c)) for c in completions])
+    prompt_ids = torch.tensor([prompts[i // 3] for i in range(6)])
+    with torch.no_grad(), engine.model.disable_adapter():
+        ref = trainer._get_per_token_logps_and_entropies(
+            engine.model,
+            torch.cat([prompt_ids, completion_ids], 1),
+            torch.cat([torch.ones_like(prompt_ids), completion_mask], 1),
+            width,
+        )[0]
+    inputs = {
+        "prompt_ids": prompt_ids,
+        "prompt_mask": torch.ones_like(prompt_ids),
+        "completion_ids": completion_ids,
+        "completion_mask": completion_mask,
+        "advantages": torch.tensor(advantages, dtype=torch.float32),
+        "ref_per_token_logps": ref,
+        "num_items_in_batch": completion_mask.sum(),
+    }
+    engine.optimizer.zero_grad(set_to_none=True)
+    loss = trainer._compute_loss(engine.model, inputs)
+    loss.backward()
+    assert abs(metrics["loss"] - float(loss.detach())) < 1e-6  # the loss is small (~1e-3): tighter
+    assert abs(metrics["kl"] - trainer._metrics["train"]["kl"][-1]) < 1e-6
+    assert metrics["kl"] > 1e-4 and metrics["clip_fraction"] == 0
+    assert metrics["reward_mean"] == pytest.approx(rewards.mean())
+    assert_same_grads(our_grads, lora_grads(engine.model))

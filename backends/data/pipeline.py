@@ -19,10 +19,18 @@ import numpy as np
 
 from backends import paths
 from backends.data.encode import Encoder, encode_rows
-from backends.data.formats import CHAT_FORMATS, FORMATS, Preference, RowError, detect_row_format, parse_row
+from backends.data.formats import (
+    CHAT_FORMATS,
+    FORMATS,
+    Feedback,
+    Preference,
+    RowError,
+    detect_row_format,
+    parse_row,
+)
 from backends.data.readers import read_file
 from backends.data.templates import CHATML_TEMPLATE, model_template, resolve_chat_template
-from backends.data.types import DataReport, PreparedData, Problem
+from backends.data.types import DataReport, PreparedData, Problem, PromptExample
 from backends.errors import UserInputError
 
 Progress = Callable[[str], None]
@@ -117,12 +125,13 @@ def _kind(fmt: str) -> str:
 
 
 # Which training methods each format suits (``data check`` shows it; ``_check_method`` enforces it).
-METHODS_FOR_FORMAT = {"preference": ("dpo", "orpo"), "feedback": ("kto",)}
+METHODS_FOR_FORMAT = {"preference": ("dpo", "orpo"), "feedback": ("kto",), "text": ("sft",)}
 
 
 def methods_for_format(fmt: str) -> tuple[str, ...]:
-    """The methods a file of format ``fmt`` can be trained with (the first is the default)."""
-    return METHODS_FOR_FORMAT.get(fmt, ("sft",))
+    """The methods a file of format ``fmt`` can be trained with (the first is the default): GRPO
+    takes any conversation, whose last assistant turn is the reference answer of its rewards."""
+    return METHODS_FOR_FORMAT.get(fmt, ("sft", "grpo"))
 
 
 def _check_method(path: Path, fmt: str, method: str | None) -> str:
@@ -138,6 +147,8 @@ def _check_method(path: Path, fmt: str, method: str | None) -> str:
         )
     elif fmt == "preference":
         reason = "this file holds preference pairs (chosen/rejected): train it with method 'dpo' or 'orpo'"
+    elif method == "grpo":
+        reason = f"method 'grpo' needs conversations whose last assistant turn is the reference answer, but this file is {fmt!r}"
     elif method in ("dpo", "orpo"):
         reason = (
             f"method {method!r} needs preference pairs (prompt/chosen/rejected), but this file is {fmt!r}"
@@ -227,7 +238,14 @@ def analyze_file(
 
     template = template_for(tokenizer, chat_template, fmt)
     encoder = Encoder(tokenizer, template, train_on=train_on, max_seq_length=max_seq_length)
-    results = encode_rows(encoder, _kind(fmt), valid, progress)
+    kind = _kind(fmt)
+    if method == "grpo":  # the prompt and its reference answer, tokenised as a rated answer
+        valid, kind = [(n, Feedback(m[:-1], m[-1]["content"], True)) for n, m in valid], "feedback"
+    results = encode_rows(encoder, kind, valid, progress)
+    if method == "grpo":
+        for r in results:
+            if r.example is not None:
+                r.example = PromptExample(r.example.prompt_ids, r.example.completion_ids, r.row)
     examples = []
     cut: list[int] = []
     too_long: list[int] = []

@@ -64,6 +64,16 @@ class KTOExample:
 
 
 @dataclass
+class PromptExample:
+    """One tokenised GRPO prompt: the rendered prompt (up to and including the assistant header)
+    and the reference answer's tokens (the row's last assistant turn; rewards compare with it)."""
+
+    prompt_ids: list[int]
+    answer_ids: list[int]
+    row: int
+
+
+@dataclass
 class Batch:
     """A padded micro-batch, as numpy int64 arrays of shape [B, T].
 
@@ -177,3 +187,15 @@ class KTOBatch(PreferenceBatch):
     only (the mismatched rows run without gradient)."""
 
     desirable: np.ndarray | None = None
+
+
+@dataclass
+class PromptBatch(Batch):
+    """A GRPO micro-batch of prompts: ``prompts``/``answers`` are each prompt's token ids and its
+    reference answer's. The arrays hold the prompts right-padded (no labels: the completions are
+    sampled by the engine, which then sets ``num_tokens`` to the prompt and completion tokens it
+    trained on, so the loop's token counts include them). ``num_label_tokens`` is the number of
+    prompts (the loop weights a validation batch's figures by it)."""
+
+    prompts: list[list[int]] = field(default_factory=list)
+    answers: list[list[int]] = field(default_factory=list)

@@ -15,7 +15,7 @@ forward; each row's answer log-probability is the sum of its labelled tokens' lo
 context (no second copy of the weights), unless the loop precomputed it. The loss formula is the
 shared ``backends.training.dpo.sigmoid_dpo_loss``. ORPO and KTO (``method: orpo | kto``) run
 through ``backends.torch_backend.preference_methods`` (formulas in ``backends.training.orpo`` and
-``backends.training.kto``).
+``backends.training.kto``); GRPO (``method: grpo``) through ``backends.torch_backend.grpo_step``.
 """
 
 from __future__ import annotations
@@ -133,6 +133,8 @@ class TorchEngine:
         self._params: list[nn.Parameter] = []
         self._fast_loss = False
         self._mps_peak = 0
+        self.model_dir: Path | None = None
+        self._grpo_runner: Any = None
 
     # --- setup -----------------------------------------------------------------------------
     def setup(self, config: RunConfig, model_dir: Path) -> dict[str, Any]:
@@ -145,6 +147,7 @@ class TorchEngine:
         from peft import LoraConfig, get_peft_model
 
         model_dir = Path(model_dir)
+        self.model_dir = model_dir
         self.config = config
         t = config.training
         self.precision, precision_note = resolve_precision(t.precision, self.device)
@@ -321,6 +324,9 @@ class TorchEngine:
             elif self.config.method in preference_methods.METHODS:
                 extra = preference_methods.backward(self, micro_batches)
                 mean_loss = extra.pop("loss")
+            elif self.config.method == "grpo":
+                extra = self._grpo().backward(micro_batches)
+                mean_loss = extra.pop("loss")
             else:
                 loss_total = 0.0
                 for batch in micro_batches:
@@ -333,6 +339,14 @@ class TorchEngine:
             raise
         result = self._update(mean_loss)
         return {**result, **extra}
+
+    def _grpo(self) -> Any:
+        """The run's GRPO state (``grpo_step.GRPORunner``), made on first use."""
+        if self._grpo_runner is None:
+            from backends.torch_backend.grpo_step import GRPORunner
+
+            self._grpo_runner = GRPORunner(self)
+        return self._grpo_runner
 
     def _backward(self, loss: torch.Tensor) -> None:
         (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
@@ -391,6 +405,12 @@ class TorchEngine:
             finally:
                 self.model.train()
             return stats.eval_metrics()
+        if self.config.method == "grpo":
+            try:
+                return self._grpo().eval_metrics(batches)
+            except Exception as exc:
+                self._raise_if_oom(exc)
+                raise
         if self.config.method in preference_methods.METHODS:
             self.model.eval()
             try:

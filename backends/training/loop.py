@@ -56,9 +56,16 @@ import numpy as np
 import psutil
 
 from backends.config import RunConfig
-from backends.data.types import Batch, KTOExample, PreferenceBatch, PreferenceExample, PreparedData
+from backends.data.types import (
+    Batch,
+    KTOExample,
+    PreferenceBatch,
+    PreferenceExample,
+    PreparedData,
+    PromptExample,
+)
 from backends.errors import RunFailed, RunStopped, UserInputError
-from backends.events import OPTIONAL, EventSink
+from backends.events import EventSink, optional_fields
 from backends.runs import RunDir, atomic_dir, atomic_write_text
 from backends.training.dpo import ReferenceCache
 from backends.training.engine import Engine
@@ -133,12 +140,13 @@ def data_fingerprint(examples: list) -> str:
     checkpoint and its resume."""
     h = hashlib.sha256()
     for ex in examples:
-        if isinstance(ex, PreferenceExample | KTOExample):
-            answers = (
-                (ex.chosen_ids, ex.rejected_ids)
-                if isinstance(ex, PreferenceExample)
-                else (ex.completion_ids, [int(ex.desirable)])
-            )
+        if isinstance(ex, PreferenceExample | KTOExample | PromptExample):
+            if isinstance(ex, PreferenceExample):
+                answers = (ex.chosen_ids, ex.rejected_ids)
+            elif isinstance(ex, KTOExample):
+                answers = (ex.completion_ids, [int(ex.desirable)])
+            else:
+                answers = (ex.answer_ids,)
             for part in (ex.prompt_ids, *answers, [ex.row]):
                 h.update(np.asarray(part, dtype=np.int64).tobytes())
                 h.update(b",")
@@ -478,7 +486,7 @@ class TrainingLoop:
                 eta=round(per_step * (self.max_steps - s.step), 1),
                 memory={"rss": rss_bytes(), **self.engine.memory()},
                 **({"skipped": True} if skipped else {}),
-                **{k: float(result[k]) for k in OPTIONAL["step"] if k in result},
+                **optional_fields("step", result),
             )
             if (
                 self.data.validation
@@ -524,7 +532,7 @@ class TrainingLoop:
         means = {k: v / weight_total for k, v in sums.items()} if weight_total else {}
         val = means.get("val_loss", float("nan"))
         self.state.val_loss = val if math.isfinite(val) else None
-        extra = {k: means[k] for k in OPTIONAL["eval"] if k in means}
+        extra = optional_fields("eval", means)
         self.sink.emit("eval", step=self.state.step, val_loss=val, **extra)
         return val
 
