@@ -149,3 +149,12 @@ def test_run_events_stop_and_exact_resume(method, tiny_model_dir, shared_data, t
     for e in after:
         for key in ("loss", "grad_norm", *fields):
             assert e[key] == pytest.approx(expected[e["step"]][key], abs=1e-5), (e["step"], key)
+
+
+def test_mlx_refuses_the_torch_only_methods_by_name(tiny_model_dir):
+    from backends import mlx_backend
+
+    for method in ("orpo", "kto", "grpo"):
+        config = config_from_dict({"model": str(tiny_model_dir), "method": method, "backend": "mlx"})
+        with pytest.raises(UserInputError, match=f"method '{method}' runs on the PyTorch backend only"):
+            mlx_backend.create_engine(config)
