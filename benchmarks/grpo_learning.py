@@ -2,8 +2,8 @@
 resume that continue the same curve.
 
 The task ("short answers"): 40 questions with a one-word or one-number answer (capitals and small
-sums, written here); the reward is the built-in ``length`` reward with ``max: 30`` characters (1 when
-the answer has at most 30 characters, else 0; SmolLM2 often answers with a longer sentence), so the
+sums, written here); the reward is the built-in ``length`` reward with ``min: 2, max: 30`` characters (1
+when the answer has 2 to 30 characters, else 0, so an empty answer earns nothing; SmolLM2 often answers with a longer sentence), so the
 model learns to answer briefly. One prompt and 4 completions of at most 16 tokens a step. The built-in
 ``matches_answer`` reward rides along with weight 0: it is charted, but does not steer.
 
@@ -52,7 +52,7 @@ def config(model: str, data: Path, runs: Path, name: str, steps: int) -> dict:
             "num_generations": 4,
             "max_completion_length": 16,
             "beta": 0.04,
-            "rewards": [{"type": "length", "max": 30}, {"type": "matches_answer", "weight": 0.0}],
+            "rewards": [{"type": "length", "min": 2, "max": 30}, {"type": "matches_answer", "weight": 0.0}],
         },
         "training": {
             "precision": "fp32",
