@@ -20,11 +20,13 @@ from collections.abc import Sequence
 from backends import paths
 from backends.errors import (
     EXIT_OK,
+    EXIT_RUN_FAILED,
     EXIT_STOPPED,
     EXIT_USAGE,
     RunFailed,
     RunStopped,
     TuneDeskError,
+    UsageError,
     UserInputError,
 )
 
@@ -38,29 +40,9 @@ def _cmd_hardware(args: argparse.Namespace) -> int:
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
-    from backends import models
+    from backends.models_cli import run_models
 
-    if args.models_cmd == "import":
-        path = models.import_model(
-            args.path,
-            args.name,
-            allow_pickle=args.allow_pickle,
-            trust_remote_code=args.trust_remote_code,
-            progress=models.print_progress,
-        )
-        print(path)
-        return EXIT_OK
-    rows = models.list_models()
-    if args.json:
-        print(json.dumps(rows, indent=2))
-    elif not rows:
-        print(
-            "no models imported yet (`tunedesk models import PATH`; the default model imports on first use)"
-        )
-    else:
-        for m in rows:
-            print(f"{m['name']:40s} {m['params'] / 1e6:8.1f}M params {m['size'] / 1e6:9.1f} MB  {m['path']}")
-    return EXIT_OK
+    return run_models(args)
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -88,9 +70,26 @@ def _cmd_chat(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from backends.export import cli_export
+    if args.run_dir == "adapter" and args.adapter_run_dir is not None:
+        if args.to is None or args.format is not None:
+            raise UsageError("`export adapter RUN_DIR` takes --to peft|mlx (not --format)", field="--to")
+        from backends.export import cli_export
 
-    return cli_export(args)
+        args.run_dir = args.adapter_run_dir
+        return cli_export(args)
+    if args.adapter_run_dir is not None or args.format is None or args.to is not None:
+        raise UsageError(
+            "use `export RUN_DIR --format F` or `export adapter RUN_DIR --to peft|mlx`", field="--format"
+        )
+    from backends.jobs.export.run import cli_export_model
+
+    return cli_export_model(args)
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from backends.serve import cli_serve
+
+    return cli_serve(args)
 
 
 def _cmd_runs(args: argparse.Namespace) -> int:
@@ -145,6 +144,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--preset", choices=["quick-test", "balanced", "quality"], help="preset under the config's values"
     )
     p.add_argument("--json", action="store_true", help="print events as JSON lines on stdout")
+    p.add_argument(
+        "--allow-config-change",
+        action="store_true",
+        help="with --resume: continue although config.yaml changed since the checkpoint (noted in the events)",
+    )
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("data", help="inspect a dataset")
@@ -166,19 +170,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_hardware)
 
-    p = sub.add_parser("models", help="import and list models")
-    msub = p.add_subparsers(dest="models_cmd", required=True, metavar="SUBCOMMAND")
-    m = msub.add_parser("import", help="a GGUF file or HF folder into the model store")
-    m.add_argument("path")
-    m.add_argument("--name", default=None, help="name in the store (default: from the file or folder)")
-    m.add_argument(
-        "--allow-pickle", action="store_true", help="accept pickle .bin weights (converted to safetensors)"
-    )
-    m.add_argument(
-        "--trust-remote-code", action="store_true", help="allow the model's own Python code to run"
-    )
-    m = msub.add_parser("list", help="imported models")
-    m.add_argument("--json", action="store_true")
+    from backends.models_cli import add_models_parser
+
+    add_models_parser(sub)
+    p = sub.choices["models"]
     p.set_defaults(func=_cmd_models)
 
     p = sub.add_parser("chat", help="chat with a model, optionally with a trained adapter")
@@ -200,6 +195,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", choices=["auto", "torch", "mlx"], default="auto")
     p.add_argument("--json", action="store_true", help="print token events as JSON lines")
     p.add_argument(
+        "--show-prompt",
+        action="store_true",
+        help="print the exact prompt the model is fed (special tokens visible) to stderr before each reply",
+    )
+    p.add_argument(
         "--serve", action="store_true", help="worker mode: read JSON commands on stdin (used by the app)"
     )
     p.add_argument(
@@ -209,13 +209,45 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=_cmd_chat)
 
-    p = sub.add_parser("export", help="export a trained adapter")
-    esub = p.add_subparsers(dest="export_cmd", required=True, metavar="SUBCOMMAND")
-    e = esub.add_parser("adapter", help="convert an adapter between PEFT and MLX formats")
-    e.add_argument("run_dir", help="run folder or adapter folder")
-    e.add_argument("--to", choices=["peft", "mlx"], required=True)
-    e.add_argument("--out", default=None, help="output folder")
+    p = sub.add_parser(
+        "export",
+        help="the tuned model for other tools (merged, GGUF, Ollama, MLX), or the adapter as PEFT/MLX",
+        usage="tunedesk export RUN_DIR --format merged|gguf|ollama|mlx [--quant Q] [--out DIR] "
+        "[--register NAME] [--json]\n       tunedesk export adapter RUN_DIR --to peft|mlx [--out DIR]",
+        description="merged: one Hugging Face folder (transformers, vLLM); gguf: one file for llama.cpp and "
+        "LM Studio; ollama: a GGUF plus a Modelfile for `ollama create`; mlx: a fused MLX folder "
+        "(Apple silicon). `export adapter` converts the adapter alone.",
+    )
+    p.add_argument("run_dir", metavar="RUN_DIR", help="run folder (or its adapter folder)")
+    p.add_argument("adapter_run_dir", nargs="?", help=argparse.SUPPRESS)
+    p.add_argument("--format", choices=["merged", "gguf", "ollama", "mlx"], help="what to write")
+    p.add_argument(
+        "--quant",
+        default=None,
+        metavar="Q",
+        help="gguf/ollama: q8_0 (almost lossless, half the size of f16: the safe pick for small models), "
+        "q4_k_m (a quarter of f16: the usual pick for 1B parameters and up), q5_k_m or q6_k (in between), "
+        "f16 or bf16 (unquantised). Default: q4_k_m where the model's layer widths are multiples of 256 "
+        "(what these K-quants need), else q8_0. merged/mlx: bf16, f16 or f32 (default: the base model's).",
+    )
+    p.add_argument(
+        "--out", default=None, help="output folder, must not exist (default: RUN_DIR/exports/FORMAT-Q)"
+    )
+    p.add_argument("--register", default=None, metavar="NAME", help="ollama: also run `ollama create NAME`")
+    p.add_argument("--to", choices=["peft", "mlx"], help="`export adapter` only: the adapter format")
+    p.add_argument("--json", action="store_true", help="print export_progress/export_finished events")
+    p.add_argument(
+        "--dry-run", action="store_true", help="check everything and print the size estimate; write nothing"
+    )
     p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser("serve", help="a local OpenAI-compatible server (/v1/chat/completions, /v1/models)")
+    p.add_argument("--model", default=None, help="model name or folder (default: the adapter's base model)")
+    p.add_argument("--adapter", default=None, metavar="RUN_DIR", help="run folder (or adapter folder)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="port (0: a free one; the URL is printed)")
+    p.add_argument("--backend", choices=["auto", "torch", "mlx"], default="auto")
+    p.set_defaults(func=_cmd_serve)
 
     p = sub.add_parser("runs", help="list run folders and their status")
     p.add_argument("--runs-dir", default=None)
@@ -257,3 +289,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("stopped", file=sys.stderr)
         return EXIT_STOPPED
+    except Exception as exc:  # the catch-all: exit 3 with the log's path, never a bare traceback
+        from backends.crash import crash_message, write_crash_log
+        from backends.training.oom import is_out_of_memory
+
+        if is_out_of_memory(exc):
+            print(
+                f"run failed (oom): out of memory: {str(exc).splitlines()[0][:300] if str(exc) else exc!r}",
+                file=sys.stderr,
+            )
+            return EXIT_RUN_FAILED
+        print(
+            crash_message(exc, write_crash_log(exc, list(argv) if argv is not None else sys.argv[1:])),
+            file=sys.stderr,
+        )
+        return EXIT_RUN_FAILED

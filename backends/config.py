@@ -65,6 +65,11 @@ class DataConfig(_Strict):
         False, description="Pack several short rows into one sequence (attention kept within each row)."
     )
     system_prompt: str | None = Field(None, description="System prompt added to rows that have none.")
+    literal_special_tokens: Literal["text", "control"] = Field(
+        "text",
+        description="Special-token strings typed inside messages (a literal <|im_end|>): tokenised as "
+        "plain text (default), or as the control tokens (opt-in).",
+    )
 
 
 class LoraConfig(_Strict):

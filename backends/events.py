@@ -58,6 +58,9 @@ REQUIRED: dict[str, tuple[str, ...]] = {
     "chat_ready": ("model", "backend", "device", "adapter"),
     "chat_error": ("kind", "message", "hint"),
     "validation_prompts": ("run_dir", "prompts"),
+    # tunedesk export RUN_DIR --format ... --json (backends/jobs/export/run.py): stages and the result.
+    "export_progress": ("stage", "done", "total"),
+    "export_finished": ("path", "format", "quant", "bytes"),
 }
 
 # Optional fields of DPO runs (``method: dpo``; see backends/training/dpo.py for the formulas).
@@ -106,7 +109,7 @@ def optional_fields(event: str, values: dict[str, Any]) -> dict[str, float]:
 
 
 MEMORY_FIELDS = ("rss", "device_allocated", "device_peak")
-FAILURE_KINDS = ("nan", "oom", "data", "model", "crash")
+FAILURE_KINDS = ("nan", "diverged", "oom", "disk", "data", "model", "crash")
 
 
 class EventSchemaError(ValueError):

@@ -2,8 +2,16 @@
 # Install TuneDesk into ./.venv (idempotent; a second run only checks).
 #   bash packaging/install.sh          the app and CLI
 #   bash packaging/install.sh test     plus the test tools (pytest, ruff, import-linter, mlx[cpu] on Linux,
-#                                      trl for the ORPO/KTO parity tests)
+#                                      the openai client for the serve tests, trl for the ORPO/KTO/GRPO
+#                                      parity tests, the Gemma 3 270M GGUF package (238 MB) for the
+#                                      second-architecture test, and strace on Linux (apt-get) for the
+#                                      no-network test)
 #   bash packaging/install.sh bench    plus the benchmark peers (trl)
+#   bash packaging/install.sh export   plus the export tools (`tunedesk export --format gguf|ollama`):
+#     llama-cpp-python, built from source (needs cmake and a C++ compiler; several minutes), and
+#     llama.cpp's GGUF converter, which its wheel leaves out, unpacked from the same source package
+#     into .venv/share/tunedesk/llama.cpp. `test` includes `export`, and on Debian/Ubuntu installs
+#     Go (golang-go, for the test that renders the Ollama TEMPLATE) when it is missing.
 # torch is installed first, pinned to the build that fits this machine, so that the project's own
 # range never pulls a multi-GB CUDA build onto a machine without an NVIDIA GPU:
 #   - no NVIDIA GPU (Linux/Windows): torch==2.13.0 CPU build (set TORCH_INDEX_URL to the CPU wheel
@@ -31,11 +39,46 @@ fi
 
 spec="."
 case "$extras" in
-  test) spec=".[test]" ;;
-  bench) spec=".[test,bench]" ;;
+  test) spec=".[test,export]" ;;
+  bench) spec=".[test,export,bench]" ;;
+  export) spec=".[export]" ;;
   "") ;;
-  *) echo "usage: bash packaging/install.sh [test|bench]" >&2; exit 2 ;;
+  *) echo "usage: bash packaging/install.sh [test|bench|export]" >&2; exit 2 ;;
 esac
+LLAMA_CPP_VERSION=0.3.36  # keep equal to the pin of the `export` extra in pyproject.toml
+install_export() {
+  local conv=.venv/share/tunedesk/llama.cpp tmp
+  if .venv/bin/python -c "import llama_cpp" >/dev/null 2>&1 &&
+    [ "$(cat "$conv/VERSION" 2>/dev/null)" = "$LLAMA_CPP_VERSION" ]; then
+    return
+  fi
+  tmp="$(mktemp -d)"
+  pip download -q --no-binary :all: --no-deps "llama-cpp-python==${LLAMA_CPP_VERSION}" -d "$tmp" 2>&1 | quiet
+  if ! .venv/bin/python -c "import llama_cpp" >/dev/null 2>&1; then
+    echo "building llama-cpp-python ${LLAMA_CPP_VERSION} (llama.cpp from source, several minutes)..."
+    # The multimodal library (LLAVA_BUILD) is half of the build and unused by TuneDesk.
+    CMAKE_ARGS="${CMAKE_ARGS:--DLLAVA_BUILD=OFF}" pip install -q "$tmp"/llama_cpp_python-*.tar.gz 2>&1 | quiet
+  fi
+  tar -xzf "$tmp"/llama_cpp_python-*.tar.gz -C "$tmp" --wildcards \
+    '*/vendor/llama.cpp/convert_hf_to_gguf.py' '*/vendor/llama.cpp/conversion/*' '*/vendor/llama.cpp/gguf-py/*'
+  rm -rf "$conv" && mkdir -p "$(dirname "$conv")"
+  mv "$tmp"/llama_cpp_python-*/vendor/llama.cpp "$conv" && echo "$LLAMA_CPP_VERSION" >"$conv/VERSION"
+  rm -rf "$tmp"
+}
+if [ "$extras" = "test" ] && ! command -v go >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+  echo "installing Go (golang-go) for the Ollama template test..."
+  sudo_="" && [ "$(id -u)" != 0 ] && sudo_="sudo"
+  ($sudo_ apt-get update -qq && $sudo_ apt-get install -y -qq golang-go >/dev/null) || echo "Go not installed: that test will skip"
+fi
+# The no-network test (tests/test_faults_network.py) records every connect() with strace (Linux).
+if [ "$extras" = "test" ] && [ "$(uname -s)" = "Linux" ] && ! command -v strace >/dev/null 2>&1 \
+  && command -v apt-get >/dev/null 2>&1; then
+  echo "installing strace for the no-network test..."
+  sudo_="" && [ "$(id -u)" != 0 ] && sudo_="sudo"
+  ($sudo_ apt-get install -y -qq strace >/dev/null 2>&1 || ($sudo_ apt-get update -qq && $sudo_ apt-get install -y -qq strace >/dev/null)) \
+    || echo "strace not installed: the no-network test will fail until it is"
+fi
+if [ "$spec" != "." ]; then install_export; fi
 echo "installing tunedesk${extras:+ with $extras extras}..."
 pip install -q -e "$spec" 2>&1 | quiet
 # The default model (SmolLM2-135M-Instruct, GGUF) ships inside this PyPI package; --no-deps

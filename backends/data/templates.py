@@ -82,15 +82,22 @@ def resolve_chat_template(tokenizer: Any, config_or_choice: Any) -> str:
 
 
 def render(
-    tokenizer: Any, template: str, messages: list[dict], *, add_generation_prompt: bool = False
+    tokenizer: Any,
+    template: str,
+    messages: list[dict],
+    *,
+    add_generation_prompt: bool = False,
+    tools: list[dict] | None = None,
 ) -> str:
     """Render one conversation with ``template`` as ``tokenizer.apply_chat_template(tokenize=False)``
-    would (the tokenizer's special tokens are template variables). Raises whatever the template
-    raises (jinja2's TemplateError for ``raise_exception``)."""
+    would (the tokenizer's special tokens are template variables; ``tools``: JSON schemas for
+    templates that list tools). Raises whatever the template raises (jinja2's TemplateError for
+    ``raise_exception``). Callers tokenise through ``backends.data.render.PromptRenderer``."""
     from transformers.utils.chat_template_utils import render_jinja_template
 
     rendered, _ = render_jinja_template(
         [messages],
+        tools=tools,
         chat_template=template,
         add_generation_prompt=add_generation_prompt,
         **tokenizer.special_tokens_map,

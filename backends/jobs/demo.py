@@ -182,4 +182,5 @@ def cli_demo(args: argparse.Namespace) -> int:
             f"Demo finished in {total / 60:.1f} min (training {trained / 60:.1f} min). Run folder: {run.path}"
         )
         print(f"Chat with the tuned model: tunedesk chat --adapter {run.path}")
+        print(f"Use it in Ollama, llama.cpp or LM Studio: tunedesk export {run.path} --format ollama")
     return EXIT_OK

@@ -39,7 +39,7 @@ from backends.torch_backend import preference_methods
 from backends.torch_backend.device import pick_device
 from backends.torch_backend.loading import load_causal_lm
 from backends.training.dpo import PreferenceStats, sigmoid_dpo_loss
-from backends.training.oom import oom_hint
+from backends.training.oom import is_out_of_memory, oom_hint
 
 # Model types whose causal-LM head is exactly ``lm_head(last_hidden_state)`` (no logit scaling or
 # soft-capping, no auxiliary loss), so the loss may apply the head only at labelled positions.
@@ -107,12 +107,7 @@ _OOM_TYPES: tuple[type[BaseException], ...] = (MemoryError,) + tuple(
 
 
 def _is_oom(exc: BaseException) -> bool:
-    if isinstance(exc, _OOM_TYPES):
-        return True
-    text = str(exc)
-    return isinstance(exc, RuntimeError) and (
-        "out of memory" in text or "can't allocate memory" in text or "MPS backend out of memory" in text
-    )
+    return isinstance(exc, _OOM_TYPES) or is_out_of_memory(exc)
 
 
 class TorchEngine:

@@ -31,6 +31,7 @@ from PySide6.QtWidgets import (
 from backends.config import PRESETS, config_from_dict, field_docs
 from backends.errors import UserInputError
 from backends.runs import RunDir, list_runs, run_status
+from desktop.next_steps import NextSteps
 from desktop.run_monitor import RunMonitor
 from desktop.settings_form import FieldEditor, SettingsForm, flatten, unflatten
 from desktop.state import AppState
@@ -131,6 +132,8 @@ class TrainPage(QWidget):
         for b in (self.start_button, self.stop_button, self.resume_button):
             buttons.addWidget(b)
         left_layout.addLayout(buttons)
+        self.next_steps = NextSteps()  # Chat with this result / Export…, once a run has ended
+        left_layout.addWidget(self.next_steps)
         self.advanced_toggle = QToolButton()
         self.advanced_toggle.setText("Advanced settings")
         self.advanced_toggle.setCheckable(True)
@@ -341,6 +344,7 @@ class TrainPage(QWidget):
 
     def _update_buttons(self) -> None:
         running = self.is_running()
+        self.next_steps.set_run(None if running else self.monitor.run_dir)
         self.start_button.setEnabled(not running)
         self.stop_button.setEnabled(running)
         self.resume_button.setEnabled(
