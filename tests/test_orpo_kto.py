@@ -59,7 +59,8 @@ def test_unpaired_feedback_is_detected_refused_for_sft_and_read_for_kto(
     assert rows[0]["messages"][-1]["content"].strip()[:30] in text[start:end]
     pairs = check_file(shared_data / "llamafactory" / "dpo_en_demo.json")
     assert pairs["suits"] == ["dpo", "orpo"] and pairs["method"] == "dpo"
-    assert check_file(shared_data / "llamafactory" / "alpaca_en_demo.json")["suits"] == ["sft"]
+    assert check_file(shared_data / "llamafactory" / "alpaca_en_demo.json")["suits"] == ["sft", "grpo"]
+    assert check_file(shared_data / "wikisql" / "valid.jsonl")["suits"] == ["sft"]  # plain text
 
     # TRL's unpaired form (prompt/completion/label) and a label that is not true/false
     lines = [

@@ -6,8 +6,8 @@ reads it from a subprocess). Its keys:
 - ``ok`` (bool): at least one usable row.
 - ``file`` (str), ``format`` (the detected or given format), ``method`` ('sft', 'dpo' or 'kto',
   from the format, or the given one), ``suits`` (the methods this format can be trained with:
-  ['sft'] for conversations and text, ['dpo', 'orpo'] for preference pairs, ['kto'] for unpaired
-  feedback), ``model`` (the model folder, or null), ``chat_template`` ('model', 'chatml', or null
+  ['sft', 'grpo'] for conversations (GRPO: the last assistant turn is the reference answer),
+  ['sft'] for plain text, ['dpo', 'orpo'] for preference pairs, ['kto'] for unpaired feedback), ``model`` (the model folder, or null), ``chat_template`` ('model', 'chatml', or null
   when no template is used), ``max_seq_length`` (int), ``train_on``.
 - ``rows_read``, ``rows_kept``, ``rows_dropped`` (ints; kept = usable for training).
 - ``problems``: every dropped row, in file order, as ``{row, field, reason, where}``: ``row`` is

@@ -2,7 +2,7 @@
 
 A row is a prompt and one rated answer (``label`` true: desirable, false: undesirable). The prompt
 is rendered with the generation prompt and the answer is the assistant turn's text, exactly as a
-preference pair's answers (``Encoder.preference_texts``), so DPO, ORPO and KTO see the same tokens
+preference pair's answers (``Encoder.encode_preference``), so DPO, ORPO and KTO see the same tokens
 for the same conversation. Batches (``make_kto_batches``) hold each example's prompt + answer and,
 for KTO's KL estimate, the same prompts with the batch's answers rotated by one (as TRL's
 KTOTrainer: (x_1, y_n), (x_2, y_1), ..., (x_n, y_{n-1})).
@@ -21,26 +21,34 @@ from backends.data.types import IGNORE_INDEX, KTOBatch, KTOExample
 
 
 def encode_feedback(encoder: Encoder, rows: Sequence[tuple[int, Feedback]]) -> list[Encoded]:
-    """Tokenise feedback rows: the prompt, then the answer (ending with the end-of-turn token),
-    cut so both fit ``max_seq_length``; a row whose prompt leaves no room is dropped."""
+    """Tokenise feedback rows as ``Encoder.encode_preference`` tokenises a pair's prompt and one
+    answer (ending with the end-of-turn token), cut so both fit ``max_seq_length``; a row whose
+    prompt leaves no room is dropped."""
     results: list[Encoded | None] = [None] * len(rows)
-    texts: list[str] = []
-    starts: list[bool] = []
-    plan: list[tuple[int, int]] = []
+    pieces: list = []
+    plan: list[tuple[int, list[tuple[str, bool]], list[int]]] = []
     for k, (row, fb) in enumerate(rows):
         try:
-            prompt, answer, _ = encoder.preference_texts(Preference(fb.prompt, fb.completion, fb.completion))
+            segments, literals, answers = encoder.preference_segments(
+                Preference(fb.prompt, fb.completion, fb.completion)
+            )
         except RowError as err:
             results[k] = Encoded(row, None, None, err)
             continue
-        plan.append((k, len(texts)))
-        texts += [prompt, answer]
-        starts += [True, False]
-    ids = encoder.encode_texts(texts, starts)
-    for k, first in plan:
+        text, own = answers[0]
+        bounds = [len(pieces)]
+        pieces += encoder.pieces(segments, literals)
+        bounds.append(len(pieces))
+        pieces += encoder.pieces([(text, True)], own, at_start=False)
+        bounds.append(len(pieces))
+        plan.append((k, segments, bounds))
+    ids = encoder.encode_texts([p[0] for p in pieces], [p[1] for p in pieces], [p[2] for p in pieces])
+    for k, segments, (p0, a0, end) in plan:
         row, fb = rows[k]
-        prompt_ids, _ = encoder._with_bos(ids[first], [IGNORE_INDEX] * len(ids[first]))
-        answer = ids[first + 1]
+        prompt_ids, _ = encoder.join_pieces(
+            [(text, False) for text, _ in segments], pieces[p0:a0], ids[p0:a0]
+        )
+        answer = [t for part in ids[a0:end] for t in part]
         length = len(prompt_ids) + len(answer)
         room = encoder.max_seq_length - len(prompt_ids)
         if room < 1:
