@@ -11,7 +11,7 @@ Prints the mean reward of the first and last 10 steps of a full run, then runs t
 again, stops it after ``--stop-at`` steps (the stop file, as the app's Stop button) and resumes it,
 and prints the largest difference between the resumed run's rewards and the full run's.
 
-    python benchmarks/grpo_learning.py --steps 30 --stop-at 12
+    python benchmarks/grpo_learning.py --steps 20 --stop-at 8
 """
 
 from __future__ import annotations
@@ -52,13 +52,14 @@ def config(model: str, data: Path, runs: Path, name: str, steps: int) -> dict:
             "num_generations": 4,
             "max_completion_length": 16,
             "beta": 0.04,
+            "temperature": 0.8,
             "rewards": [{"type": "length", "min": 2, "max": 30}, {"type": "matches_answer", "weight": 0.0}],
         },
         "training": {
             "precision": "fp32",
             "batch_size": 1,
             "max_seq_length": 128,
-            "learning_rate": 2e-3,
+            "learning_rate": 5e-4,
             "lr_scheduler": "constant",
             "warmup_ratio": 0.0,
             "max_steps": steps,
