@@ -87,9 +87,15 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from backends.serve import cli_serve
+    from backends.jobs.serve import cli_serve
 
     return cli_serve(args)
+
+
+def _cmd_forgetting(args: argparse.Namespace) -> int:
+    from backends.forgetting.job import cli_forgetting
+
+    return cli_forgetting(args)
 
 
 def _cmd_runs(args: argparse.Namespace) -> int:
@@ -240,6 +246,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--dry-run", action="store_true", help="check everything and print the size estimate; write nothing"
     )
     p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser("forgetting", help="drift of the tuned model from the base on general probes")
+    p.add_argument("run_dir", help="run folder")
+    p.add_argument("--quick", action="store_true", help="the short check run after training")
+    p.add_argument("--probes", type=int, default=None, help="how many probes (default: all 100)")
+    p.add_argument("--max-new-tokens", type=int, default=None, help="answer length in tokens (default 48)")
+    p.add_argument("--json", action="store_true", help="print the forgetting event as one JSON line")
+    p.set_defaults(func=_cmd_forgetting)
+
+    from backends import plan_cli
+
+    plan_cli.add_parser(sub)
 
     p = sub.add_parser("serve", help="a local OpenAI-compatible server (/v1/chat/completions, /v1/models)")
     p.add_argument("--model", default=None, help="model name or folder (default: the adapter's base model)")

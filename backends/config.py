@@ -65,6 +65,16 @@ class DataConfig(_Strict):
         False, description="Pack several short rows into one sequence (attention kept within each row)."
     )
     system_prompt: str | None = Field(None, description="System prompt added to rows that have none.")
+    replay: float = Field(
+        0.0,
+        ge=0.0,
+        le=0.5,
+        description="Share of training examples that are general ones mixed in against forgetting "
+        "(e.g. 0.1; 0: off). From data.replay_file, else TuneDesk's own.",
+    )
+    replay_file: Path | None = Field(
+        None, description="General examples for data.replay (any training format); empty: TuneDesk's own."
+    )
     literal_special_tokens: Literal["text", "control"] = Field(
         "text",
         description="Special-token strings typed inside messages (a literal <|im_end|>): tokenised as "
@@ -83,6 +93,12 @@ class LoraConfig(_Strict):
         description="Layers that get adapters: preset 'attention', 'all-linear', or a list of module names.",
     )
     use_dora: bool = Field(False, description="Weight-decomposed LoRA (DoRA, Liu et al. 2024).")
+    quantize: Literal[4, 8] | None = Field(
+        None,
+        description="Load the frozen base model quantised to 4 or 8 bits (QLoRA, Dettmers et al. 2023); "
+        "the adapter stays full precision. Torch: bitsandbytes (4: nf4 with double quantisation); "
+        "MLX: mlx's own affine quantisation. Empty: the base in the compute precision.",
+    )
 
     @field_validator("target_modules")
     @classmethod
@@ -196,8 +212,15 @@ class TrainingConfig(_Strict):
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto", description="Compute precision; 'auto' picks bf16 where the device supports it well."
     )
-    gradient_checkpointing: bool = Field(
-        False, description="Recompute activations in backward to save memory."
+    gradient_checkpointing: bool | None = Field(
+        None,
+        description="Recompute activations in backward to save memory. Empty: on when the memory "
+        "plan (`tunedesk plan`) says memory is tight, else off.",
+    )
+    optimizer: Literal["adamw", "adamw_8bit", "paged_adamw_8bit"] = Field(
+        "adamw",
+        description="AdamW, or bitsandbytes' 8-bit / paged 8-bit AdamW (CUDA only: about a quarter "
+        "of the optimizer memory).",
     )
     max_grad_norm: float = Field(1.0, ge=0, description="Gradient clipping norm (0: off).")
     weight_decay: float = Field(0.0, ge=0, lt=1, description="AdamW weight decay.")
@@ -206,6 +229,17 @@ class TrainingConfig(_Strict):
         100, ge=0, description="Checkpoint every N steps (0: only on stop and at the end)."
     )
     keep_checkpoints: int = Field(2, ge=1, le=1000, description="Newest checkpoints kept.")
+
+
+class ForgettingConfig(_Strict):
+    """The forgetting check (``tunedesk forgetting``): drift from the base model on general probes."""
+
+    at_end: Literal["auto", True, False] = Field(
+        "auto",
+        description="Quick check after training; 'auto': when it costs at most ~10% of the run's time.",
+    )
+    at_eval: bool = Field(False, description="Quick check at every evaluation too (charted as drift).")
+    probes: int = Field(12, ge=1, le=100, description="Probes of the quick check (the command uses all 100).")
 
 
 class OutputConfig(_Strict):
@@ -246,6 +280,7 @@ class RunConfig(_Strict):
     kto: KTOConfig = Field(default_factory=KTOConfig)
     grpo: GRPOConfig = Field(default_factory=GRPOConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
+    forgetting: ForgettingConfig = Field(default_factory=ForgettingConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
 
     @model_validator(mode="after")
@@ -261,6 +296,10 @@ class RunConfig(_Strict):
             raise ValueError(
                 "training.batch_size: KTO estimates its KL term from mismatched rows of a batch, "
                 "so it needs at least 2 rows per batch"
+            )
+        if self.method != "sft" and self.data.replay:
+            raise ValueError(
+                f"data.replay: general examples are mixed into SFT only, not into {self.method.upper()} data"
             )
         return self
 

@@ -58,6 +58,13 @@ REQUIRED: dict[str, tuple[str, ...]] = {
     "chat_ready": ("model", "backend", "device", "adapter"),
     "chat_error": ("kind", "message", "hint"),
     "validation_prompts": ("run_dir", "prompts"),
+    # The forgetting check (backends/forgetting/): drift of the tuned model from its base on general
+    # probes. kl_mean: mean per-token KL(base || tuned) in nats on the base model's greedy answers;
+    # ppl_base/ppl_tuned: perplexity of the general text sample; answers_changed: probes whose greedy
+    # answer changed; score: kl_mean + max(0, ln(ppl_tuned/ppl_base)) in nats/token; verdict: little,
+    # noticeable or large. Also: probes, tokens, size (quick/full), elapsed, step (the training step,
+    # null after training), advice (list of suggestions when large).
+    "forgetting": ("kl_mean", "ppl_base", "ppl_tuned", "answers_changed", "score", "verdict"),
     # tunedesk export RUN_DIR --format ... --json (backends/jobs/export/run.py): stages and the result.
     "export_progress": ("stage", "done", "total"),
     "export_finished": ("path", "format", "quant", "bytes"),
@@ -73,6 +80,18 @@ REQUIRED: dict[str, tuple[str, ...]] = {
 # validation pairs, plus reward_accuracy and reward_margin over them.
 DPO_STEP_FIELDS = ("rewards_chosen", "rewards_rejected", "reward_margin", "reward_accuracy")
 DPO_EVAL_FIELDS = ("reward_accuracy", "reward_margin")
+# Memory (``backends.plan``, ``backends.training.measure``; bytes):
+# ``run_started.memory_plan``: the plan's prediction, an object with ``target`` (torch-cpu |
+#   torch-cuda | mlx), ``peak`` (predicted peak bytes of the measured quantity below), ``reserve``
+#   (needed beside it: CUDA context, the Python process beside MLX), ``available`` (free bytes),
+#   ``verdict`` (fits | tight | does_not_fit), ``breakdown`` (bytes by part: weights, lora,
+#   gradients, optimizer, activations, logits, overhead; kv_cache_chat and weights_chat for chat),
+#   ``chat_peak``, ``settings`` (precision, batch_size, max_seq_length, gradient_checkpointing,
+#   quantize, params) and ``suggestions`` (``changes``, ``peak``, ``verdict``, ``label``); null when
+#   the model's config.json cannot be planned.
+# ``run_finished.memory_peak``: the measured peak since the model was loaded: RSS on the CPU,
+#   torch.cuda.max_memory_allocated on CUDA, mx.get_peak_memory on MLX.
+MEMORY_FIELDS_RUN = {"run_started": ("memory_plan",), "run_finished": ("memory_peak",)}
 # ORPO runs (``method: orpo``; backends/training/orpo.py): ``step.loss`` is NLL + beta * odds-ratio
 # loss; ``nll_loss`` the chosen answers' NLL per token, ``log_odds_ratio`` the mean
 # log sigmoid(log odds(chosen) - log odds(rejected)), ``log_odds_chosen`` the mean of that log odds
@@ -94,6 +113,7 @@ OPTIONAL_PREFIXES = ("reward_mean/", "reward_std/")
 OPTIONAL: dict[str, tuple[str, ...]] = {
     "step": tuple(dict.fromkeys((*ORPO_STEP_FIELDS, *KTO_STEP_FIELDS, *GRPO_STEP_FIELDS))),
     "eval": tuple(dict.fromkeys((*DPO_EVAL_FIELDS, "log_odds_chosen", *KTO_EVAL_FIELDS, "reward_mean"))),
+    **MEMORY_FIELDS_RUN,
 }
 
 
@@ -129,7 +149,7 @@ def _clean(value: Any) -> Any:
     return value
 
 
-def make_event(name: str, **fields: Any) -> dict[str, Any]:
+def make_event(name: str, /, **fields: Any) -> dict[str, Any]:
     """Build one event dict, checking its required fields.
 
     Raises EventSchemaError for an unknown event name or a missing required field, or a ``step``
@@ -208,7 +228,7 @@ class EventSink:
         self._stdout = stdout
         self.listeners = list(listeners or [])
 
-    def emit(self, name: str, **fields: Any) -> dict[str, Any]:
+    def emit(self, name: str, /, **fields: Any) -> dict[str, Any]:
         """Build (``make_event``), write and broadcast one event; returns it."""
         event = make_event(name, **fields)
         line = encode(event)

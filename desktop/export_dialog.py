@@ -31,19 +31,37 @@ from PySide6.QtWidgets import (
 )
 
 from backends.errors import UserInputError
-from backends.export_plan import (
-    FORMATS,
-    GGUF_FORMATS,
-    QUANTS,
-    base_model_dir,
-    default_quant,
-    estimate,
-    how_to_run,
-    human_bytes,
+from backends.jobs.export.howto import run_commands
+from backends.jobs.export.source import (
+    BITS_PER_WEIGHT,
+    GGUF_QUANTS,
+    ExportSource,
+    default_out,
+    estimate_bytes,
+    resolve_quant,
+    resolve_source,
+    side_files_bytes,
 )
+from desktop.pages.model_page import format_bytes
 from desktop.worker import WorkerProcess, WorkerResult
 
 KILL_AFTER_MS = 15_000  # a cancelled export that has not ended by then is killed
+GGUF_FORMATS = ("gguf", "ollama")
+# The formats and quantisations in everyday words beside the field's terms.
+FORMAT_WORDS = {
+    "gguf": "GGUF: one file for llama.cpp and LM Studio",
+    "ollama": "Ollama: a GGUF plus a Modelfile (chat template, stop words)",
+    "merged": "Merged model: Hugging Face safetensors, for transformers and vLLM",
+    "mlx": "MLX: a fused model folder for mlx-lm on Apple silicon",
+}
+QUANT_WORDS = {
+    "q4_k_m": "smallest that stays good; the usual pick for 1B parameters and up",
+    "q5_k_m": "a little larger, a little closer to the original",
+    "q6_k": "larger, very close to the original",
+    "q8_0": "about half of 16-bit, almost no loss; the safe pick for small models",
+    "f16": "no quantisation (16-bit floats), largest",
+    "bf16": "no quantisation (bfloat16), largest",
+}
 
 
 class ExportDialog(QDialog):
@@ -62,21 +80,24 @@ class ExportDialog(QDialog):
         layout = QVBoxLayout(self)
         layout.addWidget(QLabel(f"<h3>Use {self.run_dir.name} outside TuneDesk</h3>"))
         try:
-            self.model_dir: Path | None = base_model_dir(self.run_dir)
+            self.source: ExportSource | None = resolve_source(self.run_dir)
             self.model_error = ""
         except UserInputError as exc:
-            self.model_dir, self.model_error = None, str(exc)
+            self.source, self.model_error = None, str(exc)
 
         form = QFormLayout()
         self.format_box = QComboBox()
-        for key, words in FORMATS.items():
-            self.format_box.addItem(f"{words}", key)
+        for key, words in FORMAT_WORDS.items():
+            self.format_box.addItem(words, key)
         form.addRow("Format (which program will run it)", self.format_box)
         self.quant_box = QComboBox()
-        for key, (bits, words) in QUANTS.items():
-            self.quant_box.addItem(f"{key.upper()}: {words} ({bits:g} bits per weight)", key)
-        if self.model_dir is not None:
-            self.quant_box.setCurrentIndex(self.quant_box.findData(default_quant(self.model_dir)))
+        for key in ("q4_k_m", "q5_k_m", "q6_k", "q8_0", "f16", "bf16"):
+            assert key in GGUF_QUANTS
+            self.quant_box.addItem(
+                f"{key.upper()}: {QUANT_WORDS[key]} ({BITS_PER_WEIGHT[key]:g} bits per weight)", key
+            )
+        if self.source is not None:  # the export command's default for this model
+            self.quant_box.setCurrentIndex(self.quant_box.findData(resolve_quant("gguf", None, self.source)))
         form.addRow("Quantisation (smaller file, slightly lower quality)", self.quant_box)
         out_row = QHBoxLayout()
         self.out_edit = QLineEdit()
@@ -135,9 +156,14 @@ class ExportDialog(QDialog):
         if quant is not None:
             self.quant_box.setCurrentIndex(self.quant_box.findData(quant))
 
+    def _resolved_quant(self) -> str:
+        """The quantisation (GGUF) or precision (merged, MLX: the base model's) the command will use."""
+        return resolve_quant(self.fmt(), self.quant(), self.source) if self.source else str(self.quant())
+
     def _default_out(self) -> Path:
-        tail = f"{self.fmt()}-{self.quant()}" if self.quant() else self.fmt()
-        return self.run_dir / "exports" / tail
+        if self.source is None:
+            return self.run_dir / "exports" / self.fmt()
+        return default_out(self.source, self.fmt(), self._resolved_quant())
 
     def _on_choice(self) -> None:
         self._fresh = None
@@ -160,26 +186,32 @@ class ExportDialog(QDialog):
         return Path(self.out_edit.text().strip() or self._default_out()).expanduser()
 
     def _update_estimate(self) -> None:
-        if self.model_dir is None:
+        if self.source is None:
             self.estimate_label.setText(f"Cannot export: {self.model_error}")
             self.start_button.setEnabled(False)
             return
-        est = estimate(self.model_dir, self.fmt(), self.quant())
+        quant = self._resolved_quant()
+        size, needed = estimate_bytes(
+            self.fmt(), quant, self.source.params, side_files_bytes(self.source.base_dir)
+        )
         text = (
-            f"Expected size: about <b>{human_bytes(est.bytes)}</b> "
-            f"({est.params / 1e6:.0f}M weights at {est.bits_per_weight:g} bits; the base model takes "
-            f"{human_bytes(est.base_bytes)})."
+            f"Expected size: about <b>{format_bytes(size)}</b> ({self.source.params / 1e6:.0f}M weights "
+            f"at {BITS_PER_WEIGHT[quant]:g} bits{'' if self.quant() else f', {quant} as the base model'})."
         )
         out = self.out_dir()
         probe = next((p for p in (out, *out.parents) if p.exists()), None)
-        if probe is not None:
-            text += f" Free space there: {human_bytes(shutil.disk_usage(probe).free)}."
-        ok = not out.exists()
-        done_here = self._fresh == out  # the folder just written: no warning about it
-        if not ok and not done_here:
-            text += f"<br><span style='color:#d9534f'>{out} already exists: choose another folder.</span>"
+        free = shutil.disk_usage(probe).free if probe is not None else None
+        if free is not None:
+            text += f" Needs {format_bytes(needed)} free while writing; {format_bytes(free)} free there."
+        problems = []
+        if out.exists() and self._fresh != out:  # (the folder just written is no problem)
+            problems.append(f"{out} already exists: choose another folder.")
+        if free is not None and free < needed:
+            problems.append("Not enough free space there: choose another folder or free some space.")
+        for problem in problems:
+            text += f"<br><span style='color:#d9534f'>{problem}</span>"
         self.estimate_label.setText(text)
-        self.start_button.setEnabled(ok and not self.is_running())
+        self.start_button.setEnabled(not out.exists() and not problems and not self.is_running())
 
     # --- running ---
     def command(self) -> list[str]:
@@ -195,7 +227,7 @@ class ExportDialog(QDialog):
 
     def start(self) -> bool:
         """Start the export (False when one runs or the choices cannot be exported)."""
-        if self.is_running() or self.model_dir is None or self.out_dir().exists():
+        if self.is_running() or self.source is None or self.out_dir().exists():
             return False
         self.result = None
         self._out = self.out_dir()
@@ -252,10 +284,10 @@ class ExportDialog(QDialog):
             self.progress.setRange(0, 1)
             self.progress.setValue(1)
             self.progress.setFormat("Done")
-            size = human_bytes(float(self.result.get("bytes") or 0))
+            size = format_bytes(int(self.result.get("bytes") or 0))
             self.status.setText(f"Exported to {self.result.get('path')} ({size}).")
             self._fresh = self._out
-            self._show_howto(str(self.result.get("format") or self.fmt()), str(self.result["path"]))
+            self._show_howto()
         else:
             self.progress.setVisible(False)
             text = result.error_text("export") or "The export ended without saying where it wrote."
@@ -269,13 +301,13 @@ class ExportDialog(QDialog):
         self.howto_slot.replaceWidget(old, self.howto)
         old.deleteLater()
 
-    def _show_howto(self, fmt: str, path: str) -> None:
+    def _show_howto(self) -> None:
         self._clear_howto()
         box = QVBoxLayout(self.howto)
         box.setContentsMargins(0, 0, 0, 0)
         box.addWidget(QLabel("<b>How to run it</b>"))
         mono = QFontDatabase.systemFont(QFontDatabase.SystemFont.FixedFont)
-        for tool, commands in how_to_run(fmt, path, self.run_dir.name):
+        for tool, commands in self.howto_texts().items():
             row = QHBoxLayout()
             label = QLabel(tool)
             label.setMinimumWidth(90)
@@ -294,11 +326,8 @@ class ExportDialog(QDialog):
         self.howto.setVisible(True)
 
     def howto_texts(self) -> dict[str, str]:
-        """Tool -> commands shown after a finished export (empty before)."""
-        if self.result is None:
-            return {}
-        fmt = str(self.result.get("format") or self.fmt())
-        return dict(how_to_run(fmt, str(self.result["path"]), self.run_dir.name))
+        """Tool -> commands to run the finished export (empty before; ``run_commands``)."""
+        return dict(run_commands(self.result)) if self.result else {}
 
     def closeEvent(self, event: QCloseEvent) -> None:  # noqa: N802 (Qt override)
         """Closing the window while exporting cancels the export first."""

@@ -43,6 +43,17 @@ def format_duration(seconds: float | None) -> str:
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
 
+def drift_text(e: dict[str, Any]) -> str:
+    """A forgetting event in words: the verdict, the score and, when large, what to try."""
+    text = (
+        f"{e.get('verdict')} change (drift score {_num(e.get('score'), '.3f')}; "
+        f"{e.get('answers_changed')} of {e.get('probes')} probe answers changed)"
+    )
+    if e.get("advice"):
+        text += ". To keep more of it, try: " + "; ".join(e["advice"])
+    return text
+
+
 def _num(value: Any, fmt: str = ".4f") -> str:
     return "-" if value is None else format(value, fmt)
 
@@ -57,6 +68,7 @@ class RunMonitor(QWidget):
         self.max_steps: int | None = None
         self.last_step = 0
         self.final_event: dict[str, Any] | None = None
+        self.forgetting: dict[str, Any] | None = None  # the latest forgetting event
         self._t0: float | None = None  # wall time the memory chart counts from
         self._last_step_event: dict[str, Any] | None = None
         self._ui_timer = QTimer(self)
@@ -107,15 +119,27 @@ class RunMonitor(QWidget):
         self.dpo_chart.add_series("reward accuracy")
         self.dpo_chart.add_series("validation reward accuracy", symbol=True)
         self.dpo_chart.setVisible(False)
+        # The forgetting check at eval steps (forgetting.at_eval): drift from the base model.
+        self.drift_chart = Chart("General ability drift (forgetting check)", "step", "drift score")
+        self.drift_chart.add_series("drift score", symbol=True)
+        self.drift_chart.setVisible(False)
         grid.addWidget(self.loss_chart, 0, 0)
         grid.addWidget(self.lr_chart, 0, 1)
         grid.addWidget(self.speed_chart, 1, 0)
         grid.addWidget(self.memory_chart, 1, 1)
         grid.addWidget(self.dpo_chart, 2, 0, 1, 2)
+        grid.addWidget(self.drift_chart, 3, 0, 1, 2)
+        self.charts = [
+            self.loss_chart,
+            self.lr_chart,
+            self.speed_chart,
+            self.memory_chart,
+            self.dpo_chart,
+            self.drift_chart,
+        ]
         self.method_charts = MethodCharts()  # ORPO, KTO: each method's own figures
         for chart in self.method_charts.charts:
-            grid.addWidget(chart, 3, 0, 1, 2)
-        self.charts = [self.loss_chart, self.lr_chart, self.speed_chart, self.memory_chart, self.dpo_chart]
+            grid.addWidget(chart, 4, 0, 1, 2)
         self.charts += self.method_charts.charts
 
         self.log = QPlainTextEdit()
@@ -138,6 +162,8 @@ class RunMonitor(QWidget):
             chart.clear_data()
         self.dpo_chart.setVisible(False)
         self.method_charts.show_for(None)
+        self.drift_chart.setVisible(False)
+        self.forgetting: dict[str, Any] | None = None
         self.log.clear()
         self.run_dir = self.method = None
         self.max_steps = None
@@ -256,6 +282,14 @@ class RunMonitor(QWidget):
         accuracy = f", reward accuracy {_num(e['reward_accuracy'], '.2f')}" if "reward_accuracy" in e else ""
         self.add_log(f"validation at step {e['step']}: val loss {_num(e.get('val_loss'))}{accuracy}")
 
+    def _on_forgetting(self, e: dict[str, Any]) -> None:
+        self.forgetting = e
+        if e.get("step") is not None and e.get("size") == "quick":
+            self.drift_chart.setVisible(True)
+            self.drift_chart.series("drift score").append(int(e["step"]), e.get("score"))
+            self.drift_chart.changed()
+        self.add_log(f"forgetting check: {drift_text(e)}")
+
     def _on_checkpoint(self, e: dict[str, Any]) -> None:
         self.add_log(f"checkpoint saved at step {e['step']}: {e.get('path')}")
 
@@ -278,6 +312,7 @@ class RunMonitor(QWidget):
         self.set_status(
             f"Finished at step {e['step']}: train loss {_num(e.get('train_loss'))}, "
             f"validation loss {_num(e.get('val_loss'))}. Adapter saved in {e.get('adapter')}"
+            + (f"\nGeneral ability: {drift_text(self.forgetting)}" if self.forgetting else "")
         )
 
     def _on_run_failed(self, e: dict[str, Any]) -> None:

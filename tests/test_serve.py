@@ -21,8 +21,8 @@ import pytest
 
 from backends.chat.loader import open_session
 from backends.chat.session import Sampling, StreamRequest
-from backends.openai_api import StopMatcher, parse_chat_request
-from backends.serve import make_server
+from backends.jobs.openai_api import StopMatcher, parse_chat_request
+from backends.jobs.serve import make_server
 from tests.chat_adapters import ANSWER, PROMPT, make_peft_run
 from tests.test_chat_worker import ROOT
 
@@ -131,6 +131,28 @@ def test_sampling_follows_temperature_top_p_and_seed(client, server, tiny_model_
     greedy = client.chat.completions.create(**{**ask, "temperature": 0}).choices[0].message.content
     nucleus = client.chat.completions.create(top_p=1e-6, seed=3, **ask).choices[0].message.content
     assert nucleus == greedy
+
+
+def test_concurrent_requests_are_served_one_after_the_other(client, server, run, tiny_model_dir):
+    want = {
+        m: direct(server, PROMPT, adapter=a, max_new_tokens=16)
+        for m, a in ((run.name, "tuned"), (tiny_model_dir.name, None))
+    }
+    got: dict[str, list[str]] = {m: [] for m in want}
+
+    def ask(model: str, stream: bool) -> None:
+        if stream:
+            got[model].append(streamed(client, model=model, messages=PROMPT, temperature=0, max_tokens=16)[0])
+        else:
+            out = client.chat.completions.create(model=model, messages=PROMPT, temperature=0, max_tokens=16)
+            got[model].append(out.choices[0].message.content)
+
+    threads = [threading.Thread(target=ask, args=(m, s)) for m in want for s in (True, False)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert got == {m: [w, w] for m, w in want.items()}
 
 
 def test_errors_have_openai_shape(client, server):

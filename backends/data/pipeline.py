@@ -30,6 +30,7 @@ from backends.data.formats import (
 )
 from backends.data.readers import read_file
 from backends.data.render import RenderSpec
+from backends.data.replay import mix_replay, replay_source
 from backends.data.run_prompt import spec_from_config
 from backends.data.templates import CHATML_TEMPLATE, model_template, resolve_chat_template
 from backends.data.types import DataReport, PreparedData, Problem, PromptExample
@@ -397,7 +398,8 @@ def prepare_data(config: Any, tokenizer: Any, *, progress: Progress | None = Non
     ``data.train_on``, ``data.system_prompt`` and ``training.max_seq_length``; validation comes
     from ``data.validation_file`` or a ``data.validation_fraction`` of the usable rows chosen with
     ``training.seed`` (at least one row; otherwise validation is off with a notice), at most
-    ``data.validation_max_rows`` of them.
+    ``data.validation_max_rows`` of them. With ``data.replay`` general examples join the training
+    split (``backends.data.replay``).
     Returns ``PreparedData`` with ``Example`` lists for method 'sft' and ``PreferenceExample``
     lists for 'dpo'. Raises UserInputError (exit 1) naming file, row and field when a file is
     unreadable, mixes formats, does not fit the method, (strict) has an invalid row, or has no
@@ -437,6 +439,12 @@ def prepare_data(config: Any, tokenizer: Any, *, progress: Progress | None = Non
         train, validation = _split(
             train, data.validation_fraction, config.training.seed, report, data.validation_max_rows
         )
+    if data.replay and method == "sft":
+        source = replay_source(data.replay_file)
+        general, replay_report, _, _ = analyze_file(source, tokenizer, **{**options, "format": "auto"})
+        if not general:
+            raise no_rows_error(replay_report)
+        train = mix_replay(train, general, data.replay, config.training.seed, report, source)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     return PreparedData(
         train=train,

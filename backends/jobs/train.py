@@ -27,9 +27,12 @@ from backends.data.run_prompt import PROMPT_FILE
 from backends.durable import repair_torn_tail
 from backends.errors import EXIT_OK, RunFailed, RunStopped, UserInputError
 from backends.events import EventSink, encode
+from backends.forgetting.hook import ForgettingHook
+from backends.forgetting.render import spec_renderer
 from backends.jobs.backend import make_engine
 from backends.jobs.resume import check_resume_config
 from backends.runs import RunDir, atomic_write_text, run_status
+from backends.training.engine import Engine
 from backends.training.loop import TrainingLoop, stop_on_signals
 from backends.training.oom import memory_errors_as_oom
 from backends.training.progress import ConsoleProgress, LogFile
@@ -64,8 +67,9 @@ def resolve_data_paths(config: RunConfig, base: Path | None = None) -> RunConfig
     data = config.data
     train = data.train_file if data.train_file is not None else sample_data_path()
     update: dict[str, Any] = {"train_file": (base / Path(train).expanduser()).resolve()}
-    if data.validation_file is not None:
-        update["validation_file"] = (base / Path(data.validation_file).expanduser()).resolve()
+    for key in ("validation_file", "replay_file"):
+        if getattr(data, key) is not None:
+            update[key] = (base / Path(getattr(data, key)).expanduser()).resolve()
     return config.model_copy(update={"data": data.model_copy(update=update)})
 
 
@@ -165,8 +169,10 @@ def run_training(
         say(f"{len(data.train)} training examples, {len(data.validation or [])} validation examples")
         engine = make_engine(config)
         say(f"loading {config.model} for {engine.name} on {engine.device}")
+        config, memory_plan = plan_run(config, model_dir, engine, say)
         with failures_before_the_run(early, "loading the model"):
             setup_info = engine.setup(config, model_dir)
+        setup_info["memory_plan"] = memory_plan
         stop_if_asked()
         if run is None:
             run = RunDir.create(config)
@@ -199,6 +205,9 @@ def run_training(
                     batcher=batcher_for(data.method),
                     stop=stop,
                     pad_token_id=int(pad or 0),
+                    forgetting=ForgettingHook(
+                        engine, config, tokenizer, spec_renderer(tokenizer, data.render_spec)
+                    ),
                     vocab_size=len(tokenizer),
                 )
                 loop.run_loop(resume_from=checkpoint)
@@ -207,6 +216,36 @@ def run_training(
                 listener.close()
             run.release_lock()
     return run
+
+
+def plan_run(
+    config: RunConfig, model_dir: Path, engine: Engine, say: Any
+) -> tuple[RunConfig, dict[str, Any] | None]:
+    """The run's memory plan (``backends.plan``) for ``run_started.memory_plan``, and ``config``
+    with ``training.gradient_checkpointing: null`` (auto) resolved by it. A model whose config.json
+    the plan cannot read gets no plan (None; said in the log) and checkpointing off."""
+    from backends import model_shape, plan
+
+    try:
+        result = plan.plan_memory(
+            config, model_shape.read_model_config(model_dir), plan.target_for(engine.name, engine.device)
+        )
+    except ValueError as exc:
+        say(f"no memory plan for this model: {exc}")
+        result = None
+    if config.training.gradient_checkpointing is None:
+        on = bool(result and result.settings["gradient_checkpointing"])
+        config = config.model_copy(
+            update={"training": config.training.model_copy(update={"gradient_checkpointing": on})}
+        )
+        if result is not None:
+            say(plan.checkpointing_for(result))
+    if result is not None:
+        say(
+            f"memory plan: peak {result.peak / plan.GB:.2f} GB on {result.target} "
+            f"({result.verdict.replace('_', ' ')}; {(result.available or 0) / plan.GB:.1f} GB free)"
+        )
+    return config, result.to_json() if result is not None else None
 
 
 @contextlib.contextmanager

@@ -26,8 +26,10 @@ from PySide6.QtWidgets import (
 )
 
 from backends.config import DEFAULT_MODEL
+from backends.model_shape import find_model_dir
 from backends.model_store_info import DEFAULT_DTYPE, default_model_installed, list_models
 from desktop.pages import intro_label
+from desktop.plan_panel import fit_badge
 from desktop.state import AppState
 from desktop.worker import WorkerProcess, WorkerResult
 
@@ -38,9 +40,11 @@ COLUMNS = (
     "Source",
     "Architecture",
     "Precision",
-    "Context (tokens)",
+    "Context",
     "Chat template",
+    "Fits here?",  # the memory plan's verdict for default settings (desktop.plan_panel.fit_badge)
 )
+FIT_COLUMN = len(COLUMNS) - 1
 # Import precision of a GGUF file (`models import --dtype`), in everyday words beside the term.
 PRECISIONS = (
     ("bf16", "bf16 (recommended)", "half the size of fp32 and trains as well: 2 bytes per weight"),
@@ -135,12 +139,14 @@ class ModelPage(QWidget):
         header = self.table.horizontalHeader()
         header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
         header.setSectionResizeMode(COLUMNS.index("Source"), QHeaderView.ResizeMode.Stretch)
+        header.setSectionResizeMode(0, QHeaderView.ResizeMode.Interactive)  # long names elide
+        self.table.setColumnWidth(0, 170)
         self.table.setTextElideMode(Qt.TextElideMode.ElideMiddle)
         self.table.setWordWrap(False)
         tips = {
             "Architecture": "The model family (its transformers class, e.g. LlamaForCausalLM)",
             "Precision": "How the weights are stored: bf16/f16 take 2 bytes per weight, fp32 takes 4",
-            "Context (tokens)": "The longest text the model was built for, in tokens",
+            "Context": "The longest text the model was built for, in tokens",
             "Chat template": "Whether the model knows a chat format; without one, training uses ChatML",
             "Size on disk": "Linked models share their files with where they came from",
         }
@@ -222,6 +228,10 @@ class ModelPage(QWidget):
                 if j in (1, 2):
                     item.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
                 self.table.setItem(i, j, item)
+            badge, tip = fit_badge(find_model_dir(row[0]))
+            badge_item = QTableWidgetItem(badge)
+            badge_item.setToolTip(tip)
+            self.table.setItem(i, FIT_COLUMN, badge_item)
         self.table.blockSignals(False)
         self.select(current)
 
