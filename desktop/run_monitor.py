@@ -27,6 +27,7 @@ from PySide6.QtWidgets import (
 from backends.events import read_events
 from backends.runs import RunDir, run_status
 from desktop.charts import Chart
+from desktop.method_charts import MethodCharts
 from desktop.worker import WorkerResult
 
 LOG_LINES = 1000
@@ -112,8 +113,8 @@ class RunMonitor(QWidget):
         self.memory_chart = Chart("Memory", "time since start (s)", "memory", y_units="B")
         for name in ("worker RSS", "device memory (worker)", "system RAM used", "system VRAM used"):
             self.memory_chart.add_series(name, unique_x=False)
-        # DPO runs (method dpo): the reward margin and accuracy of each step, validation accuracy.
-        self.dpo_chart = Chart("Preference (DPO)", "step", "reward margin / accuracy")
+        # DPO and ORPO runs: the reward margin and accuracy of each step, validation accuracy.
+        self.dpo_chart = Chart("Preference (DPO / ORPO)", "step", "reward margin / accuracy")
         self.dpo_chart.add_series("reward margin")
         self.dpo_chart.add_series("reward accuracy")
         self.dpo_chart.add_series("validation reward accuracy", symbol=True)
@@ -136,6 +137,10 @@ class RunMonitor(QWidget):
             self.dpo_chart,
             self.drift_chart,
         ]
+        self.method_charts = MethodCharts()  # ORPO, KTO: each method's own figures
+        for chart in self.method_charts.charts:
+            grid.addWidget(chart, 4, 0, 1, 2)
+        self.charts += self.method_charts.charts
 
         self.log = QPlainTextEdit()
         self.log.setReadOnly(True)
@@ -156,6 +161,7 @@ class RunMonitor(QWidget):
         for chart in self.charts:
             chart.clear_data()
         self.dpo_chart.setVisible(False)
+        self.method_charts.show_for(None)
         self.drift_chart.setVisible(False)
         self.forgetting: dict[str, Any] | None = None
         self.log.clear()
@@ -204,7 +210,8 @@ class RunMonitor(QWidget):
     def _on_run_started(self, e: dict[str, Any]) -> None:
         self.run_dir = e.get("run_dir")
         self.method = e.get("method")
-        self.dpo_chart.setVisible(self.method == "dpo")
+        self.dpo_chart.setVisible(self.method in ("dpo", "orpo"))
+        self.method_charts.show_for(self.method)
         self.max_steps = int(e.get("max_steps") or 0) or None
         if self.max_steps:
             self.progress.setRange(0, self.max_steps)
@@ -242,6 +249,7 @@ class RunMonitor(QWidget):
             self.dpo_chart.series("reward margin").append(step, e.get("reward_margin"))
             self.dpo_chart.series("reward accuracy").append(step, e.get("reward_accuracy"))
             self.dpo_chart.changed()
+        self.method_charts.on_step(e)
         self._last_step_event = e
         if not self._ui_timer.isActive():
             self._ui_timer.start()

@@ -98,7 +98,7 @@ def run_training(
     RunStopped (exit 130) when it was stopped; the last two after their event was written.
     """
     from backends import models
-    from backends.data import load_tokenizer, make_batches, make_preference_batches, prepare_data
+    from backends.data import batcher_for, load_tokenizer, prepare_data
 
     stop = stop if stop is not None else threading.Event()
     console = (not json_stdout) if console is None else console
@@ -202,7 +202,7 @@ def run_training(
                         "tunedesk_version": tunedesk_version(),
                         "prompt": data.render_spec.to_dict() if data.render_spec is not None else None,
                     },
-                    batcher=make_preference_batches if data.method == "dpo" else make_batches,
+                    batcher=batcher_for(data.method),
                     stop=stop,
                     pad_token_id=int(pad or 0),
                     forgetting=ForgettingHook(

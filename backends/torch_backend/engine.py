@@ -13,7 +13,9 @@ DPO (``method: dpo``): the chosen and rejected rows of a ``PreferenceBatch`` go 
 forward; each row's answer log-probability is the sum of its labelled tokens' log-probabilities
 (``sequence_log_probs``); the reference is the same model inside peft's ``disable_adapter()``
 context (no second copy of the weights), unless the loop precomputed it. The loss formula is the
-shared ``backends.training.dpo.sigmoid_dpo_loss``.
+shared ``backends.training.dpo.sigmoid_dpo_loss``. ORPO and KTO (``method: orpo | kto``) run
+through ``backends.torch_backend.preference_methods`` (formulas in ``backends.training.orpo`` and
+``backends.training.kto``); GRPO (``method: grpo``) through ``backends.torch_backend.grpo_step``.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from backends.config import RunConfig
 from backends.data.types import IGNORE_INDEX, Batch, PreferenceBatch
 from backends.errors import RunFailed
 from backends.lora_targets import peft_target_modules
-from backends.torch_backend import quantize
+from backends.torch_backend import preference_methods, quantize
 from backends.torch_backend.device import _DTYPES, pick_device, resolve_precision
 from backends.torch_backend.device import cpu_has_fast_bf16 as cpu_has_fast_bf16  # re-exported
 from backends.torch_backend.loading import load_causal_lm
@@ -87,6 +89,8 @@ class TorchEngine(StateFiles):
         self._params: list[nn.Parameter] = []
         self._fast_loss = False
         self._mps_peak = 0
+        self.model_dir: Path | None = None
+        self._grpo_runner: Any = None
 
     # --- setup -----------------------------------------------------------------------------
     def setup(self, config: RunConfig, model_dir: Path) -> dict[str, Any]:
@@ -99,6 +103,7 @@ class TorchEngine(StateFiles):
         from peft import LoraConfig, get_peft_model
 
         model_dir = Path(model_dir)
+        self.model_dir = model_dir
         self.config = config
         t = config.training
         self.precision, precision_note = resolve_precision(t.precision, self.device)
@@ -284,6 +289,12 @@ class TorchEngine(StateFiles):
             if self.config.method == "dpo":
                 extra = self._dpo_backward(micro_batches)
                 mean_loss = extra.pop("loss")
+            elif self.config.method in preference_methods.METHODS:
+                extra = preference_methods.backward(self, micro_batches)
+                mean_loss = extra.pop("loss")
+            elif self.config.method == "grpo":
+                extra = self._grpo().backward(micro_batches)
+                mean_loss = extra.pop("loss")
             else:
                 loss_total = 0.0
                 for batch in micro_batches:
@@ -296,6 +307,14 @@ class TorchEngine(StateFiles):
             raise
         result = self._update(mean_loss)
         return {**result, **extra}
+
+    def _grpo(self) -> Any:
+        """The run's GRPO state (``grpo_step.GRPORunner``), made on first use."""
+        if self._grpo_runner is None:
+            from backends.torch_backend.grpo_step import GRPORunner
+
+            self._grpo_runner = GRPORunner(self)
+        return self._grpo_runner
 
     def _backward(self, loss: torch.Tensor) -> None:
         (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
@@ -354,6 +373,21 @@ class TorchEngine(StateFiles):
             finally:
                 self.model.train()
             return stats.eval_metrics()
+        if self.config.method == "grpo":
+            try:
+                return self._grpo().eval_metrics(batches)
+            except Exception as exc:
+                self._raise_if_oom(exc)
+                raise
+        if self.config.method in preference_methods.METHODS:
+            self.model.eval()
+            try:
+                return preference_methods.eval_metrics(self, batches)
+            except Exception as exc:
+                self._raise_if_oom(exc)
+                raise
+            finally:
+                self.model.train()
         return {"val_loss": self._sft_eval_loss(batches)}
 
     def _sft_eval_loss(self, batches: list[Batch]) -> float:

@@ -9,7 +9,7 @@ import time
 
 from backends.data.types import Batch, PreferenceBatch
 from backends.errors import RunFailed
-from backends.training.dpo import EVAL_FIELDS
+from backends.events import optional_fields
 
 
 class Evaluation:
@@ -93,7 +93,7 @@ class Evaluation:
         means = {k: v / weight_total for k, v in sums.items()} if weight_total else {}
         val = means.get("val_loss", float("nan"))
         self.state.val_loss = val if math.isfinite(val) else None
-        extra = {k: means[k] for k in EVAL_FIELDS if k in means}
+        extra = optional_fields("eval", means)
         self.sink.emit("eval", step=self.state.step, val_loss=val, **extra)
         if self.forgetting is not None:
             self.forgetting.at_eval(self.state.step, self.sink)

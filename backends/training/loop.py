@@ -22,7 +22,9 @@ run, ``eta`` is seconds left at this session's average step time. ``run_started`
 ``backends.plan`` prediction, or None); ``run_finished`` adds ``tokens``, ``elapsed`` and
 ``memory_peak`` (bytes measured since the model was loaded, ``backends.training.measure``); ``run_failed.step`` and ``stopped.step`` are the last completed step.
 
-DPO (``method: dpo``, see ``backends.training.dpo``) runs through this same loop: the batcher is
+ORPO, KTO and GRPO (``backends.training.orpo``, ``kto``, ``grpo``) run the same way: their engines
+return the methods' own figures, which ``step`` and ``eval`` events carry (``events.OPTIONAL``,
+``events.optional_fields``). DPO (``method: dpo``, see ``backends.training.dpo``) runs through this same loop: the batcher is
 ``make_preference_batches``, the engine's ``train_step`` returns the DPO loss per pair and the
 reward statistics, which ``step`` events carry (``dpo.STEP_FIELDS``), and ``eval`` events add
 ``reward_accuracy`` and ``reward_margin`` (from the engine's ``eval_metrics``). With
@@ -61,12 +63,12 @@ from backends.config import RunConfig
 from backends.data.types import Batch, PreparedData
 from backends.durable import clean_leftovers
 from backends.errors import RunFailed, RunStopped, UserInputError
-from backends.events import EventSink
+from backends.events import EventSink, optional_fields
 from backends.runs import RunDir, atomic_dir, atomic_write_text
 from backends.training.checkpoints import Checkpoints
 from backends.training.divergence import HINT as DIVERGED_HINT
 from backends.training.divergence import DivergenceMonitor
-from backends.training.dpo import STEP_FIELDS, ReferenceCache
+from backends.training.dpo import ReferenceCache
 from backends.training.engine import Engine
 from backends.training.evaluation import Evaluation
 from backends.training.measure import measured_peak
@@ -322,7 +324,7 @@ class TrainingLoop(Checkpoints, Evaluation):
                 eta=round(per_step * (self.max_steps - s.step), 1),
                 memory={"rss": rss_bytes(), **self.engine.memory()},
                 **({"skipped": True} if skipped else {}),
-                **{k: float(result[k]) for k in STEP_FIELDS if k in result},
+                **optional_fields("step", result),
             )
             diverged = self.divergence.observe(s.step, loss, grad_norm)
             if diverged:

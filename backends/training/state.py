@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import psutil
 
-from backends.data.types import PreferenceExample
+from backends.data.types import KTOExample, PreferenceExample, PromptExample
 from backends.errors import UserInputError
 
 STATE_FILE = "trainer_state.json"
@@ -76,12 +76,19 @@ def _set_numpy_rng_state(state: list[Any]) -> None:
 
 def data_fingerprint(examples: list) -> str:
     """A short hash of the tokenised training examples (input ids and labels; for preference pairs
-    the prompt, chosen and rejected ids and the row), to notice a data file that changed between a
+    the prompt, chosen and rejected ids and the row; for KTO rows and GRPO prompts their prompt, answer
+    and label), to notice a data file that changed between a
     checkpoint and its resume."""
     h = hashlib.sha256()
     for ex in examples:
-        if isinstance(ex, PreferenceExample):
-            for part in (ex.prompt_ids, ex.chosen_ids, ex.rejected_ids, [ex.row]):
+        if isinstance(ex, PreferenceExample | KTOExample | PromptExample):
+            if isinstance(ex, PreferenceExample):
+                answers = (ex.chosen_ids, ex.rejected_ids)
+            elif isinstance(ex, KTOExample):
+                answers = (ex.completion_ids, [int(ex.desirable)])
+            else:
+                answers = (ex.answer_ids,)
+            for part in (ex.prompt_ids, *answers, [ex.row]):
                 h.update(np.asarray(part, dtype=np.int64).tobytes())
                 h.update(b",")
         else:
