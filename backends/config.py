@@ -217,6 +217,11 @@ class TrainingConfig(_Strict):
         description="Recompute activations in backward to save memory. Empty: on when the memory "
         "plan (`tunedesk plan`) says memory is tight, else off.",
     )
+    memory_check: bool = Field(
+        True,
+        description="Refuse to start when the memory plan (`tunedesk plan`) says the run does not "
+        "fit in the free memory (false: try anyway).",
+    )
     optimizer: Literal["adamw", "adamw_8bit", "paged_adamw_8bit"] = Field(
         "adamw",
         description="AdamW, or bitsandbytes' 8-bit / paged 8-bit AdamW (CUDA only: about a quarter "

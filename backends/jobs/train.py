@@ -169,8 +169,8 @@ def run_training(
         say(f"{len(data.train)} training examples, {len(data.validation or [])} validation examples")
         engine = make_engine(config)
         say(f"loading {config.model} for {engine.name} on {engine.device}")
-        config, memory_plan = plan_run(config, model_dir, engine, say)
         with failures_before_the_run(early, "loading the model"):
+            config, memory_plan = plan_run(config, model_dir, engine, say)
             setup_info = engine.setup(config, model_dir)
         setup_info["memory_plan"] = memory_plan
         stop_if_asked()
@@ -245,7 +245,30 @@ def plan_run(
             f"memory plan: peak {result.peak / plan.GB:.2f} GB on {result.target} "
             f"({result.verdict.replace('_', ' ')}; {(result.available or 0) / plan.GB:.1f} GB free)"
         )
+        refuse_if_it_cannot_fit(config, result)
     return config, result.to_json() if result is not None else None
+
+
+def refuse_if_it_cannot_fit(config: RunConfig, result: Any) -> None:
+    """Before the model loads: a plan whose verdict is ``does_not_fit`` ends the run as RunFailed
+    kind ``oom`` (exit 3) with the plan's nearest settings that fit, instead of letting the kernel
+    kill the process mid-load (exit 137, no message). ``training.memory_check: false`` skips it."""
+    from backends import plan
+
+    if result.verdict != "does_not_fit" or not config.training.memory_check:
+        return
+    need, free = (result.peak + result.reserve) / plan.GB, (result.available or 0) / plan.GB
+    hint = "; ".join(
+        f"{s['label']} (" + " ".join(f"--set {k}={str(v).lower()}" for k, v in s["changes"].items()) + ")"
+        for s in result.suggestions[:2]
+    )
+    raise RunFailed(
+        "oom",
+        f"the memory plan says this run needs about {need:.1f} GB and {free:.1f} GB is free on "
+        f"{result.target}: not started",
+        (f"try {hint}, or " if hint else "")
+        + "close other programs, or set training.memory_check: false to try anyway",
+    )
 
 
 @contextlib.contextmanager
