@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from backends import paths
 from backends.errors import (
     EXIT_OK,
+    EXIT_RUN_FAILED,
     EXIT_STOPPED,
     EXIT_USAGE,
     RunFailed,
@@ -39,29 +40,9 @@ def _cmd_hardware(args: argparse.Namespace) -> int:
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
-    from backends import models
+    from backends.models_cli import run_models
 
-    if args.models_cmd == "import":
-        path = models.import_model(
-            args.path,
-            args.name,
-            allow_pickle=args.allow_pickle,
-            trust_remote_code=args.trust_remote_code,
-            progress=models.print_progress,
-        )
-        print(path)
-        return EXIT_OK
-    rows = models.list_models()
-    if args.json:
-        print(json.dumps(rows, indent=2))
-    elif not rows:
-        print(
-            "no models imported yet (`tunedesk models import PATH`; the default model imports on first use)"
-        )
-    else:
-        for m in rows:
-            print(f"{m['name']:40s} {m['params'] / 1e6:8.1f}M params {m['size'] / 1e6:9.1f} MB  {m['path']}")
-    return EXIT_OK
+    return run_models(args)
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -103,6 +84,12 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from backends.jobs.export.run import cli_export_model
 
     return cli_export_model(args)
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from backends.jobs.serve import cli_serve
+
+    return cli_serve(args)
 
 
 def _cmd_runs(args: argparse.Namespace) -> int:
@@ -157,6 +144,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--preset", choices=["quick-test", "balanced", "quality"], help="preset under the config's values"
     )
     p.add_argument("--json", action="store_true", help="print events as JSON lines on stdout")
+    p.add_argument(
+        "--allow-config-change",
+        action="store_true",
+        help="with --resume: continue although config.yaml changed since the checkpoint (noted in the events)",
+    )
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("data", help="inspect a dataset")
@@ -178,19 +170,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_hardware)
 
-    p = sub.add_parser("models", help="import and list models")
-    msub = p.add_subparsers(dest="models_cmd", required=True, metavar="SUBCOMMAND")
-    m = msub.add_parser("import", help="a GGUF file or HF folder into the model store")
-    m.add_argument("path")
-    m.add_argument("--name", default=None, help="name in the store (default: from the file or folder)")
-    m.add_argument(
-        "--allow-pickle", action="store_true", help="accept pickle .bin weights (converted to safetensors)"
-    )
-    m.add_argument(
-        "--trust-remote-code", action="store_true", help="allow the model's own Python code to run"
-    )
-    m = msub.add_parser("list", help="imported models")
-    m.add_argument("--json", action="store_true")
+    from backends.models_cli import add_models_parser
+
+    add_models_parser(sub)
+    p = sub.choices["models"]
     p.set_defaults(func=_cmd_models)
 
     p = sub.add_parser("chat", help="chat with a model, optionally with a trained adapter")
@@ -211,6 +194,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--backend", choices=["auto", "torch", "mlx"], default="auto")
     p.add_argument("--json", action="store_true", help="print token events as JSON lines")
+    p.add_argument(
+        "--show-prompt",
+        action="store_true",
+        help="print the exact prompt the model is fed (special tokens visible) to stderr before each reply",
+    )
     p.add_argument(
         "--serve", action="store_true", help="worker mode: read JSON commands on stdin (used by the app)"
     )
@@ -253,6 +241,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=_cmd_export)
 
+    from backends import plan_cli
+
+    plan_cli.add_parser(sub)
+
+    p = sub.add_parser("serve", help="a local OpenAI-compatible server (/v1/chat/completions, /v1/models)")
+    p.add_argument("--model", default=None, help="model name or folder (default: the adapter's base model)")
+    p.add_argument("--adapter", default=None, metavar="RUN_DIR", help="run folder (or adapter folder)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="port (0: a free one; the URL is printed)")
+    p.add_argument("--backend", choices=["auto", "torch", "mlx"], default="auto")
+    p.set_defaults(func=_cmd_serve)
+
     p = sub.add_parser("runs", help="list run folders and their status")
     p.add_argument("--runs-dir", default=None)
     p.add_argument("--json", action="store_true")
@@ -293,3 +293,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("stopped", file=sys.stderr)
         return EXIT_STOPPED
+    except Exception as exc:  # the catch-all: exit 3 with the log's path, never a bare traceback
+        from backends.crash import crash_message, write_crash_log
+        from backends.training.oom import is_out_of_memory
+
+        if is_out_of_memory(exc):
+            print(
+                f"run failed (oom): out of memory: {str(exc).splitlines()[0][:300] if str(exc) else exc!r}",
+                file=sys.stderr,
+            )
+            return EXIT_RUN_FAILED
+        print(
+            crash_message(exc, write_crash_log(exc, list(argv) if argv is not None else sys.argv[1:])),
+            file=sys.stderr,
+        )
+        return EXIT_RUN_FAILED

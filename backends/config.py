@@ -63,6 +63,11 @@ class DataConfig(_Strict):
         False, description="Pack several short rows into one sequence (attention kept within each row)."
     )
     system_prompt: str | None = Field(None, description="System prompt added to rows that have none.")
+    literal_special_tokens: Literal["text", "control"] = Field(
+        "text",
+        description="Special-token strings typed inside messages (a literal <|im_end|>): tokenised as "
+        "plain text (default), or as the control tokens (opt-in).",
+    )
 
 
 class LoraConfig(_Strict):
@@ -76,6 +81,12 @@ class LoraConfig(_Strict):
         description="Layers that get adapters: preset 'attention', 'all-linear', or a list of module names.",
     )
     use_dora: bool = Field(False, description="Weight-decomposed LoRA (DoRA, Liu et al. 2024).")
+    quantize: Literal[4, 8] | None = Field(
+        None,
+        description="Load the frozen base model quantised to 4 or 8 bits (QLoRA, Dettmers et al. 2023); "
+        "the adapter stays full precision. Torch: bitsandbytes (4: nf4 with double quantisation); "
+        "MLX: mlx's own affine quantisation. Empty: the base in the compute precision.",
+    )
 
     @field_validator("target_modules")
     @classmethod
@@ -122,8 +133,15 @@ class TrainingConfig(_Strict):
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto", description="Compute precision; 'auto' picks bf16 where the device supports it well."
     )
-    gradient_checkpointing: bool = Field(
-        False, description="Recompute activations in backward to save memory."
+    gradient_checkpointing: bool | None = Field(
+        None,
+        description="Recompute activations in backward to save memory. Empty: on when the memory "
+        "plan (`tunedesk plan`) says memory is tight, else off.",
+    )
+    optimizer: Literal["adamw", "adamw_8bit", "paged_adamw_8bit"] = Field(
+        "adamw",
+        description="AdamW, or bitsandbytes' 8-bit / paged 8-bit AdamW (CUDA only: about a quarter "
+        "of the optimizer memory).",
     )
     max_grad_norm: float = Field(1.0, ge=0, description="Gradient clipping norm (0: off).")
     weight_decay: float = Field(0.0, ge=0, lt=1, description="AdamW weight decay.")

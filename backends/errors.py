@@ -61,7 +61,7 @@ class UsageError(UserInputError):
 class RunFailed(TuneDeskError):
     """A training or chat run failed (NaN, out of memory, model or data problem, worker crash).
 
-    ``kind`` is one of the design's ``run_failed`` kinds: nan, oom, data, model, crash.
+    ``kind`` is one of the design's ``run_failed`` kinds: nan, diverged, oom, disk, data, model, crash.
     """
 
     exit_code = EXIT_RUN_FAILED

@@ -73,10 +73,26 @@ REQUIRED: dict[str, tuple[str, ...]] = {
 # validation pairs, plus reward_accuracy and reward_margin over them.
 DPO_STEP_FIELDS = ("rewards_chosen", "rewards_rejected", "reward_margin", "reward_accuracy")
 DPO_EVAL_FIELDS = ("reward_accuracy", "reward_margin")
-OPTIONAL: dict[str, tuple[str, ...]] = {"step": DPO_STEP_FIELDS, "eval": DPO_EVAL_FIELDS}
+# Memory (``backends.plan``, ``backends.training.measure``; bytes):
+# ``run_started.memory_plan``: the plan's prediction, an object with ``target`` (torch-cpu |
+#   torch-cuda | mlx), ``peak`` (predicted peak bytes of the measured quantity below), ``reserve``
+#   (needed beside it: CUDA context, the Python process beside MLX), ``available`` (free bytes),
+#   ``verdict`` (fits | tight | does_not_fit), ``breakdown`` (bytes by part: weights, lora,
+#   gradients, optimizer, activations, logits, overhead; kv_cache_chat and weights_chat for chat),
+#   ``chat_peak``, ``settings`` (precision, batch_size, max_seq_length, gradient_checkpointing,
+#   quantize, params) and ``suggestions`` (``changes``, ``peak``, ``verdict``, ``label``); null when
+#   the model's config.json cannot be planned.
+# ``run_finished.memory_peak``: the measured peak since the model was loaded: RSS on the CPU,
+#   torch.cuda.max_memory_allocated on CUDA, mx.get_peak_memory on MLX.
+MEMORY_FIELDS_RUN = {"run_started": ("memory_plan",), "run_finished": ("memory_peak",)}
+OPTIONAL: dict[str, tuple[str, ...]] = {
+    "step": DPO_STEP_FIELDS,
+    "eval": DPO_EVAL_FIELDS,
+    **MEMORY_FIELDS_RUN,
+}
 
 MEMORY_FIELDS = ("rss", "device_allocated", "device_peak")
-FAILURE_KINDS = ("nan", "oom", "data", "model", "crash")
+FAILURE_KINDS = ("nan", "diverged", "oom", "disk", "data", "model", "crash")
 
 
 class EventSchemaError(ValueError):
@@ -96,7 +112,7 @@ def _clean(value: Any) -> Any:
     return value
 
 
-def make_event(name: str, **fields: Any) -> dict[str, Any]:
+def make_event(name: str, /, **fields: Any) -> dict[str, Any]:
     """Build one event dict, checking its required fields.
 
     Raises EventSchemaError for an unknown event name or a missing required field, or a ``step``
@@ -175,7 +191,7 @@ class EventSink:
         self._stdout = stdout
         self.listeners = list(listeners or [])
 
-    def emit(self, name: str, **fields: Any) -> dict[str, Any]:
+    def emit(self, name: str, /, **fields: Any) -> dict[str, Any]:
         """Build (``make_event``), write and broadcast one event; returns it."""
         event = make_event(name, **fields)
         line = encode(event)

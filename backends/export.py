@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from backends.errors import EXIT_OK, UserInputError
+from backends.weights_check import check_safetensors
 
 CONFIG_FILE = "adapter_config.json"
 PEFT_WEIGHTS = "adapter_model.safetensors"
@@ -290,6 +291,9 @@ def export_adapter(source: Path, to: str, out: Path | None = None) -> Path:
         raise UserInputError(f"unknown adapter format {to!r}; choose peft or mlx", field="--to")
     adapter = find_adapter(source)
     src_format = adapter_format(adapter)
+    check_safetensors(
+        adapter / (PEFT_WEIGHTS if src_format == "peft" else MLX_WEIGHTS), "adapter weights file"
+    )
     out = Path(out) if out is not None else adapter.with_name(f"{adapter.name}-{to}")
     if out.resolve() == adapter.resolve():
         raise UserInputError("the output folder is the adapter folder itself", file=out, field="--out")

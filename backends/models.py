@@ -12,6 +12,7 @@ and resolving models is cheap (the GUI reads ``list_models`` through the CLI or 
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import sys
@@ -24,11 +25,13 @@ from backends.config import DEFAULT_MODEL
 from backends.errors import UserInputError
 
 # Light store facts live in model_store_info (the GUI reads them without the ML stack); re-exported.
+from backends.model_store_info import DEFAULT_DTYPE, DTYPES
 from backends.model_store_info import DEFAULT_PACKAGE as DEFAULT_PACKAGE
 from backends.model_store_info import STORE_META as STORE_META
 from backends.model_store_info import folder_size as folder_size
 from backends.model_store_info import list_models as list_models
 from backends.model_store_info import safetensors_param_count as safetensors_param_count
+from backends.model_store_info import store_only_bytes as store_only_bytes
 from backends.runs import atomic_dir, atomic_write_text
 
 DEFAULT_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -116,25 +119,55 @@ def _save_loaded(model: Any, tokenizer: Any, out: Path) -> None:
     fix_config_for_mlx(out / "config.json")
 
 
-def _import_gguf(src: Path, out: Path, progress: Progress | None) -> None:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def _import_gguf(src: Path, out: Path, dtype: str, progress: Progress | None) -> str:
+    from backends.gguf_import import convert_gguf
 
-    _say(progress, f"Reading and dequantising {src.name} (this takes a little while)...")
-    try:
-        safe = {"local_files_only": True, "trust_remote_code": False}
-        tokenizer = AutoTokenizer.from_pretrained(src.parent, gguf_file=src.name, **safe)
-        model = AutoModelForCausalLM.from_pretrained(src.parent, gguf_file=src.name, dtype="float32", **safe)
-    except Exception as exc:
-        raise UserInputError(f"cannot read this GGUF file: {exc}", file=src) from None
-    if not getattr(tokenizer, "chat_template", None):
+    # Dequantised weights take 2 (bf16/f16) or 4 (fp32) bytes per parameter; the GGUF holds ~4.5-8
+    # bits per parameter, so at most ~8x its size; twice that while the data file is assembled.
+    per_param = DTYPES[dtype][1]
+    check_free_space(out, src.stat().st_size * 2 * per_param * 2, f"the {dtype} weights")
+    _say(progress, f"Reading {src.name} and writing its weights as {dtype}, one tensor at a time...")
+    info = convert_gguf(src, out, dtype, progress)
+    if not info["chat_template"]:
         _say(progress, "note: this model has no chat template; training will ask for one (e.g. chatml)")
-    _say(progress, "Writing safetensors...")
-    _save_loaded(model, tokenizer, out)
+    return dtype
+
+
+def check_free_space(folder: Path, needed: int, what: str) -> None:
+    """Raise UserInputError when the file system of ``folder`` has less than ``needed`` bytes free."""
+    free = shutil.disk_usage(folder if folder.exists() else folder.parent).free
+    if free < needed:
+        raise UserInputError(
+            f"not enough disk space for {what}: about {needed:,} bytes needed, {free:,} free",
+            file=folder.parent,
+            hint="free some space or set TUNEDESK_HOME to a larger disk",
+        )
+
+
+def _place(src: Path, dst: Path, copy: bool) -> str:
+    """Put ``src`` at ``dst``: a hard link where the file system allows, else a symlink; a copy when
+    ``copy``. Returns how: ``hardlink`` | ``symlink`` | ``copy``."""
+    src = src.resolve()  # HF cache snapshots are symlinks into blobs/: link the blob itself
+    if copy:
+        shutil.copy2(src, dst)
+        return "copy"
+    try:
+        os.link(src, dst)
+        return "hardlink"
+    except OSError:  # another file system (EXDEV), or one without hard links
+        os.symlink(src, dst)
+        return "symlink"
 
 
 def _import_hf_folder(
-    src: Path, out: Path, allow_pickle: bool, trust_remote_code: bool, progress: Progress | None
-) -> None:
+    src: Path,
+    out: Path,
+    allow_pickle: bool,
+    trust_remote_code: bool,
+    copy: bool,
+    progress: Progress | None,
+) -> str:
+    """Returns how the weights were placed (``hardlink`` | ``symlink`` | ``copy`` | ``converted``)."""
     if not (src / "config.json").is_file():
         raise UserInputError("not a Hugging Face model folder (no config.json)", file=src)
     safetensors = sorted(src.glob("*.safetensors"))
@@ -148,6 +181,7 @@ def _import_hf_folder(
             )
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        check_free_space(out, sum(f.stat().st_size for f in pickles), "the converted weights")
         _say(progress, "Converting pickle weights to safetensors (--allow-pickle)...")
         if trust_remote_code:
             _say(progress, f"warning: --trust-remote-code lets Python code in {src} run now")
@@ -158,24 +192,42 @@ def _import_hf_folder(
             src, trust_remote_code=trust_remote_code, local_files_only=True
         )
         _save_loaded(model, tokenizer, out)
-        return
+        return "converted"
     if not safetensors:
         raise UserInputError("no weights found (*.safetensors)", file=src)
-    _say(progress, f"Copying {len(safetensors)} safetensors file(s)...")
-    for f in src.iterdir():
-        if f.is_file() and (
+    files = [
+        f
+        for f in sorted(src.iterdir())
+        if f.is_file()
+        and (
             f.suffix == ".safetensors"
             or f.name.endswith(".safetensors.index.json")
             or _TOKENIZER_AND_CONFIG.match(f.name)
-        ):
-            shutil.copy2(f, out / f.name)
+        )
+    ]
+    weights = [f for f in files if f.suffix == ".safetensors"]
+    weight_bytes = sum(f.stat().st_size for f in weights)
+    check_free_space(out, weight_bytes if copy else 1_000_000, "the model's files")
+    how = "copy"
+    _say(
+        progress,
+        f"{'Copying' if copy else 'Linking'} {len(weights)} safetensors file(s), {weight_bytes:,} bytes...",
+    )
+    for f in files:
+        if f.suffix == ".safetensors":
+            how = _place(f, out / f.name, copy)
+        else:  # small files are copied: config.json is edited for mlx-lm below
+            shutil.copy2(f.resolve(), out / f.name)
     fix_config_for_mlx(out / "config.json")
+    return how
 
 
 def import_model(
     path: str | Path,
     name: str | None = None,
     *,
+    dtype: str = DEFAULT_DTYPE,
+    copy: bool = False,
     allow_pickle: bool = False,
     trust_remote_code: bool = False,
     progress: Progress | None = None,
@@ -183,14 +235,19 @@ def import_model(
 ) -> Path:
     """Import a GGUF file or an HF folder into the store; returns the new model folder.
 
+    A GGUF file is converted tensor by tensor into safetensors in ``dtype`` (``bf16`` default,
+    ``f16`` or ``fp32``: 2, 2 or 4 bytes per parameter). An HF folder's safetensors files are
+    hard-linked where the file system allows, else symlinked; copied only when ``copy``.
     Raises UserInputError for a missing path, an unknown kind of file, pickle weights without
-    ``allow_pickle``, or an existing model of that name without ``overwrite``. The folder is
-    written atomically: a failed import leaves nothing behind.
+    ``allow_pickle``, too little disk space (naming the bytes needed), or an existing model of that
+    name without ``overwrite``. The folder is written atomically: a failed import leaves nothing.
     """
     src = Path(path).expanduser()
     if not src.exists():
         raise UserInputError("no such file or folder", file=src)
-    is_gguf = src.is_file() and src.suffix.lower() == ".gguf"
+    if dtype not in DTYPES:
+        raise UserInputError(f"unknown import precision {dtype!r}", field="dtype", hint="bf16, f16 or fp32")
+    is_gguf = src.is_file() and (src.suffix.lower() == ".gguf" or _has_gguf_magic(src))
     if src.is_file() and not is_gguf:
         raise UserInputError("expected a .gguf file or a Hugging Face model folder", file=src)
     name = sanitize_name(
@@ -203,18 +260,55 @@ def import_model(
         )
     with atomic_dir(final) as tmp:
         if is_gguf:
-            _import_gguf(src, tmp, progress)
+            how = "converted"
+            precision = _import_gguf(src, tmp, dtype, progress)
         else:
-            _import_hf_folder(src, tmp, allow_pickle, trust_remote_code, progress)
+            how = _import_hf_folder(src, tmp, allow_pickle, trust_remote_code, copy, progress)
+            precision = None  # as stored; model_store_info reads it from the safetensors headers
         meta = {
             "name": name,
             "source": str(src),
             "source_kind": "gguf" if is_gguf else "hf",
+            "placed": how,
+            "precision": precision,
             "params": safetensors_param_count(tmp),
         }
         atomic_write_text(tmp / STORE_META, json.dumps(meta, indent=2) + "\n")
     _say(progress, f"Imported {name} into {final}")
     return final
+
+
+def _has_gguf_magic(path: Path) -> bool:
+    """True when the file starts with GGUF's magic bytes (Ollama's blobs have no .gguf suffix)."""
+    with open(path, "rb") as fh:
+        return fh.read(4) == b"GGUF"
+
+
+def remove_model(name: str) -> dict[str, Any]:
+    """Delete a model from the store; returns ``{"name", "path", "freed"}`` (bytes freed on disk).
+
+    Files hard-linked or symlinked from elsewhere free nothing (their other name keeps the data).
+    Raises UserInputError for an unknown name, or a model a running run uses.
+    """
+    from backends.runs import list_runs, run_status
+
+    folder = paths.models_dir() / name
+    if not name or "/" in name or name.startswith(".") or not (folder / "config.json").is_file():
+        known = ", ".join(m["name"] for m in list_models()) or "none"
+        raise UserInputError(f"no imported model named {name!r} (imported: {known})", field="name")
+    for run in list_runs():
+        try:
+            model = run.load_config().model
+        except Exception:  # noqa: BLE001 (a damaged run folder does not block removing a model)
+            continue
+        if model in (name, str(folder)) and run_status(run) == "running":
+            raise UserInputError(
+                f"model {name!r} is in use by the running run {run.path.name}",
+                hint="stop that run first",
+            )
+    freed = store_only_bytes(folder)
+    shutil.rmtree(folder)
+    return {"name": name, "path": str(folder), "freed": freed}
 
 
 def resolve_model(name_or_path: str, progress: Progress | None = None) -> Path:

@@ -12,7 +12,6 @@ import contextlib
 import os
 import re
 import shutil
-import socket
 import tempfile
 import time
 from collections.abc import Iterator
@@ -22,7 +21,9 @@ from typing import Any
 
 import yaml
 
+from backends import runlock
 from backends.config import RunConfig, config_from_dict, dump_config
+from backends.durable import fsync_path, replace_dir
 from backends.errors import UserInputError
 from backends.events import read_events
 
@@ -43,6 +44,7 @@ def atomic_write_text(path: str | Path, text: str) -> None:
             os.fsync(fh.fileno())
         os.chmod(tmp, 0o644)  # mkstemp creates 0600; a run folder is the user's normal files
         os.replace(tmp, path)
+        fsync_path(path.parent)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
@@ -53,9 +55,11 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 def atomic_dir(final: str | Path) -> Iterator[Path]:
     """Yield a temporary folder beside ``final``; on success it is renamed to ``final``.
 
-    An existing ``final`` is replaced. On an exception the temporary folder is removed and
-    ``final`` is untouched. Files are made 0644 before the rename: some writers (safetensors)
-    create 0600 files, and run folders and the model store are the user's ordinary files.
+    An existing ``final`` is replaced without a moment of absence where the platform can swap
+    two folders (``backends.durable.replace_dir``); every file is fsynced before the rename. On an
+    exception the temporary folder is removed and ``final`` is untouched. Files are made 0644
+    before the rename: some writers (safetensors) create 0600 files, and run folders and the model
+    store are the user's ordinary files.
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -66,13 +70,7 @@ def atomic_dir(final: str | Path) -> Iterator[Path]:
         for path in tmp.rglob("*"):
             if path.is_file():
                 path.chmod(0o644)
-        if final.exists():
-            old = final.with_name(f".old-{final.name}-{os.getpid()}")
-            os.replace(final, old)
-            os.replace(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
+        replace_dir(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -121,10 +119,13 @@ class RunDir:
             name = f"{model}-{config.method}-{time.strftime('%Y%m%d-%H%M%S')}"
         candidate = base / name
         n = 2
-        while candidate.exists():
-            candidate = base / f"{name}-{n}"
-            n += 1
-        candidate.mkdir(parents=True)
+        while True:
+            try:
+                candidate.mkdir()  # atomic: of two processes picking this name, one gets it
+                break
+            except FileExistsError:
+                candidate = base / f"{name}-{n}"
+                n += 1
         run = cls(candidate)
         atomic_write_text(run.config_path, dump_config(config))
         return run
@@ -175,35 +176,18 @@ class RunDir:
         """Every event written so far."""
         return read_events(self.events_path)
 
-    # --- liveness: a lock file with host and pid, removed when the worker ends ---
+    # --- liveness: ``run.lock``, held with flock by the process writing the run (backends.runlock) ---
     def acquire_lock(self) -> None:
         """Mark the run as running by this process; UserInputError if another live process holds it."""
-        holder = self.lock_holder()
-        if holder is not None and holder != os.getpid():
-            raise UserInputError(f"run is already running (process {holder})", file=self.path)
-        atomic_write_text(self.path / LOCK_FILE, f"{socket.gethostname()} {os.getpid()}\n")
+        runlock.acquire(self.path / LOCK_FILE, self.path)
 
     def release_lock(self) -> None:
-        """Remove the lock file."""
-        with contextlib.suppress(FileNotFoundError):
-            (self.path / LOCK_FILE).unlink()
+        """Release the lock and remove the lock file."""
+        runlock.release(self.path / LOCK_FILE)
 
     def lock_holder(self) -> int | None:
-        """Pid of the live process on this host that holds the run, else None."""
-        try:
-            host, pid_text = (self.path / LOCK_FILE).read_text().split()
-            pid = int(pid_text)
-        except (FileNotFoundError, ValueError):
-            return None
-        if host != socket.gethostname():
-            return None
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return None
-        except PermissionError:
-            return pid
-        return pid
+        """Pid of the live process that holds the run, else None."""
+        return runlock.holder(self.path / LOCK_FILE)
 
 
 def run_status(run: RunDir, events: list[dict[str, Any]] | None = None) -> str:

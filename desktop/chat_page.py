@@ -8,6 +8,9 @@ Stop ends them after the current token. "Side by side" sends each message to the
 the tuned one together (one copy of the base weights in the worker) and shows both as they stream,
 each with its own history. "Compare on validation prompts" runs N prompts of the run's validation
 split through both and fills a table: prompt, reference answer, base reply, tuned reply.
+
+What it shows lives beside it: ``chat_views`` (transcripts and panes), ``chat_settings`` (the
+settings box), ``chat_compare`` (the validation table), ``chat_events`` (the worker's events).
 """
 
 from __future__ import annotations
@@ -16,14 +19,11 @@ from pathlib import Path
 from typing import Any
 
 from PySide6.QtCore import QCoreApplication, Qt
-from PySide6.QtGui import QFont, QKeySequence, QShortcut, QShowEvent, QTextCursor
+from PySide6.QtGui import QKeySequence, QShortcut, QShowEvent
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QCheckBox,
     QComboBox,
-    QDoubleSpinBox,
-    QFormLayout,
-    QGroupBox,
     QHBoxLayout,
     QHeaderView,
     QLabel,
@@ -32,9 +32,7 @@ from PySide6.QtWidgets import (
     QSpinBox,
     QSplitter,
     QTableWidget,
-    QTableWidgetItem,
     QTabWidget,
-    QTextBrowser,
     QVBoxLayout,
     QWidget,
 )
@@ -44,89 +42,15 @@ from backends.chat.adapters import chat_runs
 from backends.config import DEFAULT_MODEL
 from backends.model_store_info import list_models
 from desktop.chat_client import ChatClient
+from desktop.chat_compare import ValidationCompare
+from desktop.chat_events import WorkerEvents
+from desktop.chat_settings import SamplingSettings
+from desktop.chat_views import BASE, COMPARE_COLUMNS, TUNED, ChatPane
+from desktop.chat_views import format_stats as format_stats  # re-exported: tests and callers
 from desktop.state import app_settings
 
-COMPARE_COLUMNS = ("Prompt", "Reference answer", "Base reply", "Tuned reply")
-BASE, TUNED = "base", "tuned"
 
-
-def format_stats(event: dict[str, Any]) -> str:
-    """One line of a reply's statistics, e.g. '42 tokens - 35.1 tokens/s - first token 0.12 s'."""
-    parts = [f"{event.get('tokens', 0)} tokens"]
-    if event.get("tokens_per_second") is not None:
-        parts.append(f"{event['tokens_per_second']:.1f} tokens/s")
-    if event.get("time_to_first_token") is not None:
-        parts.append(f"first token {event['time_to_first_token']:.2f} s")
-    reason = {"length": "max new tokens reached", "stop": "stopped"}.get(event.get("finish_reason", ""))
-    if reason:
-        parts.append(reason)
-    return " - ".join(parts)
-
-
-class ConversationView(QTextBrowser):
-    """A conversation as text: a bold speaker line per turn, then the turn's text (streamed in)."""
-
-    def __init__(self, parent: QWidget | None = None) -> None:
-        super().__init__(parent)
-        self.setOpenLinks(False)
-        self.setPlaceholderText("The conversation appears here.")
-
-    def begin_turn(self, speaker: str) -> None:
-        """Start a new turn by ``speaker``."""
-        cursor = self.textCursor()
-        cursor.movePosition(QTextCursor.MoveOperation.End)
-        bold = cursor.charFormat()
-        bold.setFontWeight(QFont.Weight.Bold)
-        plain = cursor.charFormat()
-        plain.setFontWeight(QFont.Weight.Normal)
-        if not self.document().isEmpty():
-            cursor.insertBlock()
-            cursor.insertBlock()
-        cursor.insertText(f"{speaker}:", bold)
-        cursor.insertBlock()
-        cursor.setCharFormat(plain)
-        self.setTextCursor(cursor)
-
-    def append_text(self, text: str) -> None:
-        """Add streamed text at the end and keep it in view."""
-        cursor = self.textCursor()
-        cursor.movePosition(QTextCursor.MoveOperation.End)
-        fmt = cursor.charFormat()
-        fmt.setFontWeight(QFont.Weight.Normal)
-        cursor.insertText(text, fmt)
-        self.setTextCursor(cursor)
-        self.ensureCursorVisible()
-
-
-class ChatPane(QWidget):
-    """One side of the chat: a title, the conversation, the last reply's statistics, and the
-    history (``messages``) this side sends with each request."""
-
-    def __init__(self, title: str, parent: QWidget | None = None) -> None:
-        super().__init__(parent)
-        layout = QVBoxLayout(self)
-        layout.setContentsMargins(0, 0, 0, 0)
-        self.title = QLabel(f"<b>{title}</b>")
-        self.view = ConversationView()
-        self.stats = QLabel("")
-        self.stats.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-        layout.addWidget(self.title)
-        layout.addWidget(self.view, 1)
-        layout.addWidget(self.stats)
-        self.messages: list[dict[str, str]] = []
-
-    def set_title(self, title: str) -> None:
-        """The heading above the conversation."""
-        self.title.setText(f"<b>{title}</b>")
-
-    def clear(self) -> None:
-        """Start a new conversation."""
-        self.messages = []
-        self.view.clear()
-        self.stats.setText("")
-
-
-class ChatPage(QWidget):
+class ChatPage(SamplingSettings, ValidationCompare, WorkerEvents, QWidget):
     """The Chat step: adapter picker, conversation (single or side by side), sampling settings,
     system prompt, Stop, and the validation comparison table. Call ``set_runs_dir`` to choose where
     runs are listed from (the app passes its runs folder)."""
@@ -262,71 +186,6 @@ class ChatPage(QWidget):
         self.compare_button.clicked.connect(self.compare)
         self.compare_stop_button.clicked.connect(self.stop)
         QShortcut(QKeySequence("Ctrl+Return"), self.prompt, activated=self.send)
-
-    def _settings_box(self) -> QWidget:
-        box = QGroupBox("Settings")
-        form = QFormLayout(box)
-        self.system_prompt = QPlainTextEdit()
-        self.system_prompt.setPlaceholderText("(none: the chat template's default)")
-        self.system_prompt.setMaximumHeight(90)
-        self.system_prompt.setToolTip("Sent as the first, system message of every request")
-        form.addRow("System prompt", self.system_prompt)
-        self.temperature = QDoubleSpinBox()
-        self.temperature.setRange(0.0, 2.0)
-        self.temperature.setSingleStep(0.1)
-        self.temperature.setDecimals(2)
-        self.temperature.setToolTip("0 = greedy (always the most likely token); higher = more varied")
-        form.addRow("Temperature", self.temperature)
-        self.top_p = QDoubleSpinBox()
-        self.top_p.setRange(0.01, 1.0)
-        self.top_p.setSingleStep(0.05)
-        self.top_p.setValue(1.0)
-        self.top_p.setToolTip(
-            "Nucleus sampling: keep the most likely tokens up to this probability (1 = off)"
-        )
-        form.addRow("Top-p", self.top_p)
-        self.max_new_tokens = QSpinBox()
-        self.max_new_tokens.setRange(1, 32768)
-        self.max_new_tokens.setValue(256)
-        self.max_new_tokens.setToolTip("Longest reply, in tokens")
-        form.addRow("Max new tokens", self.max_new_tokens)
-        self.repetition_penalty = QDoubleSpinBox()
-        self.repetition_penalty.setRange(0.5, 3.0)
-        self.repetition_penalty.setSingleStep(0.05)
-        self.repetition_penalty.setValue(1.0)
-        self.repetition_penalty.setToolTip("Penalty on tokens already in the conversation (1 = off)")
-        form.addRow("Repetition penalty", self.repetition_penalty)
-        self.seed = QSpinBox()
-        self.seed.setRange(0, 2_147_483_647)
-        self.seed.setToolTip("Seed of the sampler (no effect when greedy)")
-        form.addRow("Seed", self.seed)
-        return box
-
-    # --- settings (remembered between sessions) ---
-    def _load_settings(self) -> None:
-        s = self.settings
-        self.temperature.setValue(float(s.value("chat/temperature", 0.0)))
-        self.top_p.setValue(float(s.value("chat/top_p", 1.0)))
-        self.max_new_tokens.setValue(int(s.value("chat/max_new_tokens", 256)))
-        self.repetition_penalty.setValue(float(s.value("chat/repetition_penalty", 1.0)))
-        self.seed.setValue(int(s.value("chat/seed", 0)))
-        self.system_prompt.setPlainText(str(s.value("chat/system_prompt", "")))
-
-    def _save_settings(self) -> None:
-        s = self.settings
-        for key, value in self.sampling().items():
-            s.setValue(f"chat/{key}", value)
-        s.setValue("chat/system_prompt", self.system_prompt.toPlainText())
-
-    def sampling(self) -> dict[str, Any]:
-        """The sampling settings as the worker's ``generate`` command takes them."""
-        return {
-            "temperature": round(self.temperature.value(), 4),
-            "top_p": round(self.top_p.value(), 4),
-            "max_new_tokens": self.max_new_tokens.value(),
-            "repetition_penalty": round(self.repetition_penalty.value(), 4),
-            "seed": self.seed.value(),
-        }
 
     # --- runs and models ---
     def set_runs_dir(self, path: str | Path) -> None:
@@ -510,138 +369,6 @@ class ChatPage(QWidget):
             self.stop()
         for pane in self.panes.values():
             pane.clear()
-
-    # --- compare ---
-    def compare(self) -> None:
-        """Ask the worker for the run's validation prompts; the replies follow in the table."""
-        adapter = self.current_adapter()
-        if adapter is None or self.busy():
-            return
-        self._save_settings()
-        self.ensure_worker()
-        self.table.setRowCount(0)
-        self._compare = {}
-        request = self.client.new_id("v")
-        self._compare_prompts_request = request
-        self._pending[request] = {"prompts"}
-        self.client.send(
-            {"cmd": "validation_prompts", "id": request, "run": adapter, "n": self.compare_n.value()}
-        )
-        self.compare_note.setText("Reading the run's validation data...")
-        self._update_mode()
-
-    def _on_validation_prompts(self, event: dict[str, Any]) -> None:
-        request = event.get("request")
-        if request != self._compare_prompts_request:
-            return
-        self._pending.pop(request, None)
-        prompts = event.get("prompts") or []
-        note = f"{len(prompts)} prompts from {event.get('source')} data ({Path(event.get('file', '')).name})"
-        if event.get("note"):
-            note += f": {event['note']}"
-        self.compare_note.setText(note)
-        adapter = self.current_adapter()
-        system = self.system_prompt.toPlainText().strip() or None
-        self.table.setRowCount(len(prompts))
-        for row, item in enumerate(prompts):
-            user = next((m["content"] for m in reversed(item["messages"]) if m["role"] == "user"), "")
-            for col, text in enumerate((user, item["reference"], "", "")):
-                self.table.setItem(row, col, QTableWidgetItem(text))
-            request = self.client.new_id("cmp")
-            self._compare[request] = row
-            self._pending[request] = {BASE, TUNED}
-            self.client.send(
-                {
-                    "cmd": "generate",
-                    "id": request,
-                    "streams": [{"id": BASE, "adapter": None}, {"id": TUNED, "adapter": adapter}],
-                    "messages": item["messages"],
-                    "system": system,
-                    **self.sampling(),
-                }
-            )
-        self._update_mode()
-
-    # --- events ---
-    def _on_ready(self, event: dict[str, Any]) -> None:
-        adapter = event.get("adapter")
-        self._worker_adapter = adapter
-        self.status.setText(
-            f"Ready: {Path(str(event.get('model'))).name} on {event.get('backend')} ({event.get('device')})"
-            + (f", adapter {Path(adapter).name}" if adapter else ", no adapter")
-        )
-
-    def _on_token(self, request: str, stream: str, text: str) -> None:
-        if request == self._chat_request and stream in self.panes:
-            self.panes[stream].view.append_text(text)
-        elif request in self._compare:
-            col = 2 if stream == BASE else 3
-            item = self.table.item(self._compare[request], col)
-            if item is not None:
-                item.setText(item.text() + text)
-
-    def _on_reply_finished(self, event: dict[str, Any]) -> None:
-        request, stream = event.get("request"), event.get("stream")
-        if request == self._chat_request and stream in self.panes:
-            pane = self.panes[stream]
-            pane.messages.append({"role": "assistant", "content": event.get("text", "")})
-            pane.stats.setText(format_stats(event))
-            self.last_replies[stream] = event
-        elif request in self._compare:
-            col = 2 if stream == BASE else 3
-            item = self.table.item(self._compare[request], col)
-            if item is not None:
-                item.setText(event.get("text", ""))
-                item.setToolTip(format_stats(event))
-        if request in self._pending:
-            self._pending[request].discard(str(stream))
-            if not self._pending[request]:
-                del self._pending[request]
-        if request in self._compare and not any(r in self._pending for r in self._compare):
-            self.compare_note.setText(self.compare_note.text().split(" - done")[0] + " - done")
-        self._update_mode()
-
-    def _on_chat_error(self, event: dict[str, Any]) -> None:
-        request = event.get("request")
-        text = str(event.get("message", ""))
-        if event.get("hint"):
-            text += f"\nWhat to try: {event['hint']}"
-        self._show_banner(text, error=True)
-        if request is not None:
-            self._pending.pop(str(request), None)
-            if request == self._chat_request:
-                for key in self.visible_streams():
-                    self.panes[key].stats.setText("(failed)")
-        self._update_mode()
-
-    def _on_log(self, event: dict[str, Any]) -> None:
-        if event.get("level") == "warning":
-            self._show_banner(str(event.get("message", "")), error=False)
-        else:
-            self.status.setText(str(event.get("message", "")))
-
-    def _on_exited(self, error: str) -> None:
-        self._pending.clear()
-        self._worker_model = None
-        self._worker_adapter = None
-        if error and self.banner.isHidden():
-            self._show_banner(error, error=True)
-        self.status.setText("The chat process ended; the next message starts it again.")
-        self._update_mode()
-
-    def _show_banner(self, text: str, *, error: bool = False) -> None:
-        if not text:
-            self.banner.hide()
-            self.banner.setText("")
-            return
-        color = "#c0392b" if error else "#b9770e"
-        self.banner.setStyleSheet(f"QLabel {{ color: {color}; border: 1px solid {color}; padding: 6px; }}")
-        self.banner.setText(text)
-        self.banner.show()
-
-    def banner_text(self) -> str:
-        """The error or warning shown above the conversation ("" when none)."""
-        return "" if self.banner.isHidden() else self.banner.text()
 
     def showEvent(self, event: QShowEvent) -> None:  # noqa: N802 (Qt override)
         """List the runs again each time the page is shown (a run may have finished meanwhile)."""

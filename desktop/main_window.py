@@ -154,6 +154,7 @@ class MainWindow(QMainWindow):
             train_page.run_started.connect(self._refresh_runs)
             train_page.run_ended.connect(self._refresh_runs)
             train_page.max_seq_length_changed.connect(self._sync_max_seq_length)
+            train_page.next_steps.chat_requested.connect(self.chat_with)
             self._sync_max_seq_length(train_page.max_seq_length())
             return train_page
         if key == "chat":
@@ -169,6 +170,7 @@ class MainWindow(QMainWindow):
         runs_page.show_run.connect(self._show_run)
         runs_page.resume_run.connect(self._resume_run)
         runs_page.use_settings.connect(self._use_settings)
+        runs_page.chat_with.connect(self.chat_with)
         return runs_page
 
     def build_all_pages(self) -> None:
@@ -255,6 +257,17 @@ class MainWindow(QMainWindow):
     def _show_run(self, run_dir: str) -> None:
         self.train_page.show_run(run_dir)
         self.show_page("train")
+
+    def chat_with(self, run_dir: str) -> None:
+        """Open Chat with a run's adapter chosen (when the chat page lists it)."""
+        page = self.chat_page
+        if callable(getattr(page, "select_adapter", None)):
+            page.refresh()
+            try:
+                page.select_adapter(run_dir)
+            except ValueError:  # a run outside the folder the chat page lists
+                pass
+        self.show_page("chat")
 
     def _use_settings(self, run_dir: str) -> None:
         self.train_page.load_settings(run_dir)

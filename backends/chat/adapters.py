@@ -90,12 +90,15 @@ def _read_json(path: Path, what: str) -> dict[str, Any]:
 def adapter_folder(path: str | Path) -> tuple[Path, Path | None]:
     """The adapter folder for a run folder or an adapter folder: ``(adapter_dir, run_dir or None)``.
 
-    Raises UserInputError naming the path when it does not exist, or when it is a run folder
-    without an ``adapter/`` (the message says the run's status, e.g. still running or failed).
+    A file inside an adapter folder (``adapter_model.safetensors``, ``adapters.safetensors``...)
+    stands for its folder. Raises UserInputError naming the path when it does not exist, or when
+    it is a run folder without an ``adapter/`` (the message says the run's status, e.g. still running or failed).
     """
     p = Path(path).expanduser()
     if not p.exists():
         raise UserInputError("adapter folder not found (no such file or folder)", file=p, field="adapter")
+    if p.is_file() and (p.parent / CONFIG_FILE).is_file():
+        p = p.parent  # a file of an adapter folder (its weights, its config): the folder
     if not p.is_dir():
         raise UserInputError(
             "expected a run folder or an adapter folder, got a file", file=p, field="adapter"
@@ -136,11 +139,43 @@ def _run_meta(run: Path) -> dict[str, Any]:
     }
 
 
+def normalize_mlx_config(config: dict[str, Any], path: Path) -> dict[str, Any]:
+    """An mlx-lm ``adapter_config.json`` in today's keys: older mlx-lm wrote ``lora_layers`` where
+    it now reads ``num_layers`` (same meaning: how many of the last blocks get adapters), which is
+    read as such. Raises UserInputError naming the key when ``lora_parameters`` lacks ``rank`` or
+    ``scale`` or no layer count is given."""
+    config = dict(config)
+    if "num_layers" not in config and "lora_layers" in config:
+        config["num_layers"] = config["lora_layers"]
+    if config.get("fine_tune_type", "lora") == "full":
+        return config
+    params = config.get("lora_parameters")
+    if not isinstance(params, dict):
+        raise UserInputError(
+            "mlx-lm adapter config without lora_parameters", file=path, field="lora_parameters"
+        )
+    for key in ("rank", "scale"):
+        if not isinstance(params.get(key), int | float) or isinstance(params.get(key), bool):
+            raise UserInputError(
+                f"mlx-lm adapter config: lora_parameters.{key} is missing or not a number",
+                file=path,
+                field=f"lora_parameters.{key}",
+            )
+    if not isinstance(config.get("num_layers"), int):
+        raise UserInputError(
+            "mlx-lm adapter config without num_layers (older mlx-lm: lora_layers)",
+            file=path,
+            field="num_layers",
+        )
+    return config
+
+
 def read_adapter(path: str | Path) -> AdapterInfo:
     """Read and check an adapter (a run folder or its ``adapter/`` folder).
 
-    Raises UserInputError naming the path for: a missing folder; a run without an adapter; a
-    folder without ``adapter_config.json``; a config that is neither PEFT nor mlx-lm LoRA; missing
+    A weights-file path resolves to its folder; a legacy mlx-lm config (``lora_layers``) is read
+    (``normalize_mlx_config``). Raises UserInputError naming the path for: a missing folder; a run
+    without an adapter; a folder without ``adapter_config.json``; a config that is neither PEFT nor mlx-lm LoRA; missing
     weights; an unreadable ``tunedesk.json``.
     """
     folder, run = adapter_folder(path)
@@ -173,6 +208,7 @@ def read_adapter(path: str | Path) -> AdapterInfo:
             )
         if not (folder / MLX_WEIGHTS).is_file():
             raise UserInputError(f"adapter weights missing ({MLX_WEIGHTS})", file=folder, field="adapter")
+        config = normalize_mlx_config(config, cfg_path)
     else:
         raise UserInputError(
             "neither a PEFT adapter config (peft_type) nor an mlx-lm one (lora_parameters)",
@@ -198,6 +234,36 @@ def read_adapter(path: str | Path) -> AdapterInfo:
         chat_template=template,
         meta=meta,
         run_dir=run,
+    )
+
+
+def tensor_mismatch_error(
+    info: AdapterInfo, missing: list[str], unexpected: list[str], wrong_shape: list[str] | None = None
+) -> UserInputError | None:
+    """The error for an adapter whose tensors do not all load into the model, naming the first few
+    keys of each kind, or None when every tensor loads and every adapter weight has a tensor.
+
+    ``missing``: adapter weights the model expects that the file lacks (they would stay at their
+    initial values: the reply would be the base model's); ``unexpected``: tensors of the file
+    that no adapter weight of the model takes; ``wrong_shape``: tensors whose shape differs."""
+    parts = []
+    for keys, what in (
+        (unexpected, "tensor(s) in the file that no layer of this model takes"),
+        (missing, "adapter weight(s) of the model missing from the file"),
+        (wrong_shape or [], "tensor(s) whose shape does not fit the model"),
+    ):
+        if keys:
+            keys = sorted(keys)
+            more = f", ... ({len(keys) - 5} more)" if len(keys) > 5 else ""
+            parts.append(f"{len(keys)} {what}: {', '.join(keys[:5])}{more}")
+    if not parts:
+        return None
+    return UserInputError(
+        "the adapter's tensors do not all load into this model: " + "; ".join(parts),
+        file=info.weights_file,
+        field="adapter",
+        hint="the adapter was trained on a different base model, or its weights file was renamed or "
+        "edited; chat refuses it rather than answer as the base model",
     )
 
 

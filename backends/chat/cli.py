@@ -2,6 +2,8 @@
 
 The reply streams to stdout as it is generated; statistics (tokens, tokens/s, time to first token)
 go to stderr. With ``--json`` stdout carries the ``token`` and ``reply_finished`` events instead.
+``--show-prompt`` prints, to stderr before each reply, the exact prompt text the model is fed
+(the run's template, system prompt and BOS rule applied; special tokens visible).
 In the interactive session Ctrl-C stops the reply being written (a second Ctrl-C at the prompt, or
 Ctrl-D, or ``/quit``, ends the session); ``/reset`` clears the history, ``/system TEXT`` sets the
 system prompt.
@@ -51,9 +53,20 @@ def reply_once(
     *,
     json_out: bool,
     system: str | None = None,
+    show_prompt: bool = False,
 ) -> Reply:
-    """Generate one reply to ``messages`` and stream it to stdout (text, or JSON events)."""
+    """Generate one reply to ``messages`` and stream it to stdout (text, or JSON events).
+    ``show_prompt``: first print the exact prompt text the model is fed (special tokens visible,
+    BOS included where added) and its token count to stderr."""
     sink = EventSink(None, stdout=sys.stdout) if json_out else None
+    request = StreamRequest("reply", session.default_adapter, with_system(messages, system))
+    if show_prompt:
+        rendered = session.prompt(request)
+        print(
+            f"--- prompt ({len(rendered.input_ids)} tokens) ---\n{rendered.text}\n--- end of prompt ---",
+            file=sys.stderr,
+            flush=True,
+        )
 
     def emit(event: str, fields: dict[str, Any]) -> None:
         if sink is not None:
@@ -63,9 +76,7 @@ def reply_once(
             sys.stdout.flush()
 
     with _ctrl_c_stops(session):
-        (reply,) = session.generate(
-            [StreamRequest("reply", session.default_adapter, with_system(messages, system))], sampling, emit
-        )
+        (reply,) = session.generate([request], sampling, emit)
     if sink is None:
         sys.stdout.write("\n")
         sys.stdout.flush()
@@ -73,7 +84,9 @@ def reply_once(
     return reply
 
 
-def interactive(session: ChatSession, sampling: Sampling, *, system: str | None, json_out: bool) -> int:
+def interactive(
+    session: ChatSession, sampling: Sampling, *, system: str | None, json_out: bool, show_prompt: bool = False
+) -> int:
     """A conversation on the terminal until /quit, Ctrl-D or Ctrl-C at the prompt."""
     history: list[dict[str, str]] = []
     print(HELP, file=sys.stderr)
@@ -104,7 +117,9 @@ def interactive(session: ChatSession, sampling: Sampling, *, system: str | None,
         history.append({"role": "user", "content": line})
         if not json_out:
             sys.stdout.write("model> ")
-        reply = reply_once(session, history, sampling, json_out=json_out, system=system)
+        reply = reply_once(
+            session, history, sampling, json_out=json_out, system=system, show_prompt=show_prompt
+        )
         history.append({"role": "assistant", "content": reply.text})
 
 
@@ -139,6 +154,13 @@ def cli_chat(args: argparse.Namespace) -> int:
             sampling,
             json_out=args.json,
             system=args.system,
+            show_prompt=getattr(args, "show_prompt", False),
         )
         return EXIT_STOPPED if reply.finish_reason == "stop" else EXIT_OK
-    return interactive(session, sampling, system=args.system, json_out=args.json)
+    return interactive(
+        session,
+        sampling,
+        system=args.system,
+        json_out=args.json,
+        show_prompt=getattr(args, "show_prompt", False),
+    )

@@ -1,5 +1,6 @@
 """Chat on the MLX backend: a model loaded by ``mlx_lm.load``, LoRA adapters applied with mlx-lm's
-``load_adapters`` (the code ``mlx_lm.load(adapter_path=...)`` runs) and never fused, and tokens
+own pieces (``linear_to_lora_layers`` and ``load_weights``, as its ``load_adapters`` does, plus a
+check that every adapter weight has a tensor) and never fused, and tokens
 from mlx-lm's ``generate_step`` (what ``mlx_lm.stream_generate`` drives) with its samplers.
 
 Switching adapters never reloads the base: each adapter keeps its own LoRA layers wrapping the
@@ -19,11 +20,15 @@ import mlx_lm
 from mlx.utils import tree_flatten, tree_unflatten
 from mlx_lm.generate import generate_step
 from mlx_lm.sample_utils import make_logits_processors, make_sampler
-from mlx_lm.tuner.utils import load_adapters, remove_lora_layers
+from mlx_lm.tuner.utils import linear_to_lora_layers, remove_lora_layers
 
-from backends.chat.adapters import AdapterInfo
+from backends.chat.adapters import AdapterInfo, tensor_mismatch_error
 from backends.chat.session import Sampling
+from backends.data.templates import load_tokenizer
 from backends.errors import UserInputError
+from backends.weights_check import check_safetensors
+
+ADAPTER_LEAVES = ("lora_a", "lora_b", "m")  # mlx-lm's LoRA/DoRA parameter names
 
 
 def _adapter_modules(model: Any) -> list[tuple[str, Any, Any]]:
@@ -58,7 +63,8 @@ class MlxChatEngine:
             raise UserInputError(
                 f"MLX cannot load this model: {exc}", file=self.model_dir, field="model"
             ) from None
-        self.tokenizer = self.wrapper._tokenizer
+        # The one tokenizer loader (as training and the PyTorch chat): prompts render identically.
+        self.tokenizer = load_tokenizer(self.model_dir)
         self.eos_token_ids = set(int(i) for i in self.wrapper.eos_token_ids)
         self.device = str(mx.default_device())
         self.params = sum(v.size for _, v in tree_flatten(self.model.parameters()))
@@ -85,9 +91,19 @@ class MlxChatEngine:
                 field="adapter",
                 hint="convert it with `tunedesk export adapter RUN_DIR --to mlx`, or chat with --backend torch",
             )
+        check_safetensors(info.weights_file, "adapter weights file", field="adapter")
         self._swap(None)
+        cfg = info.config  # read_adapter's normalized config (older mlx-lm's lora_layers read)
         try:
-            load_adapters(self.model, str(info.path))
+            # mlx-lm's load_adapters, step by step, so that missing tensors are an error too
+            # (load_adapters loads with strict=False and leaves them at their initial values).
+            linear_to_lora_layers(
+                self.model,
+                cfg["num_layers"],
+                cfg["lora_parameters"],
+                use_dora=cfg.get("fine_tune_type") == "dora",
+            )
+            weights = mx.load(str(info.weights_file))
         except (ValueError, KeyError, FileNotFoundError, TypeError) as exc:
             remove_lora_layers(self.model)
             raise UserInputError(
@@ -95,6 +111,19 @@ class MlxChatEngine:
                 file=info.path,
                 field="base_model",
             ) from None
+        params = {
+            n: v for n, v in tree_flatten(self.model.parameters()) if n.rsplit(".", 1)[-1] in ADAPTER_LEAVES
+        }
+        error = tensor_mismatch_error(
+            info,
+            missing=[n for n in params if n not in weights],
+            unexpected=[n for n in weights if n not in params],
+            wrong_shape=[n for n, w in weights.items() if n in params and w.shape != params[n].shape],
+        )
+        if error is not None:
+            remove_lora_layers(self.model)
+            raise error
+        self.model.load_weights(list(weights.items()), strict=False)
         self.model.eval()
         mods = _adapter_modules(self.model)
         lora = [(n, m) for n, m, _ in mods]

@@ -1,4 +1,5 @@
-"""The chat session shared by both backends: prompt rendering with the adapter's own chat template,
+"""The chat session shared by both backends: prompt rendering with what the adapter's run recorded
+(``backends.data.render``: template, system prompt, BOS rule, special-token policy),
 sampling settings, streaming decode, stop, timing and the ``token`` / ``reply_finished`` events.
 
 A backend (``torch_generator.TorchChatEngine``, ``mlx_generator.MlxChatEngine``) implements the
@@ -20,6 +21,9 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from backends.chat.adapters import AdapterInfo, check_base_model, read_adapter
+from backends.data.formats import RowError
+from backends.data.render import PromptRenderer, RenderedPrompt, RenderSpec
+from backends.data.run_prompt import spec_for_run
 from backends.data.templates import CHATML_TEMPLATE, model_template
 from backends.errors import UserInputError
 
@@ -121,28 +125,31 @@ def template_digest(template: str | None) -> str | None:
     return hashlib.sha256(template.encode("utf-8")).hexdigest() if template is not None else None
 
 
-def render_prompt(tokenizer: Any, messages: list[dict[str, str]], template: str) -> list[int]:
-    """Token ids of ``messages`` rendered with ``template`` plus the assistant header.
+def render_prompt(
+    tokenizer: Any, messages: list[dict[str, str]], template: str | PromptRenderer
+) -> list[int]:
+    """Token ids of ``messages`` plus the assistant header, through the one prompt renderer
+    (``backends.data.render``): ``template`` is a ``PromptRenderer`` (a run's recorded spec) or a
+    bare template (the tokenizer's BOS rule, no system prompt). Raises UserInputError when the
+    template fails on these messages (e.g. it forbids a system turn)."""
+    return rendered_prompt(tokenizer, messages, template).input_ids
 
-    Uses ``tokenizer.apply_chat_template(chat_template=template, add_generation_prompt=True)``,
-    the call the data pipeline trains with, so no special token is added twice. Raises
-    UserInputError when the template fails on these messages (e.g. it forbids a system turn).
-    """
+
+def rendered_prompt(
+    tokenizer: Any,
+    messages: list[dict[str, str]],
+    renderer: str | PromptRenderer,
+    tools: list[dict] | None = None,
+) -> RenderedPrompt:
+    """The full ``RenderedPrompt`` (text with special tokens visible, ids) of a chat prompt."""
+    if not isinstance(renderer, PromptRenderer):
+        renderer = PromptRenderer(tokenizer, RenderSpec(renderer))
     try:
-        ids = tokenizer.apply_chat_template(
-            messages,
-            chat_template=template,
-            add_generation_prompt=True,
-            tokenize=True,
-            return_dict=False,
-        )
-    except Exception as exc:  # jinja2 TemplateError and the template's own raise_exception
+        return renderer.render_chat(messages, tools=tools, add_generation_prompt=True)
+    except RowError as exc:  # jinja2 TemplateError and the template's own raise_exception
         raise UserInputError(
-            f"the chat template cannot render these messages: {exc}", field="messages"
+            f"{exc.reason.replace('this row', 'these messages')}", field="messages"
         ) from None
-    if isinstance(ids, dict) or hasattr(ids, "input_ids"):
-        ids = ids["input_ids"]
-    return [int(i) for i in ids]
 
 
 class TextStream:
@@ -243,6 +250,7 @@ class StreamRequest:
     id: str
     adapter: str | None
     messages: list[dict[str, str]]
+    tools: list[dict] | None = None  # tool JSON schemas, for templates that list tools
 
 
 Emit = Callable[[str, dict[str, Any]], None]
@@ -271,6 +279,7 @@ class ChatSession:
         self.model_name = model_name
         self.adapters: dict[str, AdapterInfo] = {}
         self.default_adapter: str | None = None
+        self._renderers: dict[str | None, PromptRenderer] = {}
         self._stop = threading.Event()
 
     # --- adapters ---
@@ -293,31 +302,60 @@ class ChatSession:
         Adapters no longer used are unloaded; the base model is never reloaded."""
         key = self.load_adapter(path) if path is not None else None
         self.default_adapter = key
+        self._renderers.pop(None, None)  # the base model borrows the default adapter's system prompt
         for old in [k for k in self.adapters if k != key]:
+            self._renderers.pop(old, None)
             self.engine.remove_adapter(old)
             del self.adapters[old]
         return key
 
+    def renderer_for(self, adapter: str | None) -> PromptRenderer:
+        """The prompt renderer of replies with ``adapter``: exactly what its run recorded (template,
+        system prompt, BOS rule, special-token policy; ``backends.data.render.spec_for_run``). The
+        base model renders with its own template (or, for a model without one, the loaded
+        adapter's) and the tokenizer's BOS rule, with the default adapter's system prompt so a
+        side-by-side comparison differs only in the adapter. Raises UserInputError when there is
+        no template."""
+        if adapter in self._renderers:
+            return self._renderers[adapter]
+        tokenizer = self.engine.tokenizer
+        if adapter is not None:
+            info = self.adapters[adapter]
+            spec = (
+                spec_for_run(info.path)
+                or (spec_for_run(info.run_dir) if info.run_dir is not None else None)
+                or RenderSpec(None)
+            )
+            template = spec.template or info.chat_template
+            if template is None and info.meta.get("template_choice") == "chatml":
+                template = CHATML_TEMPLATE  # a checkpoint of a run trained with data.chat_template: chatml
+        else:
+            default = self.renderer_for(self.default_adapter) if self.default_adapter else None
+            spec = RenderSpec(None, system_prompt=default.spec.system_prompt if default else None)
+            template = None
+        template = template or model_template(tokenizer)
+        if template is None:
+            template = next((i.chat_template for i in self.adapters.values() if i.chat_template), None)
+        if template is None:
+            raise UserInputError(
+                "this model has no chat template and no adapter with one is loaded",
+                file=self.model_dir,
+                field="chat_template",
+                hint="train an adapter with data.chat_template: chatml, then chat with it",
+            )
+        renderer = PromptRenderer(tokenizer, RenderSpec(**{**spec.to_dict(), "template": template}))
+        self._renderers[adapter] = renderer
+        return renderer
+
     def template_for(self, adapter: str | None) -> str:
-        """The chat template of replies with ``adapter``: exactly the one stored with it at training
-        time; for the base model, the model's own (or, for a model without one, the template of the
-        loaded adapter). Raises UserInputError when there is none."""
-        if adapter is not None and self.adapters[adapter].chat_template is not None:
-            return self.adapters[adapter].chat_template
-        if adapter is not None and self.adapters[adapter].meta.get("template_choice") == "chatml":
-            return CHATML_TEMPLATE  # a checkpoint of a run trained with data.chat_template: chatml
-        own = model_template(self.engine.tokenizer)
-        if own:
-            return own
-        for info in self.adapters.values():
-            if info.chat_template:
-                return info.chat_template
-        raise UserInputError(
-            "this model has no chat template and no adapter with one is loaded",
-            file=self.model_dir,
-            field="chat_template",
-            hint="train an adapter with data.chat_template: chatml, then chat with it",
-        )
+        """The chat template of replies with ``adapter`` (see ``renderer_for``)."""
+        return self.renderer_for(adapter).template
+
+    def prompt(self, request: StreamRequest) -> RenderedPrompt:
+        """The exact prompt (text with special tokens visible, token ids) ``request`` feeds the
+        model. Raises UserInputError for a bad adapter or messages."""
+        key = self.load_adapter(request.adapter) if request.adapter is not None else None
+        return rendered_prompt(self.engine.tokenizer, request.messages, self.renderer_for(key), request.tools)
 
     # --- stop ---
     def request_stop(self) -> None:
@@ -344,9 +382,9 @@ class ChatSession:
         prepared = []
         for req in requests:
             key = self.load_adapter(req.adapter) if req.adapter is not None else None
-            template = self.template_for(key)
-            ids = render_prompt(self.engine.tokenizer, req.messages, template)
-            prepared.append((req, key, template, ids))
+            renderer = self.renderer_for(key)
+            ids = rendered_prompt(self.engine.tokenizer, req.messages, renderer, req.tools).input_ids
+            prepared.append((req, key, renderer.template, ids))
         states = []
         for req, key, template, ids in prepared:
             states.append(

@@ -24,12 +24,13 @@ from transformers import (
     TopPLogitsWarper,
 )
 
-from backends.chat.adapters import AdapterInfo
+from backends.chat.adapters import AdapterInfo, tensor_mismatch_error
 from backends.chat.session import Sampling
 from backends.data.templates import load_tokenizer
 from backends.errors import RunFailed, UserInputError
 from backends.torch_backend.device import pick_device
 from backends.torch_backend.loading import load_causal_lm
+from backends.weights_check import check_safetensors
 
 # peft's saved key of a LoRA weight: <prefix>.<module path>.lora_A|lora_B[.<adapter>].weight
 _LORA_KEY = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+)\.lora_(?P<ab>[AB])(?:\.[^.]+)?\.weight$")
@@ -95,6 +96,7 @@ class TorchChatEngine:
                 file=info.weights_file,
                 hint="re-save the adapter as safetensors",
             )
+        check_safetensors(info.weights_file, "adapter weights file", field="adapter")
         modules = dict(self.base.named_modules())
         with safe_open(str(info.weights_file), framework="pt") as fh:
             for key in fh.keys():
@@ -125,9 +127,20 @@ class TorchChatEngine:
                         field="base_model",
                     )
 
+    def _tensor_mismatch(self, info: AdapterInfo, name: str) -> UserInputError | None:
+        """Compare the file's tensors with the adapter weights peft created for ``name``."""
+        from peft.utils import get_peft_model_state_dict
+        from safetensors import safe_open
+
+        expected = set(get_peft_model_state_dict(self.model, adapter_name=name))
+        with safe_open(str(info.weights_file), framework="pt") as fh:
+            found = set(fh.keys())
+        return tensor_mismatch_error(info, sorted(expected - found), sorted(found - expected))
+
     def add_adapter(self, key: str, info: AdapterInfo) -> None:
         """Load a PEFT adapter under ``key`` without merging it. Raises UserInputError naming the
-        adapter path for an MLX-format adapter or one that does not fit this model."""
+        adapter path for an MLX-format adapter, one that does not fit this model, or one whose
+        tensors do not all load (``adapters.tensor_mismatch_error``: never a silent base model)."""
         from peft import PeftModel
 
         if info.format != "peft":
@@ -140,13 +153,16 @@ class TorchChatEngine:
         self._check_shapes(info)
         name = f"adapter{self._counter}"
         self._counter += 1
+        first = self.model is self.base
         try:
             with warnings.catch_warnings():
-                # peft reads transformers' deprecated `is_gradient_checkpointing`: not ours to act on.
+                # peft reads transformers' deprecated `is_gradient_checkpointing`: not ours to act on;
+                # missing or unexpected adapter keys are checked below, as an error, not a warning.
                 warnings.filterwarnings(
                     "ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning
                 )
-                if self.model is self.base:
+                warnings.filterwarnings("ignore", message=".*(missing|unexpected) adapter keys.*")
+                if first:
                     self.model = PeftModel.from_pretrained(
                         self.base, str(info.path), adapter_name=name, is_trainable=False
                     )
@@ -154,6 +170,13 @@ class TorchChatEngine:
                     self.model.load_adapter(str(info.path), adapter_name=name, is_trainable=False)
         except (ValueError, RuntimeError, KeyError) as exc:
             raise UserInputError(f"cannot load this adapter into the model: {exc}", file=info.path) from None
+        error = self._tensor_mismatch(info, name)
+        if error is not None:
+            if first:
+                self.model = self.base = self.model.unload()
+            else:
+                self.model.delete_adapter(name)
+            raise error
         self.model.to(self.device).eval()
         self._names[key] = name
         self._active = "?"  # unknown after a load: the next step sets it

@@ -13,6 +13,9 @@ reads it from a subprocess). Its keys:
   as ``messages[2].role``, ``(row)`` for the whole row, or ``(length)`` for a row whose trained
   tokens were all cut by ``max_seq_length``. ``problem_count``: their number.
 - ``notices``: list of strings (rows cut, validation, template remarks).
+- ``literal_special_tokens``: rows whose message text spells one of the tokenizer's special
+  tokens (a literal ``<|im_end|>``), as ``{row, tokens}``; training tokenises those strings as
+  plain text unless ``data.literal_special_tokens: control``. Empty without a model.
 - ``token_lengths``: ``{min, median, p95, max, over_max}`` over the rows that passed validation,
   before truncation (for DPO: prompt plus the longer answer); ``over_max`` counts rows longer
   than ``max_seq_length``. Null without a model or when no row could be tokenised.
@@ -84,6 +87,7 @@ def check_file(
     system_prompt: str | None = None,
     method: str | None = None,
     tokenizer: Any | None = None,
+    literal_special_tokens: str = "text",
 ) -> dict[str, Any]:
     """Check a data file as training would read it; returns the dict described in this module's
     docstring. ``model_dir`` (or an already loaded ``tokenizer``) supplies the tokenizer and chat
@@ -102,6 +106,7 @@ def check_file(
         train_on=train_on,
         max_seq_length=max_seq_length,
         system_prompt=system_prompt,
+        literal_special_tokens=literal_special_tokens,
     )
     stats = token_length_stats(report.lengths, max_seq_length)
     histogram = None
@@ -124,6 +129,7 @@ def check_file(
         "problems": [p.to_dict() for p in report.problems],
         "problem_count": len(report.problems),
         "notices": list(report.notices),
+        "literal_special_tokens": [{"row": r, "tokens": t} for r, t in report.literal_specials],
         "token_lengths": stats,
         "histogram": histogram,
         "example": _example_view(tokenizer, examples[0]) if examples else None,

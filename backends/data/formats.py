@@ -42,6 +42,13 @@ ROLES = {
 Message = dict[str, str]
 
 
+class Conversation(list):
+    """A message list that may carry the row's tool definitions (``tools``: JSON schemas, as
+    ``apply_chat_template(tools=...)`` takes them; None when the row has none)."""
+
+    tools: list[dict] | None = None
+
+
 class RowError(Exception):
     """One row is invalid: ``field`` (a path such as ``messages[2].content``) and ``reason``."""
 
@@ -258,7 +265,8 @@ def _preference(obj: dict, system_prompt: str | None) -> Preference:
 def parse_row(fmt: str, obj: Any, *, system_prompt: str | None = None) -> list[Message] | str | Preference:
     """Validate one row of format ``fmt`` and return its common shape.
 
-    Returns a message list (the chat formats; ends with an assistant turn), the text (``text``), or
+    Returns a message list (the chat formats; ends with an assistant turn; a ``messages`` row's
+    optional ``tools`` list rides along as ``Conversation.tools``), the text (``text``), or
     a ``Preference`` (``preference``). ``system_prompt`` is added to conversations that have no
     system message. Raises RowError(field, reason) for an invalid row.
     """
@@ -273,6 +281,15 @@ def parse_row(fmt: str, obj: Any, *, system_prompt: str | None = None) -> list[M
         return _preference(obj, system_prompt)
     if fmt == "messages":
         messages = _conversation(_required(obj, "messages"), "messages", ends_with="assistant")
+        tools = obj.get("tools")
+        if tools is not None:
+            if not isinstance(tools, list) or not all(isinstance(t, dict) for t in tools):
+                raise RowError(
+                    "tools", f"expected a list of tool definitions (objects), got {_type_name(tools)}"
+                )
+            messages = Conversation(_with_system(messages, system_prompt))
+            messages.tools = tools
+            return messages
     elif fmt == "sharegpt":
         messages = _conversation(_required(obj, "conversations"), "conversations", ends_with="assistant")
     elif fmt == "alpaca":

@@ -21,6 +21,8 @@ from backends import paths
 from backends.data.encode import Encoder, encode_rows
 from backends.data.formats import CHAT_FORMATS, FORMATS, Preference, RowError, detect_row_format, parse_row
 from backends.data.readers import read_file
+from backends.data.render import RenderSpec
+from backends.data.run_prompt import spec_from_config
 from backends.data.templates import CHATML_TEMPLATE, model_template, resolve_chat_template
 from backends.data.types import DataReport, PreparedData, Problem
 from backends.errors import UserInputError
@@ -153,6 +155,7 @@ def analyze_file(
     train_on: str = "completion",
     max_seq_length: int = 1024,
     system_prompt: str | None = None,
+    literal_special_tokens: str = "text",
     progress: Progress | None = None,
 ) -> tuple[list, DataReport, str | None, str]:
     """Read, validate and (with a tokenizer) tokenise one file, without raising for zero rows.
@@ -162,7 +165,10 @@ def analyze_file(
     chat template used (None without a tokenizer, or for text data on a model without one);
     ``method`` is the given one or, for None/'auto', 'dpo' for preference data else 'sft'.
     Raises UserInputError for an unreadable or mixed-format file, a format/method mismatch, a
-    missing chat template, or (``strict``) the first invalid row.
+    missing chat template, or (``strict``) the first dropped row (invalid, too long for
+    ``max_seq_length``, or one the template cannot render), naming file and line.
+    ``report.literal_specials`` lists the rows whose text spells a special token (e.g. a literal
+    ``<|im_end|>``), which ``literal_special_tokens`` ('text' or 'control') decides how to tokenise.
     """
     path = Path(path)
     if progress:
@@ -174,7 +180,7 @@ def analyze_file(
     same: list[int] = []
     for number, obj in rows:
         try:
-            parsed = parse_row(fmt, obj, system_prompt=system_prompt)
+            parsed = parse_row(fmt, obj)  # the renderer adds the system prompt
         except RowError as err:
             report.problems.append(Problem(str(path), number, err.field, err.reason, rows.unit))
             continue
@@ -209,8 +215,26 @@ def analyze_file(
         return [], report, None, method
 
     template = template_for(tokenizer, chat_template, fmt)
-    encoder = Encoder(tokenizer, template, train_on=train_on, max_seq_length=max_seq_length)
+    spec = RenderSpec(
+        template,
+        template_choice=chat_template,
+        system_prompt=system_prompt or None,
+        special_tokens=literal_special_tokens,
+    )
+    encoder = Encoder(tokenizer, spec, train_on=train_on, max_seq_length=max_seq_length)
+    _find_literal_specials(encoder, valid, report, rows.unit, literal_special_tokens)
     results = encode_rows(encoder, _kind(fmt), valid, progress)
+    dropped = next((r for r in results if r.example is None and r.error is not None), None)
+    if strict and dropped is not None:
+        more = sum(1 for r in results if r.example is None) - 1
+        raise row_error(
+            path,
+            rows.unit,
+            dropped.row,
+            dropped.error.field,
+            dropped.error.reason + (f"; and {more} more dropped row(s)" if more else ""),
+            hint="strict mode: fix the rows (or raise training.max_seq_length), or turn off data.strict to drop them",
+        )
     examples = []
     cut: list[int] = []
     too_long: list[int] = []
@@ -245,6 +269,35 @@ def analyze_file(
             "template, so the model may not learn where to stop"
         )
     return examples, report, template, method
+
+
+def _find_literal_specials(
+    encoder: Encoder, valid: list[tuple[int, Any]], report: DataReport, unit: str, policy: str
+) -> None:
+    """Record rows whose message text spells a special token, with a notice naming the first."""
+    for number, parsed in valid:
+        if isinstance(parsed, Preference):
+            messages = [*parsed.prompt, {"role": "assistant", "content": parsed.chosen}]
+            messages.append({"role": "assistant", "content": parsed.rejected})
+        elif isinstance(parsed, list):
+            messages = parsed
+        else:
+            continue
+        found = encoder.literal_specials(messages)
+        if found:
+            report.literal_specials.append((number, sorted(set(found))))
+    if report.literal_specials:
+        number, found = report.literal_specials[0]
+        how = (
+            "trained as plain text, never as control tokens (data.literal_special_tokens: control to "
+            "train them as the control tokens)"
+            if policy == "text"
+            else "trained as the control tokens (data.literal_special_tokens: control)"
+        )
+        report.notices.append(
+            f"{len(report.literal_specials)} row(s) contain special-token strings in their text "
+            f"(first: {_where(unit, number)}: {', '.join(found)}): {how}"
+        )
 
 
 def no_rows_error(report: DataReport, unit: str | None = None) -> UserInputError:
@@ -331,6 +384,7 @@ def prepare_data(config: Any, tokenizer: Any, *, progress: Progress | None = Non
         train_on=data.train_on,
         max_seq_length=config.training.max_seq_length,
         system_prompt=data.system_prompt,
+        literal_special_tokens=data.literal_special_tokens,
         progress=progress,
     )
     train, report, template, method = analyze_file(path, tokenizer, **options)
@@ -359,6 +413,7 @@ def prepare_data(config: Any, tokenizer: Any, *, progress: Progress | None = Non
         bos_token_id=tokenizer.bos_token_id,
         validation_report=val_report,
         method=method,
+        render_spec=spec_from_config(config, tokenizer) if template is not None else None,
     )
 
 

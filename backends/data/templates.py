@@ -1,7 +1,7 @@
 """The tokenizer and the chat template a run trains with (and chat later uses, byte for byte).
 
 The template is the model's own (``tokenizer.chat_template``), or, when ``data.chat_template`` is
-``chatml``, the ChatML template below. A model without a template never gets a guessed one: it is
+``chatml``, the ChatML template (``backends.data.chatml``). A model without a template never gets a guessed one: it is
 an error that names the ``chatml`` option. Rendering goes through transformers'
 ``render_jinja_template`` with the tokenizer's special tokens as variables, exactly as
 ``tokenizer.apply_chat_template`` does, so training and chat see the same text.
@@ -12,19 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from backends.data.chatml import CHATML_TEMPLATE  # noqa: F401 (re-exported: the data floor's name)
 from backends.errors import UserInputError
-
-# ChatML (OpenAI's chat markup, used by Qwen and SmolLM2). Assistant turns get the tokenizer's EOS
-# after <|im_end|> when the two differ, so a model whose vocabulary lacks <|im_end|> still learns
-# to emit a real stop token.
-CHATML_TEMPLATE = (
-    "{% for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' }}"
-    "{% if message['role'] == 'assistant' and eos_token and eos_token != '<|im_end|>' %}{{ eos_token }}{% endif %}"
-    "{{ '\\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
-)
 
 
 def load_tokenizer(model_dir: str | Path) -> Any:
@@ -82,15 +71,22 @@ def resolve_chat_template(tokenizer: Any, config_or_choice: Any) -> str:
 
 
 def render(
-    tokenizer: Any, template: str, messages: list[dict], *, add_generation_prompt: bool = False
+    tokenizer: Any,
+    template: str,
+    messages: list[dict],
+    *,
+    add_generation_prompt: bool = False,
+    tools: list[dict] | None = None,
 ) -> str:
     """Render one conversation with ``template`` as ``tokenizer.apply_chat_template(tokenize=False)``
-    would (the tokenizer's special tokens are template variables). Raises whatever the template
-    raises (jinja2's TemplateError for ``raise_exception``)."""
+    would (the tokenizer's special tokens are template variables; ``tools``: JSON schemas for
+    templates that list tools). Raises whatever the template raises (jinja2's TemplateError for
+    ``raise_exception``). Callers tokenise through ``backends.data.render.PromptRenderer``."""
     from transformers.utils.chat_template_utils import render_jinja_template
 
     rendered, _ = render_jinja_template(
         [messages],
+        tools=tools,
         chat_template=template,
         add_generation_prompt=add_generation_prompt,
         **tokenizer.special_tokens_map,

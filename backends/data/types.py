@@ -12,6 +12,7 @@ Conventions shared by both backends:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -115,6 +116,7 @@ class DataReport:
     problems: list[Problem] = field(default_factory=list)
     notices: list[str] = field(default_factory=list)
     lengths: list[int] = field(default_factory=list)
+    literal_specials: list[tuple[int, list[str]]] = field(default_factory=list)  # (row, strings)
 
     @property
     def rows_dropped(self) -> int:
@@ -128,6 +130,8 @@ class PreparedData:
     ``train``/``validation``: lists of ``Example`` (SFT) or ``PreferenceExample`` (DPO);
     ``validation`` is None when validation is off (a notice in ``report.notices`` says so).
     ``chat_template``: the exact Jinja template used, stored next to the adapter for chat.
+    ``render_spec``: everything the prompt renderer used (``backends.data.render.RenderSpec``),
+    recorded in the run folder so chat renders prompts the same way.
     """
 
     train: list
@@ -139,6 +143,7 @@ class PreparedData:
     bos_token_id: int | None = None
     validation_report: DataReport | None = None
     method: str = "sft"
+    render_spec: Any = None
 
 
 @dataclass

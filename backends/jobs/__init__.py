@@ -10,7 +10,8 @@ console=None) -> RunDir`` (one run end to end, ``backends.jobs.train``), ``cli_t
 (``tunedesk train``), ``cli_demo(args)`` (``tunedesk demo``, ``backends.jobs.demo``),
 ``select_backend(requested) -> (backend, torch device or None)`` and ``make_engine(config)``
 (``backends.jobs.backend``: the one place that turns ``backend: auto|torch|mlx`` into an engine,
-for training and chat alike).
+for training and chat alike). ``tunedesk serve`` is ``backends.jobs.serve.cli_serve`` (the OpenAI
+wire format: ``backends.jobs.openai_api``); ``tunedesk export --format`` is ``backends.jobs.export``.
 """
 
 from backends.jobs.backend import make_engine, select_backend

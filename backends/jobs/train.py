@@ -11,19 +11,28 @@ before the folder exists (model import, data report) are kept and written to its
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import os
 import sys
 import threading
+from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from backends.config import RunConfig, load_config
-from backends.errors import EXIT_OK, RunStopped, UserInputError
+from backends.data.render import RenderSpec
+from backends.data.run_prompt import PROMPT_FILE
+from backends.durable import repair_torn_tail
+from backends.errors import EXIT_OK, RunFailed, RunStopped, UserInputError
 from backends.events import EventSink, encode
 from backends.jobs.backend import make_engine
-from backends.runs import RunDir, run_status
+from backends.jobs.resume import check_resume_config
+from backends.runs import RunDir, atomic_write_text, run_status
+from backends.training.engine import Engine
 from backends.training.loop import TrainingLoop, stop_on_signals
+from backends.training.oom import memory_errors_as_oom
 from backends.training.progress import ConsoleProgress, LogFile
 
 
@@ -35,6 +44,14 @@ def tunedesk_version() -> str:
         from backends import __version__
 
         return __version__
+
+
+def record_prompt_spec(run_dir: Path, spec: RenderSpec | None) -> None:
+    """Write what the prompt renderer used (template, system prompt, BOS rule, special-token
+    policy) into the run folder's ``prompt.json``, where chat and export read it
+    (``backends.data.render.spec_for_run``). Nothing for a run without a template."""
+    if spec is not None:
+        atomic_write_text(Path(run_dir) / PROMPT_FILE, json.dumps(spec.to_dict(), indent=2) + "\n")
 
 
 def resolve_data_paths(config: RunConfig, base: Path | None = None) -> RunConfig:
@@ -60,6 +77,7 @@ def run_training(
     resume_dir: str | Path | None = None,
     stop: threading.Event | None = None,
     console: bool | None = None,
+    allow_config_change: bool = False,
 ) -> RunDir:
     """Train one run and return its folder (see the module docstring).
 
@@ -68,6 +86,10 @@ def run_training(
     to continue from its newest complete checkpoint (from the start when it has none).
     ``stop``: an event that stops the run cooperatively (SIGINT/SIGTERM set it too).
     ``console``: the stderr progress bar and log lines (default: on unless ``json_stdout``).
+    ``allow_config_change``: resume although ``config.yaml`` differs from the checkpoint's
+    (``backends.jobs.resume``; the change is noted in the events), else such a resume is refused.
+    The prompt renderer's spec (``backends.data.render.RenderSpec``) is recorded in the run
+    folder's ``prompt.json`` and the adapter's ``tunedesk.json``, so chat renders as training did.
 
     Raises UserInputError (exit 1) for bad input, RunFailed (exit 3) when the run failed,
     RunStopped (exit 130) when it was stopped; the last two after their event was written.
@@ -90,7 +112,7 @@ def run_training(
         if stop.is_set():
             raise RunStopped("stopped before training started")
 
-    with stop_on_signals(stop):
+    with stop_on_signals(stop), contextlib.ExitStack() as held:
         run: RunDir | None = None
         checkpoint = None
         if resume_dir is not None:
@@ -107,7 +129,19 @@ def run_training(
                     file=run.path,
                     field="--resume",
                 )
+            # Before the model loads: a second resume of this folder is refused at once.
+            run.acquire_lock()
+            held.callback(run.release_lock)
             checkpoint = run.latest_checkpoint()
+            changes = check_resume_config(config, checkpoint, run.config_path, allow=allow_config_change)
+            if changes:
+                early.emit(
+                    "log",
+                    level="warning",
+                    message="resuming with a changed config (--allow-config-change): "
+                    + "; ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in changes),
+                    changed_keys=[k for k, _, _ in changes],
+                )
             say(
                 f"resuming from {checkpoint}"
                 if checkpoint
@@ -116,11 +150,12 @@ def run_training(
         if config is None:
             raise UserInputError("no config given", field="--config")
         config = resolve_data_paths(config)
-        model_dir = models.resolve_model(config.model, progress=say)
-        stop_if_asked()
-        tokenizer = load_tokenizer(model_dir)
-        say(f"preparing data from {config.data.train_file}")
-        data = prepare_data(config, tokenizer, progress=say)
+        with failures_before_the_run(early):
+            model_dir = models.resolve_model(config.model, progress=say)
+            stop_if_asked()
+            tokenizer = load_tokenizer(model_dir)
+            say(f"preparing data from {config.data.train_file}")
+            data = prepare_data(config, tokenizer, progress=say)
         stop_if_asked()
         for notice in getattr(data.report, "notices", []) or []:
             early.emit("log", level="info", message=str(notice))
@@ -131,12 +166,17 @@ def run_training(
         say(f"{len(data.train)} training examples, {len(data.validation or [])} validation examples")
         engine = make_engine(config)
         say(f"loading {config.model} for {engine.name} on {engine.device}")
-        setup_info = engine.setup(config, model_dir)
+        config, memory_plan = plan_run(config, model_dir, engine, say)
+        with failures_before_the_run(early, "loading the model"):
+            setup_info = engine.setup(config, model_dir)
+        setup_info["memory_plan"] = memory_plan
         stop_if_asked()
         if run is None:
             run = RunDir.create(config)
         run.acquire_lock()
         try:
+            record_prompt_spec(run.path, data.render_spec)
+            repair_torn_tail(run.events_path)  # a killed writer's half line stays a line of its own
             with open(run.events_path, "a", encoding="utf-8") as fh:
                 for event in early_events:
                     fh.write(encode(event) + "\n")
@@ -157,10 +197,12 @@ def run_training(
                     adapter_info={
                         "base_model": {"name": config.model, "path": str(model_dir)},
                         "tunedesk_version": tunedesk_version(),
+                        "prompt": data.render_spec.to_dict() if data.render_spec is not None else None,
                     },
                     batcher=make_preference_batches if data.method == "dpo" else make_batches,
                     stop=stop,
                     pad_token_id=int(pad or 0),
+                    vocab_size=len(tokenizer),
                 )
                 loop.run_loop(resume_from=checkpoint)
         finally:
@@ -170,10 +212,55 @@ def run_training(
     return run
 
 
+def plan_run(
+    config: RunConfig, model_dir: Path, engine: Engine, say: Any
+) -> tuple[RunConfig, dict[str, Any] | None]:
+    """The run's memory plan (``backends.plan``) for ``run_started.memory_plan``, and ``config``
+    with ``training.gradient_checkpointing: null`` (auto) resolved by it. A model whose config.json
+    the plan cannot read gets no plan (None; said in the log) and checkpointing off."""
+    from backends import model_shape, plan
+
+    try:
+        result = plan.plan_memory(
+            config, model_shape.read_model_config(model_dir), plan.target_for(engine.name, engine.device)
+        )
+    except ValueError as exc:
+        say(f"no memory plan for this model: {exc}")
+        result = None
+    if config.training.gradient_checkpointing is None:
+        on = bool(result and result.settings["gradient_checkpointing"])
+        config = config.model_copy(
+            update={"training": config.training.model_copy(update={"gradient_checkpointing": on})}
+        )
+        if result is not None:
+            say(plan.checkpointing_for(result))
+    if result is not None:
+        say(
+            f"memory plan: peak {result.peak / plan.GB:.2f} GB on {result.target} "
+            f"({result.verdict.replace('_', ' ')}; {(result.available or 0) / plan.GB:.1f} GB free)"
+        )
+    return config, result.to_json() if result is not None else None
+
+
+@contextlib.contextmanager
+def failures_before_the_run(early: EventSink, what: str = "reading the model and data") -> Iterator[None]:
+    """Before the run folder exists: memory running out is RunFailed kind ``oom`` (exit 3, not a
+    traceback), and a RunFailed is also sent as a ``run_failed`` event (step 0) to the listeners
+    and ``--json`` stdout, so the app shows its message and hint."""
+    try:
+        with memory_errors_as_oom(what):
+            yield
+    except RunFailed as exc:
+        early.emit("run_failed", step=0, kind=exc.kind, message=exc.message, hint=exc.hint)
+        raise
+
+
 def cli_train(args: argparse.Namespace) -> int:
     """``tunedesk train``: ``--config FILE [--set k=v ...] [--preset P]`` or ``--resume RUN_DIR``;
     ``--json`` prints events on stdout. Returns 0; failures raise (``backends.cli`` maps them to
     exit codes 1, 3 and 130)."""
+    if getattr(args, "allow_config_change", False) and not args.resume:
+        raise UserInputError("--allow-config-change goes with --resume", field="--allow-config-change")
     if args.resume:
         if args.overrides or args.preset:
             raise UserInputError(
@@ -181,7 +268,12 @@ def cli_train(args: argparse.Namespace) -> int:
                 field="--resume",
                 hint="start a new run with --config to change settings",
             )
-        run = run_training(None, json_stdout=args.json, resume_dir=args.resume)
+        run = run_training(
+            None,
+            json_stdout=args.json,
+            resume_dir=args.resume,
+            allow_config_change=getattr(args, "allow_config_change", False),
+        )
     else:
         config = load_config(args.config, args.overrides, preset=args.preset)
         run = run_training(config, json_stdout=args.json)

@@ -70,6 +70,8 @@ PAD_MULTIPLE = 32
 # MLX builds each fused kernel with the C++ compiler, about 15 s per new batch shape, which costs
 # more than it saves on short runs. None: decide by device.
 COMPILE: bool | None = None
+# Group size of the base's quantisation with ``lora.quantize`` (mlx-lm's default).
+QUANT_GROUP_SIZE = 64
 # Files this engine adds to a checkpoint folder (next to the adapter files).
 OPTIMIZER_FILE = "mlx_optimizer.safetensors"
 RNG_FILE = "mlx_rng.json"
@@ -295,6 +297,13 @@ class MLXEngine:
         self.precision, precision_note = self._pick_precision(t.precision)
         notes = [f"device {self.device}", precision_note]
         model.set_dtype(DTYPES[self.precision])
+        if lora.quantize:
+            # As mlx-lm's QLoRA: the frozen base is quantised (affine, groups of QUANT_GROUP_SIZE;
+            # every layer whose input width the group size divides), the LoRA layers wrap it.
+            nn.quantize(model, group_size=QUANT_GROUP_SIZE, bits=lora.quantize)
+            notes.append(
+                f"base quantised to {lora.quantize} bits (mlx affine, group size {QUANT_GROUP_SIZE})"
+            )
         model.freeze()
         targets = resolve_targets(model, lora.target_modules)
         self.num_layers = len(model.layers)
@@ -314,6 +323,12 @@ class MLXEngine:
         model.train()
         self.model = model
         # torch.optim.AdamW's defaults and update rule (bias-corrected, decoupled weight decay).
+        if t.optimizer != "adamw":
+            raise UserInputError(
+                f"training.optimizer {t.optimizer} is bitsandbytes' (PyTorch on NVIDIA GPUs); MLX has none",
+                field="training.optimizer",
+                hint="set training.optimizer: adamw",
+            )
         self.optimizer = optim.AdamW(
             learning_rate=t.learning_rate,
             betas=[0.9, 0.999],
@@ -577,6 +592,11 @@ class MLXEngine:
         k0, k1 = json.loads((folder / RNG_FILE).read_text(encoding="utf-8"))["mlx_random_key"]
         # mx.random.seed(s) sets the key to [s >> 32, s & 0xffffffff]: this restores it exactly.
         mx.random.seed((int(k0) << 32) | int(k1))
+
+    def reset_peak_memory(self) -> None:
+        """Start a new peak window (``mx.reset_peak_memory``): the loop calls it once the model is
+        loaded, so ``memory_peak`` is the training phase's peak."""
+        mx.reset_peak_memory()
 
     def memory(self) -> dict[str, int | None]:
         """MLX's active and peak memory in bytes (unified memory on Apple silicon)."""

@@ -33,10 +33,12 @@ from backends.config import RunConfig
 from backends.data.types import IGNORE_INDEX, Batch, PreferenceBatch
 from backends.errors import RunFailed, UserInputError
 from backends.lora_targets import peft_target_modules
+from backends.torch_backend import quantize
 from backends.torch_backend.device import pick_device
 from backends.torch_backend.loading import load_causal_lm
+from backends.training import measure
 from backends.training.dpo import PreferenceStats, sigmoid_dpo_loss
-from backends.training.oom import oom_hint
+from backends.training.oom import is_out_of_memory, oom_hint
 
 # Model types whose causal-LM head is exactly ``lm_head(last_hidden_state)`` (no logit scaling or
 # soft-capping, no auxiliary loss), so the loss may apply the head only at labelled positions.
@@ -104,12 +106,7 @@ _OOM_TYPES: tuple[type[BaseException], ...] = (MemoryError,) + tuple(
 
 
 def _is_oom(exc: BaseException) -> bool:
-    if isinstance(exc, _OOM_TYPES):
-        return True
-    text = str(exc)
-    return isinstance(exc, RuntimeError) and (
-        "out of memory" in text or "can't allocate memory" in text or "MPS backend out of memory" in text
-    )
+    return isinstance(exc, _OOM_TYPES) or is_out_of_memory(exc)
 
 
 class TorchEngine:
@@ -146,9 +143,21 @@ class TorchEngine:
         t = config.training
         self.precision, precision_note = resolve_precision(t.precision, self.device)
         notes = [f"device {self.device}", precision_note]
-        base = load_causal_lm(model_dir, _DTYPES[self.precision])
+        load_kwargs: dict[str, Any] = {}
+        bits = config.lora.quantize
+        if bits:
+            notes += quantize.check_quantization(bits, self.device)
+            load_kwargs["quantization_config"] = quantize.quantization_config(bits, _DTYPES[self.precision])
+            load_kwargs["device_map"] = self.device
+            notes.append(
+                f"base quantised to {bits} bits ({'nf4, double quantisation' if bits == 4 else 'LLM.int8()'})"
+            )
+        base = load_causal_lm(model_dir, _DTYPES[self.precision], **load_kwargs)
         base.config.use_cache = False
-        base.to(self.device)
+        if bits:  # a quantised model is placed by device_map and cannot be moved
+            quantize.detach_from_file(base)
+        else:
+            base.to(self.device)
         targets = peft_target_modules(linear_layer_paths(base), config.lora.target_modules)
         if t.gradient_checkpointing:
             kwargs = {"use_reentrant": False}
@@ -174,8 +183,8 @@ class TorchEngine:
             self.model = get_peft_model(base, lora)  # adapters in fp32 (peft's autocast_adapter_dtype)
         self.model.train()
         self._params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(
-            self._params, lr=t.learning_rate, weight_decay=t.weight_decay, betas=(0.9, 0.999), eps=1e-8
+        self.optimizer = quantize.make_optimizer(
+            t.optimizer, self._params, self.device, lr=t.learning_rate, weight_decay=t.weight_decay
         )
         self.scaler = torch.amp.GradScaler(self.device) if self.precision == "fp16" else None
         model_type = getattr(base.config, "model_type", "")
@@ -467,6 +476,18 @@ class TorchEngine:
         (loads with ``peft.PeftModel.from_pretrained(base, folder)``)."""
         assert self.model is not None
         self.model.save_pretrained(Path(folder))
+
+    def reset_peak_memory(self) -> None:
+        """Start a new peak window (CUDA: ``torch.cuda.reset_peak_memory_stats``; CPU: hand freed
+        loader memory back and reset the peak RSS, ``backends.training.measure``): the loop calls
+        it once the model is loaded, so ``memory_peak`` is the training phase's peak."""
+        measure.release_freed_memory()
+        if self.device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        elif self.device == "mps":
+            self._mps_peak = 0
+        else:
+            measure.reset_peak_rss()
 
     def memory(self) -> dict[str, int | None]:
         """Device memory in bytes: CUDA allocated and peak allocated; MPS allocated and the peak

@@ -14,13 +14,15 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from backends.errors import UserInputError
+from backends.training.oom import is_out_of_memory
 
 # The keyword arguments that make a from_pretrained call safe for a user's folder.
 SAFE_LOAD = {"local_files_only": True, "trust_remote_code": False}
 
 
-def load_causal_lm(model_dir: str | Path, dtype: torch.dtype | None = None) -> Any:
-    """``AutoModelForCausalLM`` from ``model_dir`` in ``dtype`` (None: the checkpoint's own).
+def load_causal_lm(model_dir: str | Path, dtype: torch.dtype | None = None, **extra: Any) -> Any:
+    """``AutoModelForCausalLM`` from ``model_dir`` in ``dtype`` (None: the checkpoint's own);
+    ``extra``: more ``from_pretrained`` arguments (e.g. ``quantization_config``, ``device_map``).
 
     Raises UserInputError naming the folder when it has no safetensors weights, needs custom code,
     or cannot be read (a corrupt config.json, a truncated weights file).
@@ -36,8 +38,12 @@ def load_causal_lm(model_dir: str | Path, dtype: torch.dtype | None = None) -> A
             hint="import the model with `tunedesk models import PATH`",
         )
     try:
-        return AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, use_safetensors=True, **SAFE_LOAD)
+        return AutoModelForCausalLM.from_pretrained(
+            model_dir, dtype=dtype, use_safetensors=True, **SAFE_LOAD, **extra
+        )
     except (OSError, ValueError, KeyError, SafetensorError) as exc:
+        if is_out_of_memory(exc):  # a memory limit hit while mapping the weights: not a bad folder
+            raise
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         if "trust_remote_code" in str(exc):
             message = "this model needs its own Python code (trust_remote_code), which TuneDesk never runs"

@@ -18,8 +18,9 @@ number of non-padding tokens trained so far (``step.step_tokens`` those of this 
 is fractional (epochs completed), ``elapsed`` counts training time of all segments of a resumed
 run, ``eta`` is seconds left at this session's average step time. ``run_started`` adds
 ``precision``, ``resumed_from`` (the checkpoint step, None for a fresh start), ``train_examples``,
-``validation_examples``, ``steps_per_epoch`` and ``warmup_steps``; ``run_finished`` adds ``tokens``
-and ``elapsed``; ``run_failed.step`` and ``stopped.step`` are the last completed step.
+``validation_examples``, ``steps_per_epoch``, ``warmup_steps`` and ``memory_plan`` (the
+``backends.plan`` prediction, or None); ``run_finished`` adds ``tokens``, ``elapsed`` and
+``memory_peak`` (bytes measured since the model was loaded, ``backends.training.measure``); ``run_failed.step`` and ``stopped.step`` are the last completed step.
 
 DPO (``method: dpo``, see ``backends.training.dpo``) runs through this same loop: the batcher is
 ``make_preference_batches``, the engine's ``train_step`` returns the DPO loss per pair and the
@@ -28,6 +29,12 @@ reward statistics, which ``step`` events carry (``dpo.STEP_FIELDS``), and ``eval
 ``dpo.precompute_ref_log_probs`` the loop has the engine compute the reference log-probabilities
 of every training and validation pair once before the first step (``dpo.ReferenceCache``), hands
 them to the engine on the batches, and keeps them in every checkpoint, so a resume reuses them.
+
+Failures besides NaN: a loss that diverges (``backends.training.divergence``: back at the
+uniform guess ln(vocabulary), or far above its start, for 10 steps) is ``run_failed`` kind
+``diverged`` and the checkpoints taken while it diverged are removed; a checkpoint or adapter
+write that finds the disk full is kind ``disk`` (the free and needed bytes in the message).
+A resumed run first removes a killed final save's ``.tmp-adapter-*`` / ``.old-adapter-*``.
 
 ``events.jsonl`` is append-only: a resumed run appends a new ``run_started`` and replays the steps
 after its checkpoint, so a run killed after step N+k and resumed from step N holds steps N+1..N+k
@@ -41,6 +48,7 @@ import hashlib
 import json
 import math
 import random
+import shutil
 import signal
 import threading
 import time
@@ -53,13 +61,17 @@ from typing import Any
 import numpy as np
 import psutil
 
-from backends.config import RunConfig
+from backends.config import RunConfig, dump_config
 from backends.data.types import Batch, PreferenceBatch, PreferenceExample, PreparedData
+from backends.durable import clean_leftovers, disk_full_message, folder_bytes, is_disk_full
 from backends.errors import RunFailed, RunStopped, UserInputError
 from backends.events import EventSink
 from backends.runs import RunDir, atomic_dir, atomic_write_text
+from backends.training.divergence import HINT as DIVERGED_HINT
+from backends.training.divergence import DivergenceMonitor
 from backends.training.dpo import EVAL_FIELDS, STEP_FIELDS, ReferenceCache
 from backends.training.engine import Engine
+from backends.training.measure import measured_peak
 from backends.training.schedule import learning_rate, warmup_steps
 
 STATE_FILE = "trainer_state.json"
@@ -71,6 +83,11 @@ RECENT_LOSSES = 10  # run_finished.train_loss is the mean loss of the last this-
 NAN_HINT = (
     "lower training.learning_rate (e.g. by 10x), keep training.max_grad_norm at 1.0, "
     "or check the data for extremely long or broken rows"
+)
+
+DISK_HINT = (
+    "free space on that disk (or set output.runs_dir to a disk with room), then resume with "
+    "`tunedesk train --resume RUN_DIR`; fewer checkpoints (training.keep_checkpoints) need less space"
 )
 
 Batcher = Callable[..., list[Batch]]
@@ -91,6 +108,7 @@ class LoopState:
     data_fingerprint: str = ""
     python_rng: Any = None
     numpy_rng: Any = None
+    divergence: dict[str, Any] | None = None  # DivergenceMonitor.to_dict()
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1)
@@ -192,6 +210,7 @@ class TrainingLoop:
         batcher: Batcher,
         stop: threading.Event | None = None,
         pad_token_id: int = 0,
+        vocab_size: int | None = None,
     ) -> None:
         if not data.train:
             raise UserInputError("no training examples", field="data.train_file")
@@ -206,6 +225,8 @@ class TrainingLoop:
         self.stop = stop or threading.Event()
         self.pad_token_id = pad_token_id
         self.state = LoopState()
+        self.vocab_size = vocab_size
+        self.divergence = DivergenceMonitor(vocab_size)
         self._epoch_cache: tuple[int, list[Batch]] | None = None
         self._val_batches: list[Batch] | None = None
         t = config.training
@@ -319,16 +340,34 @@ class TrainingLoop:
         s = self.state
         s.python_rng = _python_rng_state()
         s.numpy_rng = _numpy_rng_state()
-        with self.run.new_checkpoint(s.step) as tmp:
-            self.engine.save_state(tmp)
-            if self.reference is not None:
-                self.reference.save(tmp)
-            atomic_write_text(tmp / STATE_FILE, s.to_json())
+        s.divergence = self.divergence.to_dict()
         path = self.run.checkpoints_dir / f"step-{s.step}"
+        with self._disk_full_is_a_failure(path):
+            with self.run.new_checkpoint(s.step) as tmp:
+                self.engine.save_state(tmp)
+                if self.reference is not None:
+                    self.reference.save(tmp)
+                atomic_write_text(tmp / STATE_FILE, s.to_json())
+                atomic_write_text(tmp / "config.yaml", dump_config(self.config))  # compared on resume
         self._last_checkpoint_step = s.step
         self.sink.emit("checkpoint", step=s.step, path=str(path))
-        self.run.prune_checkpoints(self.config.training.keep_checkpoints)
+        if not self.divergence.suspicious:  # keep the checkpoint from before a suspicious stretch
+            self.run.prune_checkpoints(self.config.training.keep_checkpoints)
         return path
+
+    @contextlib.contextmanager
+    def _disk_full_is_a_failure(self, target: Path) -> Iterator[None]:
+        """A write into ``target`` that finds the disk full fails the run with kind ``disk``
+        (the temporary folder is gone, earlier checkpoints are untouched)."""
+        try:
+            yield
+        except Exception as exc:
+            if not is_disk_full(exc):
+                raise
+            latest = self.run.latest_checkpoint()
+            needed = folder_bytes(latest) if latest is not None else None
+            kept = f"; the last checkpoint ({latest}) is intact" if latest is not None else ""
+            raise self._fail("disk", disk_full_message(target, needed) + kept, DISK_HINT) from exc
 
     def restore(self, checkpoint: Path) -> None:
         """Load engine and loop state from a complete checkpoint folder."""
@@ -345,6 +384,7 @@ class TrainingLoop:
                 "the resumed run will not replay the same batches",
             )
         self.state = state
+        self.divergence = DivergenceMonitor.from_dict(state.divergence, self.vocab_size)
         self._last_checkpoint_step = state.step
         if self.reference is not None and self.reference.load(checkpoint, self._reference_key):
             self._log("info", "reference log-probabilities restored from the checkpoint")
@@ -354,6 +394,13 @@ class TrainingLoop:
         self.sink.emit("log", level=level, message=message)
 
     def _fail(self, kind: str, message: str, hint: str) -> RunFailed:
+        if kind == "oom":
+            from backends.plan import target_for
+            from backends.training.oom import plan_hint
+
+            model_dir = (self.adapter_info.get("base_model") or {}).get("path")
+            extra = plan_hint(self.config, model_dir, target_for(self.engine.name, self.engine.device))
+            hint = f"{extra}; or {hint}" if extra else hint
         self.sink.emit("run_failed", step=self.state.step, kind=kind, message=message, hint=hint)
         return RunFailed(kind, message, hint)
 
@@ -367,6 +414,7 @@ class TrainingLoop:
         """
         resumed_from = None
         self.run.prune_checkpoints(self.config.training.keep_checkpoints)  # and stale temp folders
+        clean_leftovers(self.run.path, ("adapter",))  # of a final save that was killed
         with contextlib.suppress(FileNotFoundError):
             (self.run.path / STOP_FILE).unlink()  # a stop request of an earlier session
         if resume_from is not None:
@@ -374,6 +422,8 @@ class TrainingLoop:
             resumed_from = self.state.step
         self.state.max_steps = self.max_steps
         self.state.data_fingerprint = self.fingerprint
+        if hasattr(self.engine, "reset_peak_memory"):
+            self.engine.reset_peak_memory()  # memory_peak is the training phase's (measure.py)
         self.sink.emit(
             "run_started",
             run_dir=str(self.run.path),
@@ -390,6 +440,7 @@ class TrainingLoop:
             validation_examples=len(self.data.validation or []),
             steps_per_epoch=self.steps_per_epoch,
             warmup_steps=self.warmup,
+            memory_plan=self.setup_info.get("memory_plan"),
         )
         for note in self.setup_info.get("notes") or []:
             self._log("info", note)
@@ -473,6 +524,9 @@ class TrainingLoop:
                 **({"skipped": True} if skipped else {}),
                 **{k: float(result[k]) for k in STEP_FIELDS if k in result},
             )
+            diverged = self.divergence.observe(s.step, loss, grad_norm)
+            if diverged:
+                raise self._fail("diverged", diverged + self._drop_diverged_checkpoints(), DIVERGED_HINT)
             if (
                 self.data.validation
                 and t.eval_every
@@ -485,6 +539,18 @@ class TrainingLoop:
         if self.data.validation:
             self._evaluate()  # the final evaluation (the loop above leaves out the last step)
         return self._finish()
+
+    def _drop_diverged_checkpoints(self) -> str:
+        """Remove the checkpoints taken while the loss was already diverging, so the newest one
+        (what ``--resume`` and the message name) is the last good one; returns that in words."""
+        first_bad = self.divergence.window_start_step
+        for step, path in self.run.checkpoints():
+            if first_bad is not None and step >= first_bad:
+                shutil.rmtree(path, ignore_errors=True)
+        latest = self.run.latest_checkpoint()
+        return (
+            f"; the last good checkpoint is {latest}" if latest is not None else "; no checkpoint before it"
+        )
 
     def _evaluate(self) -> float:
         """One validation pass, a batch at a time so that a stop request (signal or stop file)
@@ -534,7 +600,7 @@ class TrainingLoop:
 
     def _finish(self) -> dict[str, Any]:
         s = self.state
-        with atomic_dir(self.run.adapter_dir) as tmp:
+        with self._disk_full_is_a_failure(self.run.adapter_dir), atomic_dir(self.run.adapter_dir) as tmp:
             self.engine.save_adapter(tmp)
             if self.data.chat_template:
                 atomic_write_text(tmp / "chat_template.jinja", self.data.chat_template)
@@ -557,4 +623,5 @@ class TrainingLoop:
             val_loss=s.val_loss,
             tokens=s.tokens,
             elapsed=round(s.elapsed, 3),
+            memory_peak=measured_peak(self.engine.memory()),
         )

@@ -29,6 +29,7 @@ from PySide6.QtWidgets import (
 
 from backends import paths
 from desktop.charts import Chart
+from desktop.next_steps import has_adapter, open_export
 from desktop.pages import intro_label
 from desktop.run_history import RunHistory, delete_run
 from desktop.run_monitor import format_duration
@@ -63,6 +64,7 @@ class RunsPage(QWidget):
     show_run = Signal(str)
     resume_run = Signal(str)
     use_settings = Signal(str)
+    chat_with = Signal(str)
 
     def __init__(self, state: AppState, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -105,6 +107,12 @@ class RunsPage(QWidget):
             "Train again with this run's settings (model, data, preset, every value)"
         )
         self.settings_button.clicked.connect(self._use_selected_settings)
+        self.chat_button = QPushButton("Chat with it")
+        self.chat_button.setToolTip("Talk to this run's tuned model on the Chat page")
+        self.chat_button.clicked.connect(self._chat_selected)
+        self.export_button = QPushButton("Export…")
+        self.export_button.setToolTip("Use the tuned model in Ollama, LM Studio, llama.cpp or transformers")
+        self.export_button.clicked.connect(self.export_selected)
         self.open_button = QPushButton("Open folder")
         self.open_button.clicked.connect(self._open_selected)
         self.delete_button = QPushButton("Delete…")
@@ -115,6 +123,8 @@ class RunsPage(QWidget):
             self.show_button,
             self.resume_button,
             self.settings_button,
+            self.chat_button,
+            self.export_button,
             self.open_button,
             self.delete_button,
         ):
@@ -213,6 +223,9 @@ class RunsPage(QWidget):
         self.show_button.setEnabled(one)
         self.open_button.setEnabled(one)
         self.settings_button.setEnabled(one)
+        finished = one and has_adapter(paths_[0])
+        self.chat_button.setEnabled(finished)
+        self.export_button.setEnabled(finished)
         self.resume_button.setEnabled(
             one and row is not None and row["status"] in ("stopped", "failed") and bool(row.get("checkpoint"))
         )
@@ -235,6 +248,16 @@ class RunsPage(QWidget):
         paths_ = self.selected_paths()
         if paths_:
             self.use_settings.emit(paths_[0])
+
+    def _chat_selected(self) -> None:
+        paths_ = self.selected_paths()
+        if paths_:
+            self.chat_with.emit(paths_[0])
+
+    def export_selected(self) -> QWidget | None:
+        """Open the Export step for the selected run; returns its dialog."""
+        paths_ = self.selected_paths()
+        return open_export(paths_[0], self) if paths_ else None
 
     def _open_selected(self) -> None:
         paths_ = self.selected_paths()

@@ -31,6 +31,8 @@ from PySide6.QtWidgets import (
 from backends.config import PRESETS, config_from_dict, field_docs
 from backends.errors import UserInputError
 from backends.runs import RunDir, list_runs, run_status
+from desktop.next_steps import NextSteps
+from desktop.plan_panel import PlanPanel
 from desktop.run_monitor import RunMonitor
 from desktop.settings_form import FieldEditor, SettingsForm, flatten, unflatten
 from desktop.state import AppState
@@ -118,6 +120,9 @@ class TrainPage(QWidget):
         self.config_error.setStyleSheet("color: #d9534f")
         self.config_error.setVisible(False)
         left_layout.addWidget(self.config_error)
+        self.plan_panel = PlanPanel()
+        self.plan_panel.apply_changes.connect(self.apply_changes)
+        left_layout.addWidget(self.plan_panel)
         buttons = QHBoxLayout()
         self.start_button = QPushButton("Start training")
         self.start_button.setDefault(True)
@@ -131,6 +136,8 @@ class TrainPage(QWidget):
         for b in (self.start_button, self.stop_button, self.resume_button):
             buttons.addWidget(b)
         left_layout.addLayout(buttons)
+        self.next_steps = NextSteps()  # Chat with this result / Export…, once a run has ended
+        left_layout.addWidget(self.next_steps)
         self.advanced_toggle = QToolButton()
         self.advanced_toggle.setText("Advanced settings")
         self.advanced_toggle.setCheckable(True)
@@ -167,6 +174,8 @@ class TrainPage(QWidget):
         self.form.set_overrides(state.saved_overrides())
         state.model_changed.connect(self._update_choices)
         state.data_file_changed.connect(self._update_choices)
+        state.model_changed.connect(self.refresh_plan)
+        self.method_editor.changed.connect(self.refresh_plan)
         self._update_choices()
         runs = list_runs()
         if runs:
@@ -201,7 +210,23 @@ class TrainPage(QWidget):
         """The sequence length the next run would use (the preset's, or the user's edit)."""
         return int(self.form.editors["training.max_seq_length"].value())
 
+    def refresh_plan(self, *_: Any) -> None:
+        """Recompute the memory plan of the current settings (``PlanPanel``)."""
+        try:
+            raw = self.build_config()
+        except UserInputError:
+            raw = None
+        self.plan_panel.update_plan(raw)
+
+    def apply_changes(self, changes: dict[str, Any]) -> None:
+        """Apply a plan suggestion's settings (dotted config keys) as edits in the form."""
+        for key, value in changes.items():
+            if key in self.form.editors:
+                self.form.set_value(key, value)
+        self._on_form_changed()
+
     def _on_form_changed(self) -> None:
+        self.refresh_plan()
         length = self.max_seq_length()
         if length != self._last_length:
             self._last_length = length
@@ -341,6 +366,7 @@ class TrainPage(QWidget):
 
     def _update_buttons(self) -> None:
         running = self.is_running()
+        self.next_steps.set_run(None if running else self.monitor.run_dir)
         self.start_button.setEnabled(not running)
         self.stop_button.setEnabled(running)
         self.resume_button.setEnabled(

@@ -23,9 +23,17 @@ from pathlib import Path
 from typing import Any
 
 from backends.errors import EXIT_OK
+from backends.jobs.export.howto import ollama_name, run_commands
 from backends.jobs.export.source import ExportPlan, plan_export
 
 Progress = Callable[[str, int, int], None]
+
+
+def _find_model(name: str) -> Path:
+    """A model by name from the store, importing the default model on first use."""
+    from backends import models
+
+    return models.resolve_model(name)
 
 
 def _check_tools(plan: ExportPlan) -> None:
@@ -57,7 +65,7 @@ def export_model(
     from backends.model_store_info import folder_size
     from backends.runs import atomic_dir
 
-    plan = plan_export(run_dir, fmt, quant, out)
+    plan = plan_export(run_dir, fmt, quant, out, find_model=_find_model)
     _check_tools(plan)
     if register and fmt != "ollama":
         from backends.errors import UserInputError
@@ -101,24 +109,13 @@ def export_model(
 
 
 def next_steps(result: dict[str, Any], register: str | None = None) -> list[str]:
-    """The commands a user types next to run the export in another tool."""
-    path, fmt = Path(result["path"]), result["format"]
-    name = register or result["ollama_name"]
-    if fmt == "ollama":
-        steps = [] if register else [f"cd {path} && ollama create {name} -f Modelfile"]
-        return [*steps, f"ollama run {name}"]
-    if fmt == "gguf":
-        return [f"llama-cli -m {result['file']} -cnv", f"LM Studio: lms import {result['file']}"]
-    if fmt == "mlx":
-        return [f"mlx_lm.generate --model {path} --prompt 'Hello'"]
-    return [f"AutoModelForCausalLM.from_pretrained({str(path)!r})"]
-
-
-def ollama_name(run_name: str) -> str:
-    """A model name Ollama accepts (lower-case letters, digits, ``-``, ``_``, ``.``) from a run's."""
-    import re
-
-    return re.sub(r"[^a-z0-9._-]+", "-", run_name.lower()).strip("-.") or "tuned"
+    """The commands of ``run_commands`` as lines for the terminal."""
+    return [
+        f"{tool}: {line}"
+        for tool, commands in run_commands(result, registered=register is not None)
+        for line in commands.splitlines()
+        if not line.startswith("#")
+    ]
 
 
 def _human_progress(stage: str, done: int, total: int) -> None:
@@ -141,7 +138,7 @@ def cli_export_model(args: argparse.Namespace) -> int:
     if args.dry_run:
         import json
 
-        plan = plan_export(args.run_dir, args.format, args.quant, args.out)
+        plan = plan_export(args.run_dir, args.format, args.quant, args.out, find_model=_find_model)
         _check_tools(plan)
         info = plan.to_dict()
         print(

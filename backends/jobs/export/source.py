@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from backends import paths
 from backends.chat.adapters import AdapterInfo, read_adapter
 from backends.errors import UserInputError
 from backends.model_store_info import folder_size, safetensors_param_count
@@ -70,11 +72,22 @@ def _run_config(run_dir: Path | None) -> dict[str, Any]:
         raise UserInputError(f"cannot read the run's config: {exc}", file=run_dir / "config.yaml") from None
 
 
-def _base_model_dir(info: AdapterInfo) -> Path:
-    """The base model's folder: the one recorded at training time if it is still there, else the
-    model of that name in the store. UserInputError when neither exists."""
-    from backends import models
+FindModel = Callable[[str], Path]
 
+
+def store_model(name: str) -> Path:
+    """The model store's folder called ``name`` (files only: no import, no ML library); the
+    export command passes ``backends.models.resolve_model`` instead, which also imports the
+    default model on first use. UserInputError when the store has none."""
+    stored = paths.models_dir() / name
+    if (stored / "config.json").is_file():
+        return stored
+    raise UserInputError(f"unknown model {name!r}", field="model")
+
+
+def _base_model_dir(info: AdapterInfo, find_model: FindModel | None = None) -> Path:
+    """The base model's folder: the one recorded at training time if it is still there, else the
+    model of that name (``find_model``, default ``store_model``). UserInputError when neither exists."""
     base = info.base_model or {}
     path = base.get("path")
     if path and (Path(path) / "config.json").is_file():
@@ -87,7 +100,7 @@ def _base_model_dir(info: AdapterInfo) -> Path:
             field="base_model",
         )
     try:
-        return Path(models.resolve_model(str(name)))
+        return Path((find_model or store_model)(str(name)))
     except UserInputError:
         raise UserInputError(
             f"the adapter's base model {name!r} is missing"
@@ -99,12 +112,12 @@ def _base_model_dir(info: AdapterInfo) -> Path:
         ) from None
 
 
-def resolve_source(run_dir: str | Path) -> ExportSource:
-    """The adapter of ``run_dir`` (a run folder or an adapter folder), its base model, chat template
-    and system prompt. Raises UserInputError for a run with no adapter yet, an unreadable adapter,
-    or a base model that is missing."""
+def resolve_source(run_dir: str | Path, find_model: FindModel | None = None) -> ExportSource:
+    """The adapter of ``run_dir`` (a run folder or an adapter folder), its base model (found with
+    ``find_model`` when its recorded folder is gone), chat template and system prompt. Raises
+    UserInputError for a run with no adapter yet, an unreadable adapter, or a missing base model."""
     info = read_adapter(run_dir)
-    base_dir = _base_model_dir(info)
+    base_dir = _base_model_dir(info, find_model)
     try:
         base_config = json.loads((base_dir / "config.json").read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:
@@ -114,7 +127,7 @@ def resolve_source(run_dir: str | Path) -> ExportSource:
     run_cfg = _run_config(info.run_dir)
     template = info.chat_template
     if template is None and info.meta.get("template_choice") == "chatml":
-        from backends.data.templates import CHATML_TEMPLATE
+        from backends.data.chatml import CHATML_TEMPLATE
 
         template = CHATML_TEMPLATE
     system = (run_cfg.get("data") or {}).get("system_prompt") or None
@@ -229,7 +242,11 @@ class ExportPlan:
 
 
 def plan_export(
-    run_dir: str | Path, fmt: str, quant: str | None = None, out: str | Path | None = None
+    run_dir: str | Path,
+    fmt: str,
+    quant: str | None = None,
+    out: str | Path | None = None,
+    find_model: FindModel | None = None,
 ) -> ExportPlan:
     """Check an export before writing anything: the format, the run's adapter and base model, the
     quantisation, the output folder (must not exist) and the free disk space (at least
@@ -238,7 +255,7 @@ def plan_export(
         raise UserInputError(
             f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}", field="--format"
         )
-    source = resolve_source(run_dir)
+    source = resolve_source(run_dir, find_model)
     q = resolve_quant(fmt, quant, source)
     target = Path(out).expanduser() if out is not None else default_out(source, fmt, q)
     if target.exists():
