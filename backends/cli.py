@@ -92,6 +92,12 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return cli_serve(args)
 
 
+def _cmd_forgetting(args: argparse.Namespace) -> int:
+    from backends.forgetting.job import cli_forgetting
+
+    return cli_forgetting(args)
+
+
 def _cmd_runs(args: argparse.Namespace) -> int:
     from backends.runs import list_runs, summarize_run
 
@@ -240,6 +246,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--dry-run", action="store_true", help="check everything and print the size estimate; write nothing"
     )
     p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser("forgetting", help="drift of the tuned model from the base on general probes")
+    p.add_argument("run_dir", help="run folder")
+    p.add_argument("--quick", action="store_true", help="the short check run after training")
+    p.add_argument("--probes", type=int, default=None, help="how many probes (default: all 100)")
+    p.add_argument("--max-new-tokens", type=int, default=None, help="answer length in tokens (default 48)")
+    p.add_argument("--json", action="store_true", help="print the forgetting event as one JSON line")
+    p.set_defaults(func=_cmd_forgetting)
 
     from backends import plan_cli
 

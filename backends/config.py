@@ -19,7 +19,9 @@ from backends.errors import UsageError, UserInputError
 
 DEFAULT_MODEL = "SmolLM2-135M-Instruct"
 
-DataFormat = Literal["auto", "messages", "sharegpt", "alpaca", "prompt_completion", "text", "preference"]
+DataFormat = Literal[
+    "auto", "messages", "sharegpt", "alpaca", "prompt_completion", "text", "preference", "feedback"
+]
 
 
 class _Strict(BaseModel):
@@ -63,6 +65,16 @@ class DataConfig(_Strict):
         False, description="Pack several short rows into one sequence (attention kept within each row)."
     )
     system_prompt: str | None = Field(None, description="System prompt added to rows that have none.")
+    replay: float = Field(
+        0.0,
+        ge=0.0,
+        le=0.5,
+        description="Share of training examples that are general ones mixed in against forgetting "
+        "(e.g. 0.1; 0: off). From data.replay_file, else TuneDesk's own.",
+    )
+    replay_file: Path | None = Field(
+        None, description="General examples for data.replay (any training format); empty: TuneDesk's own."
+    )
     literal_special_tokens: Literal["text", "control"] = Field(
         "text",
         description="Special-token strings typed inside messages (a literal <|im_end|>): tokenised as "
@@ -110,6 +122,73 @@ class DPOConfig(_Strict):
     )
 
 
+class ORPOConfig(_Strict):
+    """Odds Ratio Preference Optimization (Hong et al. 2024) settings, used when method is 'orpo'."""
+
+    beta: float = Field(
+        0.1, gt=0, le=10, description="ORPO lambda: weight of the odds-ratio term beside the NLL loss."
+    )
+
+
+class KTOConfig(_Strict):
+    """Kahneman-Tversky Optimization (Ethayarajh et al. 2024) settings, used when method is 'kto'."""
+
+    beta: float = Field(0.1, gt=0, le=10, description="KTO beta: strength of the pull to the reference.")
+    desirable_weight: float = Field(
+        1.0, gt=0, le=100, description="Loss weight of desirable (thumbs-up) answers."
+    )
+    undesirable_weight: float = Field(
+        1.0, gt=0, le=100, description="Loss weight of undesirable (thumbs-down) answers."
+    )
+
+
+class RewardConfig(_Strict):
+    """One GRPO reward function (backends/training/rewards.py describes each type)."""
+
+    type: Literal["matches_answer", "valid_json", "regex", "length", "python"] = Field(
+        description="matches_answer, valid_json, regex (needs pattern), length (min/max characters) "
+        "or python (your file's function)."
+    )
+    weight: float = Field(1.0, description="Weight of this reward in the total.")
+    name: str | None = Field(None, description="Name in charts and events (default: the type).")
+    pattern: str | None = Field(None, description="regex: the regular expression to find.")
+    min: int | None = Field(None, ge=0, description="length: fewest characters.")
+    max: int | None = Field(None, ge=0, description="length: most characters.")
+    file: Path | None = Field(None, description="python: the .py file, run only because it is named here.")
+    function: str = Field("reward", description="python: the function's name in the file.")
+
+    @model_validator(mode="after")
+    def _fields(self) -> RewardConfig:
+        if self.type == "regex" and not self.pattern:
+            raise ValueError("pattern: a regex reward needs a pattern")
+        if self.type == "python" and self.file is None:
+            raise ValueError("file: a python reward needs the file holding the function")
+        if self.type == "length" and self.min is None and self.max is None:
+            raise ValueError("a length reward needs min and/or max")
+        return self
+
+
+class GRPOConfig(_Strict):
+    """Group Relative Policy Optimization (Shao et al. 2024) settings, used when method is 'grpo'."""
+
+    num_generations: int = Field(4, ge=2, le=64, description="Completions sampled per prompt (the group).")
+    max_completion_length: int = Field(64, ge=1, le=8192, description="Most tokens per completion.")
+    temperature: float = Field(1.0, gt=0, le=5, description="Sampling temperature of the completions.")
+    beta: float = Field(0.04, ge=0, le=10, description="Weight of the KL penalty to the base model (0: off).")
+    epsilon: float = Field(0.2, gt=0, lt=1, description="Clipping range of the probability ratio.")
+    kl_bias_correction: bool = Field(
+        False,
+        description="Weight the KL term by the probability ratio (unbiased KL gradient; TRL's default).",
+    )
+    loss_type: Literal["grpo", "dapo"] = Field(
+        "grpo", description="grpo: mean per completion, then over completions; dapo: mean over all tokens."
+    )
+    rewards: list[RewardConfig] = Field(
+        default_factory=lambda: [RewardConfig(type="matches_answer")],
+        description="Reward functions; the total reward is their weighted sum.",
+    )
+
+
 class TrainingConfig(_Strict):
     """Optimisation settings; step counts are optimizer steps (after gradient accumulation)."""
 
@@ -152,6 +231,17 @@ class TrainingConfig(_Strict):
     keep_checkpoints: int = Field(2, ge=1, le=1000, description="Newest checkpoints kept.")
 
 
+class ForgettingConfig(_Strict):
+    """The forgetting check (``tunedesk forgetting``): drift from the base model on general probes."""
+
+    at_end: Literal["auto", True, False] = Field(
+        "auto",
+        description="Quick check after training; 'auto': when it costs at most ~10% of the run's time.",
+    )
+    at_eval: bool = Field(False, description="Quick check at every evaluation too (charted as drift).")
+    probes: int = Field(12, ge=1, le=100, description="Probes of the quick check (the command uses all 100).")
+
+
 class OutputConfig(_Strict):
     """Where the run folder goes."""
 
@@ -175,8 +265,10 @@ class RunConfig(_Strict):
         None, description="Preset whose values fill in what the file does not set."
     )
     model: str = Field(DEFAULT_MODEL, description="Imported model name, or a path to an HF folder.")
-    method: Literal["sft", "dpo"] = Field(
-        "sft", description="Supervised fine-tuning or preference tuning (DPO)."
+    method: Literal["sft", "dpo", "orpo", "kto", "grpo"] = Field(
+        "sft",
+        description="Supervised fine-tuning, preference tuning (DPO, ORPO: pairs), KTO (thumbs up/down) "
+        "or GRPO (rewards).",
     )
     backend: Literal["auto", "torch", "mlx"] = Field(
         "auto", description="Training backend; 'auto' follows `tunedesk hardware`."
@@ -184,15 +276,31 @@ class RunConfig(_Strict):
     data: DataConfig = Field(default_factory=DataConfig)
     lora: LoraConfig = Field(default_factory=LoraConfig)
     dpo: DPOConfig = Field(default_factory=DPOConfig)
+    orpo: ORPOConfig = Field(default_factory=ORPOConfig)
+    kto: KTOConfig = Field(default_factory=KTOConfig)
+    grpo: GRPOConfig = Field(default_factory=GRPOConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
+    forgetting: ForgettingConfig = Field(default_factory=ForgettingConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
 
     @model_validator(mode="after")
     def _check(self) -> RunConfig:
         if self.model.strip() == "":
             raise ValueError("model: must name a model")
-        if self.method == "dpo" and self.data.packing:
-            raise ValueError("data.packing: DPO trains on whole preference pairs, which are not packed")
+        if self.method in ("dpo", "orpo", "kto", "grpo") and self.data.packing:
+            raise ValueError(
+                f"data.packing: {self.method.upper()} trains on whole answers with their prompts, "
+                "which are not packed"
+            )
+        if self.method == "kto" and self.training.batch_size < 2:
+            raise ValueError(
+                "training.batch_size: KTO estimates its KL term from mismatched rows of a batch, "
+                "so it needs at least 2 rows per batch"
+            )
+        if self.method != "sft" and self.data.replay:
+            raise ValueError(
+                f"data.replay: general examples are mixed into SFT only, not into {self.method.upper()} data"
+            )
         return self
 
 

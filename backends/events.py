@@ -3,7 +3,7 @@
 Every event is one JSON object on one line with ``"v": SCHEMA_VERSION``, ``"event"`` (its name)
 and ``"time"`` (Unix seconds). Required fields per event are in ``REQUIRED`` and come from
 ``../shared/design.md``; times are seconds, memory is bytes. Extra fields are allowed; the
-documented optional ones are in ``OPTIONAL`` (DPO rewards on ``step`` and ``eval``). Readers must
+documented optional ones are in ``OPTIONAL`` (DPO, ORPO and KTO figures on ``step`` and ``eval``). Readers must
 ignore unknown events and fields.
 """
 
@@ -58,6 +58,13 @@ REQUIRED: dict[str, tuple[str, ...]] = {
     "chat_ready": ("model", "backend", "device", "adapter"),
     "chat_error": ("kind", "message", "hint"),
     "validation_prompts": ("run_dir", "prompts"),
+    # The forgetting check (backends/forgetting/): drift of the tuned model from its base on general
+    # probes. kl_mean: mean per-token KL(base || tuned) in nats on the base model's greedy answers;
+    # ppl_base/ppl_tuned: perplexity of the general text sample; answers_changed: probes whose greedy
+    # answer changed; score: kl_mean + max(0, ln(ppl_tuned/ppl_base)) in nats/token; verdict: little,
+    # noticeable or large. Also: probes, tokens, size (quick/full), elapsed, step (the training step,
+    # null after training), advice (list of suggestions when large).
+    "forgetting": ("kl_mean", "ppl_base", "ppl_tuned", "answers_changed", "score", "verdict"),
     # tunedesk export RUN_DIR --format ... --json (backends/jobs/export/run.py): stages and the result.
     "export_progress": ("stage", "done", "total"),
     "export_finished": ("path", "format", "quant", "bytes"),
@@ -85,11 +92,41 @@ DPO_EVAL_FIELDS = ("reward_accuracy", "reward_margin")
 # ``run_finished.memory_peak``: the measured peak since the model was loaded: RSS on the CPU,
 #   torch.cuda.max_memory_allocated on CUDA, mx.get_peak_memory on MLX.
 MEMORY_FIELDS_RUN = {"run_started": ("memory_plan",), "run_finished": ("memory_peak",)}
+# ORPO runs (``method: orpo``; backends/training/orpo.py): ``step.loss`` is NLL + beta * odds-ratio
+# loss; ``nll_loss`` the chosen answers' NLL per token, ``log_odds_ratio`` the mean
+# log sigmoid(log odds(chosen) - log odds(rejected)), ``log_odds_chosen`` the mean of that log odds
+# ratio; the reward fields above with rewards = beta * mean answer log-probability (no reference).
+ORPO_STEP_FIELDS = ("nll_loss", "log_odds_ratio", "log_odds_chosen", *DPO_STEP_FIELDS)
+# KTO runs (``method: kto``; backends/training/kto.py): ``rewards_desirable`` / ``rewards_undesirable``
+# the mean beta * (log pi - log ref) of the step's desirable (label true) and undesirable rows
+# (absent when the step has none), ``kl`` the batch KL estimate z0 (>= 0), ``desirable_share`` the
+# share of desirable rows. ``eval`` adds ``kl`` and the two reward means.
+KTO_STEP_FIELDS = ("rewards_desirable", "rewards_undesirable", "kl", "desirable_share")
+KTO_EVAL_FIELDS = ("rewards_desirable", "rewards_undesirable", "kl")
+# GRPO runs (``method: grpo``; backends/training/grpo.py): ``reward_mean``/``reward_std`` of the
+# total reward over the step's sampled completions, ``reward_mean/<name>``/``reward_std/<name>`` per
+# reward function (``OPTIONAL_PREFIXES``), ``completion_length`` (mean tokens), ``kl`` (mean per-token
+# KL to the base model) and ``clip_fraction`` (share of clipped tokens). ``eval``: ``reward_mean``
+# of one completion per validation prompt, and ``val_loss`` = minus that mean.
+GRPO_STEP_FIELDS = ("reward_mean", "reward_std", "completion_length", "kl", "clip_fraction")
+OPTIONAL_PREFIXES = ("reward_mean/", "reward_std/")
 OPTIONAL: dict[str, tuple[str, ...]] = {
-    "step": DPO_STEP_FIELDS,
-    "eval": DPO_EVAL_FIELDS,
+    "step": tuple(dict.fromkeys((*ORPO_STEP_FIELDS, *KTO_STEP_FIELDS, *GRPO_STEP_FIELDS))),
+    "eval": tuple(dict.fromkeys((*DPO_EVAL_FIELDS, "log_odds_chosen", *KTO_EVAL_FIELDS, "reward_mean"))),
     **MEMORY_FIELDS_RUN,
 }
+
+
+def optional_fields(event: str, values: dict[str, Any]) -> dict[str, float]:
+    """The documented optional fields of ``event`` found in ``values`` (as floats): names in
+    ``OPTIONAL[event]`` and, for ``step``, names starting with one of ``OPTIONAL_PREFIXES``."""
+    names = OPTIONAL.get(event, ())
+    return {
+        k: float(v)
+        for k, v in values.items()
+        if k in names or (event == "step" and k.startswith(OPTIONAL_PREFIXES))
+    }
+
 
 MEMORY_FIELDS = ("rss", "device_allocated", "device_peak")
 FAILURE_KINDS = ("nan", "diverged", "oom", "disk", "data", "model", "crash")

@@ -216,7 +216,8 @@ def summarize_run(run: RunDir) -> dict[str, Any]:
 
     ``train_loss``: the run's own figure once finished (``run_finished.train_loss``: the mean of
     its last 10 step losses), otherwise that mean over the steps so far; ``val_loss``: the last
-    evaluation's."""
+    evaluation's; ``forgetting``: the latest forgetting check's score, verdict and figures (None
+    before one ran)."""
     events = run.events()
     info: dict[str, Any] = {"name": run.path.name, "path": str(run.path), "status": run_status(run, events)}
     try:
@@ -242,6 +243,15 @@ def summarize_run(run: RunDir) -> dict[str, Any]:
     info["val_loss"] = evals[-1]["val_loss"] if evals else None
     info["started"] = events[0]["time"] if events else None
     info["duration"] = (events[-1]["time"] - events[0]["time"]) if len(events) > 1 else 0.0
+    drift = next((e for e in reversed(events) if e["event"] == "forgetting"), None)
+    info["forgetting"] = (
+        {
+            k: drift.get(k)
+            for k in ("score", "verdict", "kl_mean", "answers_changed", "probes", "size", "advice")
+        }
+        if drift
+        else None
+    )
     failed = next((e for e in reversed(events) if e["event"] == "run_failed"), None)
     info["failure"] = {k: failed.get(k) for k in ("kind", "message", "hint")} if failed else None
     return info

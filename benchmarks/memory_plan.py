@@ -84,7 +84,7 @@ def rows(cuda: bool) -> list[tuple[str, str, str, dict]]:
         ("tiny mlx fp32 b4 t256", "tiny", "mlx", {**fp32, **bt(4, 256)}),
         ("smol mlx fp32 b2 t256", "smol", "mlx", {**fp32, **bt(2, 256)}),
         ("smol mlx fp32 b2 t256 ckpt", "smol", "mlx", {**fp32, **bt(2, 256), **ckpt}),
-        ("smol mlx nf4-like 4-bit b2 t256", "smol", "mlx", {**fp32, **bt(2, 256), **q4}),
+        ("smol mlx 4-bit b2 t256", "smol", "mlx", {**fp32, **bt(2, 256), **q4}),
     ]
 
 

@@ -75,9 +75,13 @@ def trl_model(model_dir: Path, rank: int, precision: str = "auto") -> tuple[Any,
     return model, lora, args
 
 
-def trl_timed_train(trainer_class: type, skip_steps: int, **trainer_kwargs: Any) -> dict[str, Any]:
+def trl_timed_train(
+    trainer_class: type, skip_steps: int, count_tokens: Any = None, **trainer_kwargs: Any
+) -> dict[str, Any]:
     """Train with a TRL trainer class, timing each optimizer step with a ``TrainerCallback`` and
-    counting the real (non-padding) tokens of each training batch from its attention mask."""
+    counting the real (non-padding) tokens of each training batch from its attention mask
+    (``count_tokens(inputs) -> int`` for trainers whose batches name their masks otherwise)."""
+    count = count_tokens or (lambda inputs: int(inputs["attention_mask"].sum()))
     from transformers import TrainerCallback
 
     step_times: list[float] = []
@@ -90,7 +94,7 @@ def trl_timed_train(trainer_class: type, skip_steps: int, **trainer_kwargs: Any)
     class CountingTrainer(trainer_class):  # type: ignore[misc, valid-type]
         def compute_loss(self, model: Any, inputs: Any, *a: Any, **k: Any) -> Any:
             if model.training:
-                step_tokens.append(int(inputs["attention_mask"].sum()))
+                step_tokens.append(count(inputs))
             return super().compute_loss(model, inputs, *a, **k)
 
     trainer = CountingTrainer(callbacks=[Timer()], **trainer_kwargs)

@@ -1,6 +1,6 @@
 """The Chat page's "compare on validation prompts" table: the run's own validation prompts sent to
-the base and the tuned model, with the reference answers beside their replies. A mixin of
-``desktop.chat_page.ChatPage``."""
+the base and the tuned model, with the reference answers beside their replies; or the forgetting
+check's general-ability probes (``compare_probes``). A mixin of ``desktop.chat_page.ChatPage``."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from typing import Any
 
 from PySide6.QtWidgets import QTableWidgetItem
 
+from backends.forgetting.probes import load_probes, select_probes
 from desktop.chat_views import BASE, TUNED
 
 
@@ -33,6 +34,31 @@ class ValidationCompare:
         )
         self.compare_note.setText("Reading the run's validation data...")
         self._update_mode()
+
+    def compare_probes(self) -> None:
+        """Fill the compare table with general-ability probes of the forgetting check (spread over
+        its categories), answered by the base and the tuned model side by side."""
+        if self.current_adapter() is None or self.busy():
+            return
+        self._save_settings()
+        self.ensure_worker()
+        self.table.setRowCount(0)
+        self._compare = {}
+        probes = select_probes(load_probes(), self.compare_n.value())
+        request = self.client.new_id("v")
+        self._compare_prompts_request = request
+        self.tabs.setCurrentIndex(1)
+        self._on_validation_prompts(
+            {
+                "request": request,
+                "prompts": [
+                    {"messages": p.messages, "reference": f"(general probe: {p.category})"} for p in probes
+                ],
+                "source": "general-ability probe",
+                "file": "probes.jsonl",
+                "note": "`tunedesk forgetting` measures how far the tuned answers moved",
+            }
+        )
 
     def _on_validation_prompts(self, event: dict[str, Any]) -> None:
         request = event.get("request")

@@ -157,7 +157,13 @@ class ChatPage(SamplingSettings, ValidationCompare, WorkerEvents, QWidget):
         crow.addWidget(self.compare_n)
         self.compare_button = QPushButton("Compare on validation prompts")
         self.compare_stop_button = QPushButton("Stop")
+        self.probes_button = QPushButton("Show general-ability probes")
+        self.probes_button.setToolTip(
+            "General prompts (knowledge, instructions, arithmetic, code, writing, refusals) answered by "
+            "the base and the tuned model: what the tuning changed outside your data (forgetting)"
+        )
         crow.addWidget(self.compare_button)
+        crow.addWidget(self.probes_button)
         crow.addWidget(self.compare_stop_button)
         crow.addStretch(1)
         compare_layout.addLayout(crow)
@@ -184,6 +190,7 @@ class ChatPage(SamplingSettings, ValidationCompare, WorkerEvents, QWidget):
         self.stop_button.clicked.connect(self.stop)
         self.new_button.clicked.connect(self.new_conversation)
         self.compare_button.clicked.connect(self.compare)
+        self.probes_button.clicked.connect(self.compare_probes)
         self.compare_stop_button.clicked.connect(self.stop)
         QShortcut(QKeySequence("Ctrl+Return"), self.prompt, activated=self.send)
 
@@ -269,6 +276,7 @@ class ChatPage(SamplingSettings, ValidationCompare, WorkerEvents, QWidget):
         else:
             self.panes[BASE].set_title(f"Base model: {self.model_combo.currentText()}")
         self.compare_button.setEnabled(adapter is not None and not self.busy())
+        self.probes_button.setEnabled(adapter is not None and not self.busy())
         self.send_button.setEnabled(not self.busy())
         self.stop_button.setEnabled(self.busy())
         self.compare_stop_button.setEnabled(bool(self._compare) and self.busy())

@@ -309,9 +309,11 @@ class MainWindow(QMainWindow):
         if callable(shutdown_chat):
             shutdown_chat()
         for worker in self.findChildren(WorkerProcess):
-            if worker.is_running():  # a data check or an import: not worth keeping
-                worker.kill()
-                worker.wait(3000)
+            if worker.is_running():  # a data check, an import, an export: not worth keeping
+                worker.stop()  # SIGTERM first: an export removes its temporary folder
+                if not worker.wait(3000):
+                    worker.kill()
+                    worker.wait(3000)
         event.accept()
 
     def sizeHint(self) -> QSize:  # noqa: N802 (Qt override)

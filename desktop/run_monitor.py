@@ -27,6 +27,7 @@ from PySide6.QtWidgets import (
 from backends.events import read_events
 from backends.runs import RunDir, run_status
 from desktop.charts import Chart
+from desktop.method_charts import MethodCharts
 from desktop.worker import WorkerResult
 
 LOG_LINES = 1000
@@ -40,6 +41,17 @@ def format_duration(seconds: float | None) -> str:
     h, rest = divmod(seconds, 3600)
     m, s = divmod(rest, 60)
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+def drift_text(e: dict[str, Any]) -> str:
+    """A forgetting event in words: the verdict, the score and, when large, what to try."""
+    text = (
+        f"{e.get('verdict')} change (drift score {_num(e.get('score'), '.3f')}; "
+        f"{e.get('answers_changed')} of {e.get('probes')} probe answers changed)"
+    )
+    if e.get("advice"):
+        text += ". To keep more of it, try: " + "; ".join(e["advice"])
+    return text
 
 
 def _num(value: Any, fmt: str = ".4f") -> str:
@@ -56,6 +68,7 @@ class RunMonitor(QWidget):
         self.max_steps: int | None = None
         self.last_step = 0
         self.final_event: dict[str, Any] | None = None
+        self.forgetting: dict[str, Any] | None = None  # the latest forgetting event
         self._t0: float | None = None  # wall time the memory chart counts from
         self._last_step_event: dict[str, Any] | None = None
         self._ui_timer = QTimer(self)
@@ -100,18 +113,34 @@ class RunMonitor(QWidget):
         self.memory_chart = Chart("Memory", "time since start (s)", "memory", y_units="B")
         for name in ("worker RSS", "device memory (worker)", "system RAM used", "system VRAM used"):
             self.memory_chart.add_series(name, unique_x=False)
-        # DPO runs (method dpo): the reward margin and accuracy of each step, validation accuracy.
-        self.dpo_chart = Chart("Preference (DPO)", "step", "reward margin / accuracy")
+        # DPO and ORPO runs: the reward margin and accuracy of each step, validation accuracy.
+        self.dpo_chart = Chart("Preference (DPO / ORPO)", "step", "reward margin / accuracy")
         self.dpo_chart.add_series("reward margin")
         self.dpo_chart.add_series("reward accuracy")
         self.dpo_chart.add_series("validation reward accuracy", symbol=True)
         self.dpo_chart.setVisible(False)
+        # The forgetting check at eval steps (forgetting.at_eval): drift from the base model.
+        self.drift_chart = Chart("General ability drift (forgetting check)", "step", "drift score")
+        self.drift_chart.add_series("drift score", symbol=True)
+        self.drift_chart.setVisible(False)
         grid.addWidget(self.loss_chart, 0, 0)
         grid.addWidget(self.lr_chart, 0, 1)
         grid.addWidget(self.speed_chart, 1, 0)
         grid.addWidget(self.memory_chart, 1, 1)
         grid.addWidget(self.dpo_chart, 2, 0, 1, 2)
-        self.charts = [self.loss_chart, self.lr_chart, self.speed_chart, self.memory_chart, self.dpo_chart]
+        grid.addWidget(self.drift_chart, 3, 0, 1, 2)
+        self.charts = [
+            self.loss_chart,
+            self.lr_chart,
+            self.speed_chart,
+            self.memory_chart,
+            self.dpo_chart,
+            self.drift_chart,
+        ]
+        self.method_charts = MethodCharts()  # ORPO, KTO: each method's own figures
+        for chart in self.method_charts.charts:
+            grid.addWidget(chart, 4, 0, 1, 2)
+        self.charts += self.method_charts.charts
 
         self.log = QPlainTextEdit()
         self.log.setReadOnly(True)
@@ -132,6 +161,9 @@ class RunMonitor(QWidget):
         for chart in self.charts:
             chart.clear_data()
         self.dpo_chart.setVisible(False)
+        self.method_charts.show_for(None)
+        self.drift_chart.setVisible(False)
+        self.forgetting: dict[str, Any] | None = None
         self.log.clear()
         self.run_dir = self.method = None
         self.max_steps = None
@@ -178,7 +210,8 @@ class RunMonitor(QWidget):
     def _on_run_started(self, e: dict[str, Any]) -> None:
         self.run_dir = e.get("run_dir")
         self.method = e.get("method")
-        self.dpo_chart.setVisible(self.method == "dpo")
+        self.dpo_chart.setVisible(self.method in ("dpo", "orpo"))
+        self.method_charts.show_for(self.method)
         self.max_steps = int(e.get("max_steps") or 0) or None
         if self.max_steps:
             self.progress.setRange(0, self.max_steps)
@@ -216,6 +249,7 @@ class RunMonitor(QWidget):
             self.dpo_chart.series("reward margin").append(step, e.get("reward_margin"))
             self.dpo_chart.series("reward accuracy").append(step, e.get("reward_accuracy"))
             self.dpo_chart.changed()
+        self.method_charts.on_step(e)
         self._last_step_event = e
         if not self._ui_timer.isActive():
             self._ui_timer.start()
@@ -248,6 +282,14 @@ class RunMonitor(QWidget):
         accuracy = f", reward accuracy {_num(e['reward_accuracy'], '.2f')}" if "reward_accuracy" in e else ""
         self.add_log(f"validation at step {e['step']}: val loss {_num(e.get('val_loss'))}{accuracy}")
 
+    def _on_forgetting(self, e: dict[str, Any]) -> None:
+        self.forgetting = e
+        if e.get("step") is not None and e.get("size") == "quick":
+            self.drift_chart.setVisible(True)
+            self.drift_chart.series("drift score").append(int(e["step"]), e.get("score"))
+            self.drift_chart.changed()
+        self.add_log(f"forgetting check: {drift_text(e)}")
+
     def _on_checkpoint(self, e: dict[str, Any]) -> None:
         self.add_log(f"checkpoint saved at step {e['step']}: {e.get('path')}")
 
@@ -270,6 +312,7 @@ class RunMonitor(QWidget):
         self.set_status(
             f"Finished at step {e['step']}: train loss {_num(e.get('train_loss'))}, "
             f"validation loss {_num(e.get('val_loss'))}. Adapter saved in {e.get('adapter')}"
+            + (f"\nGeneral ability: {drift_text(self.forgetting)}" if self.forgetting else "")
         )
 
     def _on_run_failed(self, e: dict[str, Any]) -> None:

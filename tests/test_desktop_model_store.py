@@ -30,7 +30,7 @@ def test_columns_say_architecture_precision_context_and_template(page):
     row = row_of(page, "tiny")
     assert row["Architecture"] == "Llama"
     assert row["Precision"] == "fp32 (full size)"
-    assert row["Context (tokens)"] == "2,048"
+    assert row["Context"] == "2,048"
     assert row["Chat template"] == "yes"
     assert row["Parameters"].endswith("M") and row["Size on disk"].endswith("MB")
 

@@ -193,3 +193,22 @@ def test_format_duration():
     assert (
         format_duration(3725) == "1:02:05" and format_duration(65) == "1:05" and format_duration(None) == "-"
     )
+
+
+def test_monitor_charts_kto_and_orpo_figures(qtbot):
+    m = RunMonitor()
+    qtbot.addWidget(m)
+    kto = m.method_charts.by_method["kto"]
+    orpo = m.method_charts.by_method["orpo"]
+    m.handle_event(started_event())
+    assert not kto.isVisibleTo(m) and not orpo.isVisibleTo(m)
+    m.handle_event(step_event(1, 0.5, kl=0.2, rewards_desirable=0.3, desirable_share=0.5))
+    assert kto.isVisibleTo(m) and not orpo.isVisibleTo(m) and not m.dpo_chart.isVisibleTo(m)
+    assert kto.series("KL to the base model").y[-1] == 0.2
+    assert kto.series("reward of good answers").y[-1] == 0.3
+    assert len(kto.series("reward of bad answers")) == 0  # the step had no undesirable row
+    m.reset()
+    assert not kto.isVisibleTo(m)
+    m.handle_event(step_event(1, 2.1, nll_loss=2.0, log_odds_chosen=-0.4, reward_margin=0.01))
+    assert orpo.isVisibleTo(m) and m.dpo_chart.isVisibleTo(m)
+    assert orpo.series("log odds ratio good vs bad").y[-1] == -0.4

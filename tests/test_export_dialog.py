@@ -248,3 +248,16 @@ def test_real_export_command_from_the_dialog(qtbot, tmp_path, tiny_model_dir):
     assert out.is_dir() and (out / "config.json").is_file() and dialog.result["format"] == "merged"
     assert dialog.result["bytes"] > 0 and "Exported to" in dialog.status.text()
     assert 0.8 < dialog.result["bytes"] / estimated < 1.25, (dialog.result["bytes"], estimated)
+
+
+def test_closing_the_window_mid_export_stops_the_child_cleanly(qtbot, run, fake_child, monkeypatch):
+    monkeypatch.setenv("FAKE_EXPORT_MODE", "slow")
+    window = MainWindow(probe_hardware=False)
+    qtbot.addWidget(window)
+    window.show_page("runs")
+    window.runs_page.select_paths([str(run)])
+    dialog = window.runs_page.export_selected()
+    assert dialog.start()
+    qtbot.waitUntil(lambda: dialog.progress.maximum() == 4, timeout=30_000)
+    window.close()
+    assert not dialog.is_running() and not list((run / "exports").iterdir())  # no .partial left

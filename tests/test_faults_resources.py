@@ -101,7 +101,9 @@ def _limited_run(mode: str, config: Path, tmp_path: Path) -> tuple[int, str, lis
         capture_output=True,
         text=True,
         timeout=600,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        # A fixed mmap threshold: glibc then maps every large tensor afresh instead of reusing freed
+        # heap, so the step after the limit is set really asks the kernel for memory.
+        env={**os.environ, "OMP_NUM_THREADS": "1", "MALLOC_MMAP_THRESHOLD_": "131072"},
     )
     events = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     return proc.returncode, proc.stderr, events

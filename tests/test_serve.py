@@ -133,6 +133,28 @@ def test_sampling_follows_temperature_top_p_and_seed(client, server, tiny_model_
     assert nucleus == greedy
 
 
+def test_concurrent_requests_are_served_one_after_the_other(client, server, run, tiny_model_dir):
+    want = {
+        m: direct(server, PROMPT, adapter=a, max_new_tokens=16)
+        for m, a in ((run.name, "tuned"), (tiny_model_dir.name, None))
+    }
+    got: dict[str, list[str]] = {m: [] for m in want}
+
+    def ask(model: str, stream: bool) -> None:
+        if stream:
+            got[model].append(streamed(client, model=model, messages=PROMPT, temperature=0, max_tokens=16)[0])
+        else:
+            out = client.chat.completions.create(model=model, messages=PROMPT, temperature=0, max_tokens=16)
+            got[model].append(out.choices[0].message.content)
+
+    threads = [threading.Thread(target=ask, args=(m, s)) for m in want for s in (True, False)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert got == {m: [w, w] for m, w in want.items()}
+
+
 def test_errors_have_openai_shape(client, server):
     with pytest.raises(openai.NotFoundError) as exc:
         client.chat.completions.create(model="no-such-model", messages=PROMPT)

@@ -4,8 +4,10 @@
 reads it from a subprocess). Its keys:
 
 - ``ok`` (bool): at least one usable row.
-- ``file`` (str), ``format`` (the detected or given format), ``method`` ('sft' or 'dpo', from the
-  format), ``model`` (the model folder, or null), ``chat_template`` ('model', 'chatml', or null
+- ``file`` (str), ``format`` (the detected or given format), ``method`` ('sft', 'dpo' or 'kto',
+  from the format, or the given one), ``suits`` (the methods this format can be trained with:
+  ['sft', 'grpo'] for conversations (GRPO: the last assistant turn is the reference answer),
+  ['sft'] for plain text, ['dpo', 'orpo'] for preference pairs, ['kto'] for unpaired feedback), ``model`` (the model folder, or null), ``chat_template`` ('model', 'chatml', or null
   when no template is used), ``max_seq_length`` (int), ``train_on``.
 - ``rows_read``, ``rows_kept``, ``rows_dropped`` (ints; kept = usable for training).
 - ``problems``: every dropped row, in file order, as ``{row, field, reason, where}``: ``row`` is
@@ -41,20 +43,21 @@ from typing import Any
 
 import numpy as np
 
-from backends.data.pipeline import analyze_file, token_length_stats
+from backends.data.pipeline import analyze_file, methods_for_format, token_length_stats
 from backends.data.templates import load_tokenizer
-from backends.data.types import IGNORE_INDEX, Example, PreferenceExample
+from backends.data.types import IGNORE_INDEX, Example, KTOExample, PreferenceExample
 from backends.errors import EXIT_OK, EXIT_USER_INPUT, UserInputError
 
 SHOWN_PROBLEMS = 20
 HISTOGRAM_BINS = 20
 
 
-def _example_view(tokenizer: Any, example: Example | PreferenceExample) -> dict[str, Any]:
+def _example_view(tokenizer: Any, example: Example | PreferenceExample | KTOExample) -> dict[str, Any]:
     """Decode an example and mark the character spans of its trained tokens."""
-    if isinstance(example, PreferenceExample):
-        ids = example.prompt_ids + example.chosen_ids
-        trained = [False] * len(example.prompt_ids) + [True] * len(example.chosen_ids)
+    if isinstance(example, PreferenceExample | KTOExample):
+        answer = example.chosen_ids if isinstance(example, PreferenceExample) else example.completion_ids
+        ids = example.prompt_ids + answer
+        trained = [False] * len(example.prompt_ids) + [True] * len(answer)
     else:
         ids = example.input_ids
         trained = [x != IGNORE_INDEX for x in example.labels]
@@ -119,6 +122,7 @@ def check_file(
         "file": report.file,
         "format": report.format,
         "method": method,
+        "suits": list(methods_for_format(report.format)),
         "model": str(model_dir) if model_dir is not None else None,
         "chat_template": (chat_template if template is not None else None),
         "max_seq_length": max_seq_length,
@@ -150,7 +154,7 @@ def format_report(result: dict[str, Any]) -> str:
     where = {"line": "line", "row": "row"}
     lines = [
         f"file:    {result['file']}",
-        f"format:  {result['format']} (method {result['method']})",
+        f"format:  {result['format']} (method {result['method']}; suits {', '.join(result['suits'])})",
     ]
     if result["model"]:
         template = result["chat_template"] or "none"

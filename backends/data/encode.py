@@ -161,11 +161,16 @@ def encode_rows(
     rows: Sequence[tuple[int, Any]],
     progress: Callable[[str], None] | None = None,
 ) -> list[Encoded]:
-    """Tokenise validated rows of one kind ('chat', 'text' or 'preference') in chunks, reporting
+    """Tokenise validated rows of one kind ('chat', 'text', 'preference' or 'feedback') in chunks, reporting
     progress as "tokenised N/M rows"."""
-    fn = {"chat": encoder.encode_chat, "text": encoder.encode_text, "preference": encoder.encode_preference}[
-        kind
-    ]
+    from backends.data.feedback import encode_feedback  # it builds on this module
+
+    fn = {
+        "chat": encoder.encode_chat,
+        "text": encoder.encode_text,
+        "preference": encoder.encode_preference,
+        "feedback": lambda rows: encode_feedback(encoder, rows),
+    }[kind]
     out: list[Encoded] = []
     for i in range(0, len(rows), CHUNK_ROWS):
         out += fn(rows[i : i + CHUNK_ROWS])

@@ -13,6 +13,10 @@ Formats (names as in ``DataConfig.format``):
 - ``text``: ``{"text": str}``: plain language-model text, trained on every token, EOS appended.
 - ``preference`` (DPO): ``prompt``/``chosen``/``rejected`` (strings or messages, as TRL), or
   ShareGPT style ``conversations`` + ``chosen`` + ``rejected`` (each ``{"from": "gpt", "value"}``).
+- ``feedback`` (KTO, unpaired thumbs up/down): ``label`` true or false beside ``prompt`` +
+  ``completion`` (TRL's unpaired preference form) or a ``messages``/``conversations`` list ending
+  with the rated assistant turn (LLaMA-Factory's KTO form); detected when ``label`` is a boolean
+  (or the string "true"/"false", which is then a row problem: it must be a JSON boolean).
 
 Chat lists accept either ``role``/``content`` or ``from``/``value`` items. Roles: ``system``;
 ``user``/``human``; ``assistant``/``gpt``. A conversation is an optional system message, then
@@ -28,7 +32,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-FORMATS = ("messages", "sharegpt", "alpaca", "prompt_completion", "text", "preference")
+FORMATS = ("messages", "sharegpt", "alpaca", "prompt_completion", "text", "preference", "feedback")
 CHAT_FORMATS = ("messages", "sharegpt", "alpaca", "prompt_completion")
 
 ROLES = {
@@ -68,10 +72,24 @@ class Preference:
     rejected: str
 
 
+@dataclass
+class Feedback:
+    """A validated unpaired-feedback row: the prompt conversation (ends with a user turn), the rated
+    answer's content and whether it is desirable."""
+
+    prompt: list[Message]
+    completion: str
+    desirable: bool
+
+
 def detect_row_format(obj: Any) -> str | None:
     """The format a row's fields point to, or None when they match no format (or it is no object)."""
     if not isinstance(obj, dict):
         return None
+    label = obj.get("label")
+    rated = isinstance(label, bool) or (isinstance(label, str) and label.strip().lower() in ("true", "false"))
+    if rated and any(k in obj for k in ("completion", "messages", "conversations")):
+        return "feedback"  # a quoted "true"/"false" too, so that row's error names the label
     if "chosen" in obj or "rejected" in obj:
         return "preference"
     if "messages" in obj:
@@ -262,12 +280,28 @@ def _preference(obj: dict, system_prompt: str | None) -> Preference:
     return Preference(_with_system(prompt, system_prompt), _answer(obj, "chosen"), _answer(obj, "rejected"))
 
 
-def parse_row(fmt: str, obj: Any, *, system_prompt: str | None = None) -> list[Message] | str | Preference:
+def _feedback(obj: dict, system_prompt: str | None) -> Feedback:
+    label = _required(obj, "label")
+    if not isinstance(label, bool):
+        raise RowError("label", f"expected true or false, got {_type_name(label)}")
+    if "messages" in obj:
+        messages = _conversation(_required(obj, "messages"), "messages", ends_with="assistant")
+    elif "conversations" in obj:
+        messages = _conversation(_required(obj, "conversations"), "conversations", ends_with="assistant")
+    else:
+        messages = _prompt_completion(obj)
+    messages = _with_system(messages, system_prompt)
+    return Feedback(messages[:-1], messages[-1]["content"], label)
+
+
+def parse_row(
+    fmt: str, obj: Any, *, system_prompt: str | None = None
+) -> list[Message] | str | Preference | Feedback:
     """Validate one row of format ``fmt`` and return its common shape.
 
     Returns a message list (the chat formats; ends with an assistant turn; a ``messages`` row's
-    optional ``tools`` list rides along as ``Conversation.tools``), the text (``text``), or
-    a ``Preference`` (``preference``). ``system_prompt`` is added to conversations that have no
+    optional ``tools`` list rides along as ``Conversation.tools``), the text (``text``), a
+    ``Preference`` (``preference``) or a ``Feedback`` (``feedback``). ``system_prompt`` is added to conversations that have no
     system message. Raises RowError(field, reason) for an invalid row.
     """
     if not isinstance(obj, dict):
@@ -279,6 +313,8 @@ def parse_row(fmt: str, obj: Any, *, system_prompt: str | None = None) -> list[M
         return text
     if fmt == "preference":
         return _preference(obj, system_prompt)
+    if fmt == "feedback":
+        return _feedback(obj, system_prompt)
     if fmt == "messages":
         messages = _conversation(_required(obj, "messages"), "messages", ends_with="assistant")
         tools = obj.get("tools")

@@ -19,12 +19,21 @@ import numpy as np
 
 from backends import paths
 from backends.data.encode import Encoder, encode_rows
-from backends.data.formats import CHAT_FORMATS, FORMATS, Preference, RowError, detect_row_format, parse_row
+from backends.data.formats import (
+    CHAT_FORMATS,
+    FORMATS,
+    Feedback,
+    Preference,
+    RowError,
+    detect_row_format,
+    parse_row,
+)
 from backends.data.readers import read_file
 from backends.data.render import RenderSpec
+from backends.data.replay import mix_replay, replay_source
 from backends.data.run_prompt import spec_from_config
 from backends.data.templates import CHATML_TEMPLATE, model_template, resolve_chat_template
-from backends.data.types import DataReport, PreparedData, Problem
+from backends.data.types import DataReport, PreparedData, Problem, PromptExample
 from backends.errors import UserInputError
 
 Progress = Callable[[str], None]
@@ -35,7 +44,8 @@ SAMPLE_DATA = Path("demo") / "support_train.jsonl"
 _FORMAT_FIELDS = (
     "messages (`messages`), sharegpt (`conversations`), alpaca (`instruction`/`output`), "
     "prompt_completion (`prompt`/`completion`), text (`text`), preference (`prompt` or "
-    "`conversations` with `chosen`/`rejected`)"
+    "`conversations` with `chosen`/`rejected`), feedback (`prompt`/`completion` or `messages` with "
+    "`label` true/false)"
 )
 
 
@@ -117,22 +127,41 @@ def _kind(fmt: str) -> str:
     return "chat" if fmt in CHAT_FORMATS else fmt
 
 
+# Which training methods each format suits (``data check`` shows it; ``_check_method`` enforces it).
+METHODS_FOR_FORMAT = {"preference": ("dpo", "orpo"), "feedback": ("kto",), "text": ("sft",)}
+
+
+def methods_for_format(fmt: str) -> tuple[str, ...]:
+    """The methods a file of format ``fmt`` can be trained with (the first is the default): GRPO
+    takes any conversation, whose last assistant turn is the reference answer of its rewards."""
+    return METHODS_FOR_FORMAT.get(fmt, ("sft", "grpo"))
+
+
 def _check_method(path: Path, fmt: str, method: str | None) -> str:
+    suits = methods_for_format(fmt)
     if method in (None, "auto"):
-        return "dpo" if fmt == "preference" else "sft"
-    if method == "dpo" and fmt != "preference":
-        raise UserInputError(
-            f"method 'dpo' needs preference pairs (prompt/chosen/rejected), but this file is {fmt!r}",
-            file=path,
-            field="method",
+        return suits[0]
+    if method in suits:
+        return method
+    if fmt == "feedback":
+        reason = (
+            "this file holds unpaired feedback (an answer with label true/false): training it with "
+            f"method {method!r} would learn the bad answers too; train it with method 'kto'"
         )
-    if method == "sft" and fmt == "preference":
-        raise UserInputError(
-            "this file holds preference pairs (chosen/rejected): train it with method 'dpo'",
-            file=path,
-            field="method",
+    elif fmt == "preference":
+        reason = "this file holds preference pairs (chosen/rejected): train it with method 'dpo' or 'orpo'"
+    elif method == "grpo":
+        reason = f"method 'grpo' needs conversations whose last assistant turn is the reference answer, but this file is {fmt!r}"
+    elif method in ("dpo", "orpo"):
+        reason = (
+            f"method {method!r} needs preference pairs (prompt/chosen/rejected), but this file is {fmt!r}"
         )
-    return method
+    else:
+        reason = (
+            f"method {method!r} needs unpaired feedback (prompt/completion or messages with label "
+            f"true/false), but this file is {fmt!r}"
+        )
+    raise UserInputError(reason, file=path, field="method")
 
 
 def template_for(tokenizer: Any, choice: str, fmt: str) -> str | None:
@@ -223,7 +252,14 @@ def analyze_file(
     )
     encoder = Encoder(tokenizer, spec, train_on=train_on, max_seq_length=max_seq_length)
     _find_literal_specials(encoder, valid, report, rows.unit, literal_special_tokens)
-    results = encode_rows(encoder, _kind(fmt), valid, progress)
+    kind = _kind(fmt)
+    if method == "grpo":  # the prompt and its reference answer, tokenised as a rated answer
+        valid, kind = [(n, Feedback(m[:-1], m[-1]["content"], True)) for n, m in valid], "feedback"
+    results = encode_rows(encoder, kind, valid, progress)
+    if method == "grpo":
+        for r in results:
+            if r.example is not None:
+                r.example = PromptExample(r.example.prompt_ids, r.example.completion_ids, r.row)
     dropped = next((r for r in results if r.example is None and r.error is not None), None)
     if strict and dropped is not None:
         more = sum(1 for r in results if r.example is None) - 1
@@ -362,7 +398,8 @@ def prepare_data(config: Any, tokenizer: Any, *, progress: Progress | None = Non
     ``data.train_on``, ``data.system_prompt`` and ``training.max_seq_length``; validation comes
     from ``data.validation_file`` or a ``data.validation_fraction`` of the usable rows chosen with
     ``training.seed`` (at least one row; otherwise validation is off with a notice), at most
-    ``data.validation_max_rows`` of them.
+    ``data.validation_max_rows`` of them. With ``data.replay`` general examples join the training
+    split (``backends.data.replay``).
     Returns ``PreparedData`` with ``Example`` lists for method 'sft' and ``PreferenceExample``
     lists for 'dpo'. Raises UserInputError (exit 1) naming file, row and field when a file is
     unreadable, mixes formats, does not fit the method, (strict) has an invalid row, or has no
@@ -402,6 +439,12 @@ def prepare_data(config: Any, tokenizer: Any, *, progress: Progress | None = Non
         train, validation = _split(
             train, data.validation_fraction, config.training.seed, report, data.validation_max_rows
         )
+    if data.replay and method == "sft":
+        source = replay_source(data.replay_file)
+        general, replay_report, _, _ = analyze_file(source, tokenizer, **{**options, "format": "auto"})
+        if not general:
+            raise no_rows_error(replay_report)
+        train = mix_replay(train, general, data.replay, config.training.seed, report, source)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     return PreparedData(
         train=train,

@@ -53,6 +53,28 @@ class PreferenceExample:
 
 
 @dataclass
+class KTOExample:
+    """One tokenised unpaired-feedback row for KTO: the rendered prompt (up to and including the
+    assistant header), the answer tokens (ending with the end-of-turn token) and whether the answer
+    is desirable (``label: true``) or undesirable (``label: false``)."""
+
+    prompt_ids: list[int]
+    completion_ids: list[int]
+    desirable: bool
+    row: int
+
+
+@dataclass
+class PromptExample:
+    """One tokenised GRPO prompt: the rendered prompt (up to and including the assistant header)
+    and the reference answer's tokens (the row's last assistant turn; rewards compare with it)."""
+
+    prompt_ids: list[int]
+    answer_ids: list[int]
+    row: int
+
+
+@dataclass
 class Batch:
     """A padded micro-batch, as numpy int64 arrays of shape [B, T].
 
@@ -159,3 +181,26 @@ class PreferenceBatch(Batch):
 
     num_pairs: int = 0
     reference_log_probs: np.ndarray | None = None
+
+
+@dataclass
+class KTOBatch(PreferenceBatch):
+    """A KTO micro-batch of ``2 * num_pairs`` rows: rows ``[0, B)`` are each example's prompt +
+    its answer, rows ``[B, 2B)`` the same prompts with the answers rotated by one (row B + i holds
+    prompt i with the answer of example i - 1), the mismatched pairs of KTO's KL estimate.
+    ``desirable``: bool [B], the label of each example. ``num_tokens`` counts the first B rows
+    only (the mismatched rows run without gradient)."""
+
+    desirable: np.ndarray | None = None
+
+
+@dataclass
+class PromptBatch(Batch):
+    """A GRPO micro-batch of prompts: ``prompts``/``answers`` are each prompt's token ids and its
+    reference answer's. The arrays hold the prompts right-padded (no labels: the completions are
+    sampled by the engine, which then sets ``num_tokens`` to the prompt and completion tokens it
+    trained on, so the loop's token counts include them). ``num_label_tokens`` is the number of
+    prompts (the loop weights a validation batch's figures by it)."""
+
+    prompts: list[list[int]] = field(default_factory=list)
+    answers: list[list[int]] = field(default_factory=list)

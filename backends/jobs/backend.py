@@ -52,7 +52,9 @@ def make_engine(config: RunConfig) -> Engine:
     if backend == "mlx":
         from backends import mlx_backend
 
-        return mlx_backend.create_engine(config)
+        if config.backend != "auto" or config.method in mlx_backend.MLX_METHODS:
+            return mlx_backend.create_engine(config)
+        device = None  # auto picked MLX, but this method runs on PyTorch only (ORPO, KTO, GRPO)
     from backends import torch_backend
 
     return torch_backend.create_engine(config, device)

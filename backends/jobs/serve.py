@@ -22,6 +22,7 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -55,7 +56,7 @@ class ChatService:
 
     def __init__(self, session: ChatSession) -> None:
         self.session = session
-        self.lock = threading.Lock()
+        self.lock = threading.RLock()  # one generation at a time; the tokenizer is not thread-safe
         self.closing = threading.Event()
         self.created = int(time.time())
         self.models: dict[str, str | None] = {}
@@ -85,9 +86,10 @@ class ChatService:
         key = self.adapter_for(req.model)
         model = req.model or next(iter(self.models))
         try:
-            prompt = render_prompt(
-                self.session.engine.tokenizer, req.messages, self.session.template_for(key)
-            )
+            with self.lock:
+                prompt = render_prompt(
+                    self.session.engine.tokenizer, req.messages, self.session.template_for(key)
+                )
         except UserInputError as exc:
             raise api.ApiError.from_user_error(exc) from None
         n = len(prompt)
@@ -102,11 +104,11 @@ class ChatService:
             )
         return model, key, n, req.max_tokens or room or 4096
 
-    def generate(self, req: api.ChatRequest, on_text: Any, gone: Any = lambda: False) -> tuple[str, int, int]:
+    def generate(
+        self, req: api.ChatRequest, on_text: Callable[[str], None], gone: Callable[[], bool] = lambda: False
+    ) -> tuple[str, int, int]:
         """Generate one reply, passing each piece of text to ``on_text(str)`` as it is final;
         returns (finish_reason, prompt tokens, completion tokens). ``gone()``: the client left."""
-        _, key, _, max_new = self.prepare(req)
-        sampling = req.sampling(max_new)
         matcher = api.StopMatcher(req.stop)
 
         def emit(event: str, fields: dict[str, Any]) -> None:
@@ -119,6 +121,8 @@ class ChatService:
             return matcher.stopped or self.closing.is_set() or gone()
 
         with self.lock:
+            _, key, _, max_new = self.prepare(req)
+            sampling = req.sampling(max_new)
             (reply,) = self.session.generate(
                 [StreamRequest("reply", key, req.messages)], sampling, emit, should_stop=should_stop
             )

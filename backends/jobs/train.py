@@ -27,6 +27,8 @@ from backends.data.run_prompt import PROMPT_FILE
 from backends.durable import repair_torn_tail
 from backends.errors import EXIT_OK, RunFailed, RunStopped, UserInputError
 from backends.events import EventSink, encode
+from backends.forgetting.hook import ForgettingHook
+from backends.forgetting.render import spec_renderer
 from backends.jobs.backend import make_engine
 from backends.jobs.resume import check_resume_config
 from backends.runs import RunDir, atomic_write_text, run_status
@@ -65,8 +67,9 @@ def resolve_data_paths(config: RunConfig, base: Path | None = None) -> RunConfig
     data = config.data
     train = data.train_file if data.train_file is not None else sample_data_path()
     update: dict[str, Any] = {"train_file": (base / Path(train).expanduser()).resolve()}
-    if data.validation_file is not None:
-        update["validation_file"] = (base / Path(data.validation_file).expanduser()).resolve()
+    for key in ("validation_file", "replay_file"):
+        if getattr(data, key) is not None:
+            update[key] = (base / Path(getattr(data, key)).expanduser()).resolve()
     return config.model_copy(update={"data": data.model_copy(update=update)})
 
 
@@ -95,7 +98,7 @@ def run_training(
     RunStopped (exit 130) when it was stopped; the last two after their event was written.
     """
     from backends import models
-    from backends.data import load_tokenizer, make_batches, make_preference_batches, prepare_data
+    from backends.data import batcher_for, load_tokenizer, prepare_data
 
     stop = stop if stop is not None else threading.Event()
     console = (not json_stdout) if console is None else console
@@ -199,9 +202,12 @@ def run_training(
                         "tunedesk_version": tunedesk_version(),
                         "prompt": data.render_spec.to_dict() if data.render_spec is not None else None,
                     },
-                    batcher=make_preference_batches if data.method == "dpo" else make_batches,
+                    batcher=batcher_for(data.method),
                     stop=stop,
                     pad_token_id=int(pad or 0),
+                    forgetting=ForgettingHook(
+                        engine, config, tokenizer, spec_renderer(tokenizer, data.render_spec)
+                    ),
                     vocab_size=len(tokenizer),
                 )
                 loop.run_loop(resume_from=checkpoint)

@@ -41,11 +41,22 @@ def require_mlx() -> None:
         )
 
 
+MLX_METHODS = ("sft", "dpo")
+
+
 def create_engine(config: RunConfig) -> MLXEngine:
     """The Engine factory the shared loop calls for ``backend: mlx`` (see the Engine protocol).
 
-    Raises UserInputError when MLX is missing (see ``require_mlx``).
+    Raises UserInputError when MLX is missing (see ``require_mlx``), or for a method MLX does not
+    run yet (ORPO, KTO and GRPO are on the PyTorch backend only).
     """
+    if config.method not in MLX_METHODS:
+        raise UserInputError(
+            f"method {config.method!r} runs on the PyTorch backend only for now (MLX runs "
+            f"{', '.join(MLX_METHODS)})",
+            field="backend",
+            hint="set backend: torch (or auto on a machine where PyTorch is the default)",
+        )
     require_mlx()
     from backends.mlx_backend.engine import MLXEngine
 

@@ -36,11 +36,8 @@ loss formula is the shared ``backends.training.dpo.sigmoid_dpo_loss``.
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import json
 import math
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -48,33 +45,38 @@ import mlx.core as mx
 import mlx.nn as nn
 import mlx.optimizers as optim
 import numpy as np
-from mlx.utils import tree_flatten, tree_map, tree_unflatten
+from mlx.utils import tree_flatten, tree_map
 from mlx_lm.tuner.trainer import grad_checkpoint
 from mlx_lm.tuner.utils import linear_to_lora_layers
 from mlx_lm.utils import get_total_parameters, load_model
 
 from backends.config import RunConfig
-from backends.data.types import IGNORE_INDEX, Batch, PreferenceBatch
+from backends.data.types import Batch, PreferenceBatch
 from backends.errors import RunFailed, UserInputError
-from backends.export import CONFIG_FILE, MLX_WEIGHTS, lora_scale, mlx_adapter_config
+from backends.export import lora_scale
 from backends.lora_targets import select_targets
-from backends.training.dpo import PreferenceStats, sigmoid_dpo_loss
+from backends.mlx_backend.losses import (
+    PAD_MULTIPLE,
+    adapters_bypassed,
+    batch_rows,
+    dpo_loss,
+    loss_sum,
+    sequence_log_probs,
+)
+from backends.mlx_backend.state_files import OPTIMIZER_FILE as OPTIMIZER_FILE  # re-exported
+from backends.mlx_backend.state_files import RNG_FILE as RNG_FILE  # re-exported
+from backends.mlx_backend.state_files import StateFiles
+from backends.training.dpo import PreferenceStats
 from backends.training.oom import oom_hint
 
 # Share of the recommended GPU working set MLX may use on Apple silicon (the rest stays for macOS).
 MEMORY_LIMIT_FRACTION = 0.85
-# With compilation, sequence lengths are padded up to 1 + a multiple of this, as mlx-lm's own
-# trainer does, so that the compiled step is traced for few distinct shapes.
-PAD_MULTIPLE = 32
 # mx.compile the forward/backward: on the GPU (as mlx-lm's trainer does); not on the CPU, where
 # MLX builds each fused kernel with the C++ compiler, about 15 s per new batch shape, which costs
 # more than it saves on short runs. None: decide by device.
 COMPILE: bool | None = None
 # Group size of the base's quantisation with ``lora.quantize`` (mlx-lm's default).
 QUANT_GROUP_SIZE = 64
-# Files this engine adds to a checkpoint folder (next to the adapter files).
-OPTIMIZER_FILE = "mlx_optimizer.safetensors"
-RNG_FILE = "mlx_rng.json"
 DTYPES = {"fp32": mx.float32, "bf16": mx.bfloat16, "fp16": mx.float16}
 _OOM_WORDS = (
     "out of memory",
@@ -136,123 +138,7 @@ def _checkpoint_blocks(model: nn.Module) -> None:
             layer.__class__ = subclasses[base]
 
 
-def batch_rows(batch: Batch, pad_multiple: int = PAD_MULTIPLE) -> tuple[np.ndarray, np.ndarray]:
-    """``(input_ids, labels)`` int32 arrays [R, T] for the MLX forward.
-
-    Right padding is kept (padded positions have label ``IGNORE_INDEX``); a packed batch is split
-    into one row per segment (R = number of segments); T is padded to ``1 + k * pad_multiple``.
-    Raises ValueError when the batch is not right-padded (the data contract of ``Batch``).
-    """
-    ids, labels, mask = batch.input_ids, batch.labels, batch.attention_mask
-    if batch.segment_ids is None:
-        if np.any(np.diff(mask.astype(np.int8), axis=1) > 0):
-            raise ValueError("batch is not right-padded: attention_mask has a 1 after a 0")
-        rows = [(ids[i, mask[i] > 0], labels[i, mask[i] > 0]) for i in range(ids.shape[0])]
-    else:
-        rows = []
-        for i in range(ids.shape[0]):
-            seg = batch.segment_ids[i]
-            for s in np.unique(seg[seg > 0]):
-                pos = np.flatnonzero(seg == s)
-                if pos[-1] - pos[0] + 1 != len(pos):
-                    raise ValueError(f"segment {s} of packed row {i} is not contiguous")
-                # Position 0 of the new row is never a target, like the first position of a segment.
-                rows.append((ids[i, pos], labels[i, pos]))
-    longest = max(len(r[0]) for r in rows)
-    width = 1 + pad_multiple * max(1, math.ceil((longest - 1) / pad_multiple))
-    out_ids = np.zeros((len(rows), width), np.int32)
-    out_labels = np.full((len(rows), width), IGNORE_INDEX, np.int32)
-    for i, (r_ids, r_labels) in enumerate(rows):
-        out_ids[i, : len(r_ids)] = r_ids
-        out_labels[i, : len(r_labels)] = r_labels
-    return out_ids, out_labels
-
-
-def loss_sum(model: nn.Module, inputs: mx.array, targets: mx.array) -> mx.array:
-    """Summed token cross-entropy (fp32) of ``model(inputs)`` against ``targets``.
-
-    ``inputs`` = ``input_ids[:, :-1]``, ``targets`` = ``labels[:, 1:]`` (shapes [R, T-1]); positions
-    with target ``IGNORE_INDEX`` add nothing. Dividing by the label-token count is the caller's
-    job, so gradient accumulation can normalise by the tokens of the whole step.
-    """
-    logits = model(inputs).astype(mx.float32)
-    keep = targets != IGNORE_INDEX
-    ce = nn.losses.cross_entropy(logits, mx.where(keep, targets, 0))
-    return (ce * keep).sum()
-
-
-def sequence_log_probs(model: nn.Module, inputs: mx.array, targets: mx.array) -> mx.array:
-    """Each row's summed log-probability (fp32, shape [R]) of its targets (``inputs``/``targets``
-    as for ``loss_sum``); for a preference batch, log p(answer | prompt) of each row."""
-    logits = model(inputs).astype(mx.float32)
-    keep = targets != IGNORE_INDEX
-    ce = nn.losses.cross_entropy(logits, mx.where(keep, targets, 0))
-    return -(ce * keep).sum(axis=1)
-
-
-def dpo_loss(
-    model: nn.Module,
-    inputs: mx.array,
-    targets: mx.array,
-    reference: mx.array,
-    *,
-    beta: float,
-    label_smoothing: float,
-) -> tuple[mx.array, mx.array, mx.array, mx.array]:
-    """(summed DPO loss, per-pair losses [B], chosen rewards [B], rejected rewards [B]) of one
-    preference batch: rows [0, B) chosen, [B, 2B) rejected; ``reference`` [2B] the reference
-    log-probabilities in the same order (``backends.training.dpo.sigmoid_dpo_loss``). The first
-    output is the one ``nn.value_and_grad`` differentiates."""
-    logps = sequence_log_probs(model, inputs, targets)
-    n = logps.shape[0] // 2
-    losses, chosen, rejected = sigmoid_dpo_loss(
-        logps[:n],
-        logps[n:],
-        reference[:n],
-        reference[n:],
-        beta=beta,
-        label_smoothing=label_smoothing,
-        log_sigmoid=nn.log_sigmoid,
-    )
-    return losses.sum(), losses, chosen, rejected
-
-
-def _adapter_base(module: nn.Module) -> nn.Module | None:
-    """The base layer an mlx-lm adapter layer wraps (LoRALinear/DoRALinear/LoRASwitchLinear:
-    ``linear``; LoRAEmbedding: ``embedding``), or None for any other module."""
-    if "lora_a" not in module:
-        return None
-    for name in ("linear", "embedding"):
-        if isinstance(module.get(name), nn.Module):
-            return module[name]
-    raise TypeError(f"adapter layer {type(module).__name__} wraps no base layer this engine knows")
-
-
-@contextlib.contextmanager
-def adapters_bypassed(model: nn.Module) -> Iterator[nn.Module]:
-    """While active, ``model`` is the base model: each LoRA/DoRA layer is replaced by the base layer
-    it wraps (the same arrays, no copy), so its forward equals the model without the adapter
-    (DoRA's magnitude vector is bypassed too, which a LoRA scale of 0 would not do). The adapter
-    layers are put back on exit."""
-    swaps = []
-    for path, module in model.named_modules():
-        base = _adapter_base(module)
-        if base is not None and path:
-            *parents, key = path.split(".")
-            holder: Any = model
-            for part in parents:
-                holder = holder[int(part)] if isinstance(holder, list) else holder[part]
-            swaps.append((holder, int(key) if isinstance(holder, list) else key, module, base))
-    for holder, key, _, base in swaps:
-        holder[key] = base
-    try:
-        yield model
-    finally:
-        for holder, key, adapter, _ in swaps:
-            holder[key] = adapter
-
-
-class MLXEngine:
+class MLXEngine(StateFiles):
     """The MLX implementation of ``backends.training.engine.Engine`` (see that protocol)."""
 
     name = "mlx"
@@ -522,76 +408,6 @@ class MLXEngine:
         if dpo:
             return stats.eval_metrics()
         return {"val_loss": total / n_tokens}
-
-    # --- state -------------------------------------------------------------------------------
-    def adapter_weights(self) -> dict[str, mx.array]:
-        """The trainable adapter arrays by module path (``...q_proj.lora_a`` [in, r], ``lora_b`` [r, out],
-        DoRA ``m`` [out])."""
-        assert self.model is not None, "setup() first"
-        return dict(tree_flatten(self.model.trainable_parameters()))
-
-    def load_adapter_weights(self, weights: dict[str, Any]) -> None:
-        """Set the adapter arrays (numpy or MLX) by name; every trainable array must be given, with
-        its shape. Raises ValueError listing what does not match."""
-        assert self.model is not None, "setup() first"
-        own = self.adapter_weights()
-        problems = [f"missing {k}" for k in own if k not in weights]
-        problems += [f"unexpected {k}" for k in weights if k not in own]
-        problems += [
-            f"{k}: shape {tuple(np.shape(v))} != {tuple(own[k].shape)}"
-            for k, v in weights.items()
-            if k in own and tuple(np.shape(v)) != tuple(own[k].shape)
-        ]
-        if problems:
-            raise ValueError("adapter weights do not fit this model: " + "; ".join(problems[:10]))
-        arrays = [(k, mx.array(np.asarray(v)).astype(own[k].dtype)) for k, v in weights.items()]
-        self.model.load_weights(arrays, strict=False)
-        mx.eval(self.model.parameters())
-
-    def save_adapter(self, folder: Path) -> None:
-        """``adapters.safetensors`` + ``adapter_config.json`` in mlx-lm's format (loads with
-        ``mlx_lm.load(model, adapter_path=folder)`` and ``mlx_lm.generate --adapter-path``)."""
-        assert self.config is not None, "setup() first"
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        mx.save_safetensors(str(folder / MLX_WEIGHTS), self.adapter_weights())
-        cfg = mlx_adapter_config(
-            rank=self.lora_parameters["rank"],
-            scale=self.lora_parameters["scale"],
-            dropout=self.lora_parameters["dropout"],
-            keys=self.lora_parameters["keys"],
-            use_dora=self.config.lora.use_dora,
-            num_layers=self.num_layers,
-            alpha=self.config.lora.alpha,
-        )
-        (folder / CONFIG_FILE).write_text(json.dumps(cfg, indent=2) + "\n", encoding="utf-8")
-
-    def save_state(self, folder: Path) -> None:
-        """The adapter (as ``save_adapter``), AdamW's state and MLX's random key into ``folder``."""
-        assert self.optimizer is not None, "setup() first"
-        folder = Path(folder)
-        self.save_adapter(folder)
-        mx.save_safetensors(str(folder / OPTIMIZER_FILE), dict(tree_flatten(self.optimizer.state)))
-        key = np.array(mx.random.state[0]).astype(np.uint64).tolist()
-        (folder / RNG_FILE).write_text(json.dumps({"mlx_random_key": key}) + "\n", encoding="utf-8")
-
-    def load_state(self, folder: Path) -> None:
-        """Restore what ``save_state`` wrote (after ``setup`` with the same config).
-
-        Raises UserInputError when the checkpoint does not fit this model and LoRA config."""
-        assert self.optimizer is not None, "setup() first"
-        folder = Path(folder)
-        try:
-            self.load_adapter_weights(mx.load(str(folder / MLX_WEIGHTS)))
-        except ValueError as exc:
-            raise UserInputError(
-                f"checkpoint does not fit this model/LoRA config: {exc}", file=folder
-            ) from None
-        self.optimizer.state = tree_unflatten(list(mx.load(str(folder / OPTIMIZER_FILE)).items()))
-        mx.eval(self.optimizer.state)
-        k0, k1 = json.loads((folder / RNG_FILE).read_text(encoding="utf-8"))["mlx_random_key"]
-        # mx.random.seed(s) sets the key to [s >> 32, s & 0xffffffff]: this restores it exactly.
-        mx.random.seed((int(k0) << 32) | int(k1))
 
     def reset_peak_memory(self) -> None:
         """Start a new peak window (``mx.reset_peak_memory``): the loop calls it once the model is

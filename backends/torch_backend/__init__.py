@@ -6,7 +6,7 @@ folder are shared (``backends.training``). Entry point: ``create_engine(config)`
 
 from __future__ import annotations
 
-from backends.torch_backend.device import pick_device
-from backends.torch_backend.engine import TorchEngine, create_engine, resolve_precision
+from backends.torch_backend.device import pick_device, resolve_precision
+from backends.torch_backend.engine import TorchEngine, create_engine
 
 __all__ = ["TorchEngine", "create_engine", "pick_device", "resolve_precision"]

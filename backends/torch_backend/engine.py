@@ -13,7 +13,9 @@ DPO (``method: dpo``): the chosen and rejected rows of a ``PreferenceBatch`` go 
 forward; each row's answer log-probability is the sum of its labelled tokens' log-probabilities
 (``sequence_log_probs``); the reference is the same model inside peft's ``disable_adapter()``
 context (no second copy of the weights), unless the loop precomputed it. The loss formula is the
-shared ``backends.training.dpo.sigmoid_dpo_loss``.
+shared ``backends.training.dpo.sigmoid_dpo_loss``. ORPO and KTO (``method: orpo | kto``) run
+through ``backends.torch_backend.preference_methods`` (formulas in ``backends.training.orpo`` and
+``backends.training.kto``); GRPO (``method: grpo``) through ``backends.torch_backend.grpo_step``.
 """
 
 from __future__ import annotations
@@ -31,11 +33,13 @@ from torch import nn
 
 from backends.config import RunConfig
 from backends.data.types import IGNORE_INDEX, Batch, PreferenceBatch
-from backends.errors import RunFailed, UserInputError
+from backends.errors import RunFailed
 from backends.lora_targets import peft_target_modules
-from backends.torch_backend import quantize
-from backends.torch_backend.device import pick_device
+from backends.torch_backend import preference_methods, quantize
+from backends.torch_backend.device import _DTYPES, pick_device, resolve_precision
+from backends.torch_backend.device import cpu_has_fast_bf16 as cpu_has_fast_bf16  # re-exported
 from backends.torch_backend.loading import load_causal_lm
+from backends.torch_backend.state_files import StateFiles
 from backends.training import measure
 from backends.training.dpo import PreferenceStats, sigmoid_dpo_loss
 from backends.training.oom import is_out_of_memory, oom_hint
@@ -45,48 +49,6 @@ from backends.training.oom import is_out_of_memory, oom_hint
 FAST_LOSS_MODEL_TYPES = frozenset(
     {"llama", "mistral", "qwen2", "qwen3", "phi3", "smollm3", "olmo", "olmo2", "starcoder2", "gemma"}
 )
-
-
-def cpu_has_fast_bf16() -> bool:
-    """True when this CPU runs bfloat16 matmuls natively (AVX512-BF16 or AMX, through oneDNN);
-    elsewhere torch emulates them, slower than fp32. Uses torch.cpu's capability checks (private
-    helpers, so a torch without them counts as no)."""
-    for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"):
-        check = getattr(torch.cpu, name, None)
-        try:
-            if check is not None and check():
-                return True
-        except RuntimeError:
-            continue
-    return False
-
-
-def resolve_precision(choice: str, device: str) -> tuple[str, str]:
-    """Pick the compute precision; returns (precision, reason in words).
-
-    ``auto``: bf16 on a CUDA GPU that supports it (Ampere and newer), fp16 (with loss scaling) on
-    older CUDA GPUs; bf16 on a CPU with native bfloat16 instructions (``cpu_has_fast_bf16``:
-    measured 1.29x fp32's tokens/s for SmolLM2 LoRA on a 2-core AVX512-BF16 Xeon, losses within
-    1%); fp32 on MPS and other CPUs (bf16 is emulated there). In bf16 the base weights are stored
-    in bf16 and the forward runs under autocast; the LoRA weights and optimizer stay fp32. An
-    explicit choice is always honoured (fp16 on the CPU works but is slow; its small range
-    overflows easily, which the loop reports as ``nan``).
-    """
-    if choice != "auto":
-        return choice, f"precision {choice} as configured"
-    if device == "cuda":
-        if torch.cuda.is_bf16_supported():
-            return "bf16", "precision auto: bf16 (this CUDA GPU supports bfloat16)"
-        return "fp16", "precision auto: fp16 with loss scaling (this CUDA GPU lacks fast bfloat16)"
-    if device == "cpu" and cpu_has_fast_bf16():
-        return "bf16", (
-            "precision auto: bf16 on cpu (this CPU has native bfloat16 instructions; "
-            "set training.precision: fp32 for full precision)"
-        )
-    return "fp32", f"precision auto: fp32 on {device} (set training.precision: bf16 to try bfloat16)"
-
-
-_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def linear_layer_paths(model: nn.Module) -> list[str]:
@@ -109,7 +71,7 @@ def _is_oom(exc: BaseException) -> bool:
     return isinstance(exc, _OOM_TYPES) or is_out_of_memory(exc)
 
 
-class TorchEngine:
+class TorchEngine(StateFiles):
     """LoRA/DoRA fine-tuning of a transformers causal LM with PyTorch (see module docstring).
 
     ``device``: "cuda", "mps" or "cpu" (default: ``pick_device()``).
@@ -127,6 +89,8 @@ class TorchEngine:
         self._params: list[nn.Parameter] = []
         self._fast_loss = False
         self._mps_peak = 0
+        self.model_dir: Path | None = None
+        self._grpo_runner: Any = None
 
     # --- setup -----------------------------------------------------------------------------
     def setup(self, config: RunConfig, model_dir: Path) -> dict[str, Any]:
@@ -139,6 +103,7 @@ class TorchEngine:
         from peft import LoraConfig, get_peft_model
 
         model_dir = Path(model_dir)
+        self.model_dir = model_dir
         self.config = config
         t = config.training
         self.precision, precision_note = resolve_precision(t.precision, self.device)
@@ -324,6 +289,12 @@ class TorchEngine:
             if self.config.method == "dpo":
                 extra = self._dpo_backward(micro_batches)
                 mean_loss = extra.pop("loss")
+            elif self.config.method in preference_methods.METHODS:
+                extra = preference_methods.backward(self, micro_batches)
+                mean_loss = extra.pop("loss")
+            elif self.config.method == "grpo":
+                extra = self._grpo().backward(micro_batches)
+                mean_loss = extra.pop("loss")
             else:
                 loss_total = 0.0
                 for batch in micro_batches:
@@ -336,6 +307,14 @@ class TorchEngine:
             raise
         result = self._update(mean_loss)
         return {**result, **extra}
+
+    def _grpo(self) -> Any:
+        """The run's GRPO state (``grpo_step.GRPORunner``), made on first use."""
+        if self._grpo_runner is None:
+            from backends.torch_backend.grpo_step import GRPORunner
+
+            self._grpo_runner = GRPORunner(self)
+        return self._grpo_runner
 
     def _backward(self, loss: torch.Tensor) -> None:
         (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
@@ -394,6 +373,21 @@ class TorchEngine:
             finally:
                 self.model.train()
             return stats.eval_metrics()
+        if self.config.method == "grpo":
+            try:
+                return self._grpo().eval_metrics(batches)
+            except Exception as exc:
+                self._raise_if_oom(exc)
+                raise
+        if self.config.method in preference_methods.METHODS:
+            self.model.eval()
+            try:
+                return preference_methods.eval_metrics(self, batches)
+            except Exception as exc:
+                self._raise_if_oom(exc)
+                raise
+            finally:
+                self.model.train()
         return {"val_loss": self._sft_eval_loss(batches)}
 
     def _sft_eval_loss(self, batches: list[Batch]) -> float:
@@ -427,55 +421,17 @@ class TorchEngine:
             "oom", f"out of memory on {self.device}: {str(exc).splitlines()[0][:300]}", oom_hint(self.config)
         ) from exc
 
-    # --- state -----------------------------------------------------------------------------
-    def save_state(self, folder: Path) -> None:
-        """Write the adapter (peft format, loadable as is), ``optimizer.pt``, ``rng_torch.pt``
-        (CPU and CUDA/MPS generators) and, with fp16, ``scaler.pt`` into ``folder``."""
-        assert self.model is not None and self.optimizer is not None
-        folder = Path(folder)
-        self.model.save_pretrained(folder)
-        torch.save(self.optimizer.state_dict(), folder / "optimizer.pt")
-        rng: dict[str, Any] = {"cpu": torch.get_rng_state()}
-        if self.device == "cuda":
-            rng["cuda"] = torch.cuda.get_rng_state_all()
-        elif self.device == "mps":
-            rng["mps"] = torch.mps.get_rng_state()
-        torch.save(rng, folder / "rng_torch.pt")
-        if self.scaler is not None:
-            torch.save(self.scaler.state_dict(), folder / "scaler.pt")
+    # --- forgetting check --------------------------------------------------------------------
+    def forgetting_check(self, prompts: list[list[int]], text_ids: list[int], **options: Any) -> Any:
+        """The forgetting check on the model being trained, adapter off and on, in the run's
+        precision (``backends.forgetting.torch_check.run_check``; ``options`` are its keywords)."""
+        from backends.forgetting.torch_check import run_check
 
-    def load_state(self, folder: Path) -> None:
-        """Restore what ``save_state`` wrote. Raises UserInputError for a checkpoint that does not
-        fit this model and LoRA config."""
-        from peft import set_peft_model_state_dict
-        from safetensors.torch import load_file
-
-        assert self.model is not None and self.optimizer is not None
-        folder = Path(folder)
-        weights = load_file(folder / "adapter_model.safetensors", device=self.device)
-        result = set_peft_model_state_dict(self.model, weights)
-        unexpected = getattr(result, "unexpected_keys", None) or []
-        if unexpected:
-            raise UserInputError(
-                f"checkpoint does not fit this model/LoRA config (unexpected keys {unexpected[:3]})",
-                file=folder,
-            )
-        state = torch.load(folder / "optimizer.pt", map_location=self.device, weights_only=True)
-        self.optimizer.load_state_dict(state)
-        rng = torch.load(folder / "rng_torch.pt", weights_only=True)
-        torch.set_rng_state(rng["cpu"])
-        if "cuda" in rng and self.device == "cuda":
-            torch.cuda.set_rng_state_all(rng["cuda"])
-        if "mps" in rng and self.device == "mps":
-            torch.mps.set_rng_state(rng["mps"])
-        if self.scaler is not None and (folder / "scaler.pt").is_file():
-            self.scaler.load_state_dict(torch.load(folder / "scaler.pt", weights_only=True))
-
-    def save_adapter(self, folder: Path) -> None:
-        """The final adapter in peft format: ``adapter_config.json`` + ``adapter_model.safetensors``
-        (loads with ``peft.PeftModel.from_pretrained(base, folder)``)."""
         assert self.model is not None
-        self.model.save_pretrained(Path(folder))
+        options.setdefault("batch", len(prompts))
+        return run_check(
+            self.model, prompts, text_ids, device=self.device, autocast=self._autocast, **options
+        )
 
     def reset_peak_memory(self) -> None:
         """Start a new peak window (CUDA: ``torch.cuda.reset_peak_memory_stats``; CPU: hand freed

@@ -34,6 +34,9 @@ Changes to this protocol (compatible additions only):
   rewards_rejected, reward_margin, reward_accuracy). ``eval_loss`` is the mean DPO loss per pair.
 - ``reference_log_probs`` and ``eval_metrics`` (declared below) for DPO's reference and its
   evaluation fields.
+- optional ``forgetting_check(prompts, text_ids, **options) -> ForgettingResult``: the forgetting
+  check on the model being trained (``backends.forgetting``); the loop's forgetting hook calls it at
+  eval steps and after the last step when the config asks. Engines without it skip the check.
 """
 
 from __future__ import annotations

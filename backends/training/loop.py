@@ -22,7 +22,9 @@ run, ``eta`` is seconds left at this session's average step time. ``run_started`
 ``backends.plan`` prediction, or None); ``run_finished`` adds ``tokens``, ``elapsed`` and
 ``memory_peak`` (bytes measured since the model was loaded, ``backends.training.measure``); ``run_failed.step`` and ``stopped.step`` are the last completed step.
 
-DPO (``method: dpo``, see ``backends.training.dpo``) runs through this same loop: the batcher is
+ORPO, KTO and GRPO (``backends.training.orpo``, ``kto``, ``grpo``) run the same way: their engines
+return the methods' own figures, which ``step`` and ``eval`` events carry (``events.OPTIONAL``,
+``events.optional_fields``). DPO (``method: dpo``, see ``backends.training.dpo``) runs through this same loop: the batcher is
 ``make_preference_batches``, the engine's ``train_step`` returns the DPO loss per pair and the
 reward statistics, which ``step`` events carry (``dpo.STEP_FIELDS``), and ``eval`` events add
 ``reward_accuracy`` and ``reward_margin`` (from the engine's ``eval_metrics``). With
@@ -36,6 +38,10 @@ uniform guess ln(vocabulary), or far above its start, for 10 steps) is ``run_fai
 write that finds the disk full is kind ``disk`` (the free and needed bytes in the message).
 A resumed run first removes a killed final save's ``.tmp-adapter-*`` / ``.old-adapter-*``.
 
+The forgetting check (``backends.forgetting.hook``, optional ``forgetting`` argument) runs after
+each evaluation (``forgetting.at_eval``) and after the adapter is saved, before ``run_finished``
+(``forgetting.at_end``), emitting ``forgetting`` events.
+
 ``events.jsonl`` is append-only: a resumed run appends a new ``run_started`` and replays the steps
 after its checkpoint, so a run killed after step N+k and resumed from step N holds steps N+1..N+k
 twice; readers keep the last event of each step.
@@ -44,37 +50,33 @@ twice; readers keep the last event of each step.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import math
-import random
-import shutil
-import signal
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import psutil
-
-from backends.config import RunConfig, dump_config
-from backends.data.types import Batch, PreferenceBatch, PreferenceExample, PreparedData
-from backends.durable import clean_leftovers, disk_full_message, folder_bytes, is_disk_full
+from backends.config import RunConfig
+from backends.data.types import Batch, PreparedData
+from backends.durable import clean_leftovers
 from backends.errors import RunFailed, RunStopped, UserInputError
-from backends.events import EventSink
+from backends.events import EventSink, optional_fields
 from backends.runs import RunDir, atomic_dir, atomic_write_text
+from backends.training.checkpoints import Checkpoints
 from backends.training.divergence import HINT as DIVERGED_HINT
 from backends.training.divergence import DivergenceMonitor
-from backends.training.dpo import EVAL_FIELDS, STEP_FIELDS, ReferenceCache
+from backends.training.dpo import ReferenceCache
 from backends.training.engine import Engine
+from backends.training.evaluation import Evaluation
 from backends.training.measure import measured_peak
 from backends.training.schedule import learning_rate, warmup_steps
+from backends.training.state import STATE_FILE as STATE_FILE  # re-exported: tests, tools
+from backends.training.state import LoopState, data_fingerprint, rss_bytes
+from backends.training.state import stop_on_signals as stop_on_signals  # re-exported: jobs.train
 
-STATE_FILE = "trainer_state.json"
 # Creating this file in the run folder asks the loop to stop after the current step, as SIGTERM
 # does: the way to stop a worker where signals cannot be sent to it (Windows).
 STOP_FILE = "stop.request"
@@ -85,109 +87,10 @@ NAN_HINT = (
     "or check the data for extremely long or broken rows"
 )
 
-DISK_HINT = (
-    "free space on that disk (or set output.runs_dir to a disk with room), then resume with "
-    "`tunedesk train --resume RUN_DIR`; fewer checkpoints (training.keep_checkpoints) need less space"
-)
-
 Batcher = Callable[..., list[Batch]]
 
 
-@dataclass
-class LoopState:
-    """What a checkpoint records besides the engine's state (``trainer_state.json``)."""
-
-    step: int = 0  # optimizer steps done
-    epoch: int = 0  # index of the epoch the next micro-batch comes from
-    batch_index: int = 0  # index of the next micro-batch within that epoch
-    tokens: int = 0  # non-padding tokens trained so far
-    elapsed: float = 0.0  # seconds of training over all segments
-    recent_losses: list[float] = field(default_factory=list)
-    val_loss: float | None = None
-    max_steps: int = 0
-    data_fingerprint: str = ""
-    python_rng: Any = None
-    numpy_rng: Any = None
-    divergence: dict[str, Any] | None = None  # DivergenceMonitor.to_dict()
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=1)
-
-    @classmethod
-    def from_file(cls, path: Path) -> LoopState:
-        """Read a ``trainer_state.json``; UserInputError when it is missing or broken."""
-        try:
-            raw = json.loads(Path(path).read_text(encoding="utf-8"))
-            return cls(**raw)
-        except (OSError, ValueError, TypeError) as exc:
-            raise UserInputError(f"checkpoint state unreadable: {exc}", file=path) from None
-
-
-def _python_rng_state() -> list[Any]:
-    version, internal, gauss = random.getstate()
-    return [version, list(internal), gauss]
-
-
-def _set_python_rng_state(state: list[Any]) -> None:
-    version, internal, gauss = state
-    random.setstate((version, tuple(internal), gauss))
-
-
-def _numpy_rng_state() -> list[Any]:
-    name, keys, pos, has_gauss, cached = np.random.get_state()
-    return [name, keys.tolist(), int(pos), int(has_gauss), float(cached)]
-
-
-def _set_numpy_rng_state(state: list[Any]) -> None:
-    name, keys, pos, has_gauss, cached = state
-    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
-
-
-def data_fingerprint(examples: list) -> str:
-    """A short hash of the tokenised training examples (input ids and labels; for preference pairs
-    the prompt, chosen and rejected ids and the row), to notice a data file that changed between a
-    checkpoint and its resume."""
-    h = hashlib.sha256()
-    for ex in examples:
-        if isinstance(ex, PreferenceExample):
-            for part in (ex.prompt_ids, ex.chosen_ids, ex.rejected_ids, [ex.row]):
-                h.update(np.asarray(part, dtype=np.int64).tobytes())
-                h.update(b",")
-        else:
-            h.update(np.asarray(ex.input_ids, dtype=np.int64).tobytes())
-            h.update(np.asarray(ex.labels, dtype=np.int64).tobytes())
-        h.update(b"|")
-    return h.hexdigest()[:16]
-
-
-@contextlib.contextmanager
-def stop_on_signals(stop: threading.Event) -> Iterator[None]:
-    """While active, SIGINT and SIGTERM set ``stop`` (the loop then checkpoints and stops after
-    the current step); a second SIGINT raises KeyboardInterrupt at once. Only in the main thread
-    (signal handlers cannot be installed elsewhere); previous handlers are restored on exit."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum: int, frame: object) -> None:
-        if stop.is_set() and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        stop.set()
-
-    old = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, previous in old.items():
-            signal.signal(sig, previous)
-
-
-def rss_bytes() -> int:
-    """Resident set size of this process in bytes."""
-    return int(psutil.Process().memory_info().rss)
-
-
-class TrainingLoop:
+class TrainingLoop(Checkpoints, Evaluation):
     """One run of an engine that is already ``setup`` (see module docstring).
 
     ``data``: the prepared SFT data (``train`` must be non-empty). ``batcher``: the data
@@ -210,6 +113,7 @@ class TrainingLoop:
         batcher: Batcher,
         stop: threading.Event | None = None,
         pad_token_id: int = 0,
+        forgetting: Any = None,
         vocab_size: int | None = None,
     ) -> None:
         if not data.train:
@@ -224,6 +128,7 @@ class TrainingLoop:
         self.batcher = batcher
         self.stop = stop or threading.Event()
         self.pad_token_id = pad_token_id
+        self.forgetting = forgetting  # backends.forgetting.hook.ForgettingHook, or None
         self.state = LoopState()
         self.vocab_size = vocab_size
         self.divergence = DivergenceMonitor(vocab_size)
@@ -263,15 +168,6 @@ class TrainingLoop:
         s.batch_index += len(chunk)
         return self._with_reference("train", chunk)
 
-    def _with_reference(self, split: str, batches: list[Batch]) -> list[Batch]:
-        """Attach the precomputed reference log-probabilities (DPO with precomputation) to the
-        batches of ``split``; other batches pass through unchanged."""
-        if self.reference is not None and self.reference.has(split):
-            for batch in batches:
-                if isinstance(batch, PreferenceBatch):
-                    self.reference.attach(split, batch)
-        return batches
-
     def _epoch_progress(self) -> float:
         n = len(self._batches(self.state.epoch))
         return self.state.epoch + self.state.batch_index / n
@@ -294,100 +190,6 @@ class TrainingLoop:
     def _stop_requested(self) -> bool:
         """A stop was asked: by a signal (or the caller's event), or by a stop file in the run folder."""
         return self.stop.is_set() or (self.run.path / STOP_FILE).exists()
-
-    def _validation_batches(self) -> list[Batch]:
-        if self._val_batches is None:
-            self._val_batches = self._make_batches(self.data.validation)
-        return self._with_reference("validation", self._val_batches)
-
-    def _precompute_reference(self) -> None:
-        """DPO with ``precompute_ref_log_probs``: the reference log-probabilities of every training
-        and validation pair, once (kept from the checkpoint on a resume). A stop request during the
-        computation leaves it incomplete; the run then stops at step 0 as usual."""
-        cache = self.reference
-        if cache is None:
-            return
-        cache.fingerprint = self._reference_key
-        splits = [("train", self.data.train)] + (
-            [("validation", self.data.validation)] if self.data.validation else []
-        )
-        for split, examples in splits:
-            if cache.has(split):
-                continue
-            start = time.monotonic()
-            batches = self._make_batches(examples)
-            try:
-                done = cache.compute(
-                    split,
-                    batches,
-                    self.engine.reference_log_probs,
-                    self._stop_requested,
-                )
-            except RunFailed as exc:
-                raise self._fail(exc.kind, exc.message, exc.hint) from exc
-            if not done:
-                return
-            self._log(
-                "info",
-                f"reference log-probabilities of {len(examples)} {split} pairs computed in "
-                f"{time.monotonic() - start:.1f} s (dpo.precompute_ref_log_probs)",
-            )
-
-    # --- checkpoints -----------------------------------------------------------------------
-    def save_checkpoint(self) -> Path:
-        """Write ``checkpoints/step-<N>`` atomically (engine state + ``trainer_state.json``), emit
-        ``checkpoint`` and keep only the newest ``keep_checkpoints``."""
-        s = self.state
-        s.python_rng = _python_rng_state()
-        s.numpy_rng = _numpy_rng_state()
-        s.divergence = self.divergence.to_dict()
-        path = self.run.checkpoints_dir / f"step-{s.step}"
-        with self._disk_full_is_a_failure(path):
-            with self.run.new_checkpoint(s.step) as tmp:
-                self.engine.save_state(tmp)
-                if self.reference is not None:
-                    self.reference.save(tmp)
-                atomic_write_text(tmp / STATE_FILE, s.to_json())
-                atomic_write_text(tmp / "config.yaml", dump_config(self.config))  # compared on resume
-        self._last_checkpoint_step = s.step
-        self.sink.emit("checkpoint", step=s.step, path=str(path))
-        if not self.divergence.suspicious:  # keep the checkpoint from before a suspicious stretch
-            self.run.prune_checkpoints(self.config.training.keep_checkpoints)
-        return path
-
-    @contextlib.contextmanager
-    def _disk_full_is_a_failure(self, target: Path) -> Iterator[None]:
-        """A write into ``target`` that finds the disk full fails the run with kind ``disk``
-        (the temporary folder is gone, earlier checkpoints are untouched)."""
-        try:
-            yield
-        except Exception as exc:
-            if not is_disk_full(exc):
-                raise
-            latest = self.run.latest_checkpoint()
-            needed = folder_bytes(latest) if latest is not None else None
-            kept = f"; the last checkpoint ({latest}) is intact" if latest is not None else ""
-            raise self._fail("disk", disk_full_message(target, needed) + kept, DISK_HINT) from exc
-
-    def restore(self, checkpoint: Path) -> None:
-        """Load engine and loop state from a complete checkpoint folder."""
-        state = LoopState.from_file(checkpoint / STATE_FILE)
-        self.engine.load_state(checkpoint)
-        if state.python_rng is not None:
-            _set_python_rng_state(state.python_rng)
-        if state.numpy_rng is not None:
-            _set_numpy_rng_state(state.numpy_rng)
-        if state.data_fingerprint and state.data_fingerprint != self.fingerprint:
-            self._log(
-                "warning",
-                "the training data differs from the data this run was checkpointed with; "
-                "the resumed run will not replay the same batches",
-            )
-        self.state = state
-        self.divergence = DivergenceMonitor.from_dict(state.divergence, self.vocab_size)
-        self._last_checkpoint_step = state.step
-        if self.reference is not None and self.reference.load(checkpoint, self._reference_key):
-            self._log("info", "reference log-probabilities restored from the checkpoint")
 
     # --- events ----------------------------------------------------------------------------
     def _log(self, level: str, message: str) -> None:
@@ -522,7 +324,7 @@ class TrainingLoop:
                 eta=round(per_step * (self.max_steps - s.step), 1),
                 memory={"rss": rss_bytes(), **self.engine.memory()},
                 **({"skipped": True} if skipped else {}),
-                **{k: float(result[k]) for k in STEP_FIELDS if k in result},
+                **optional_fields("step", result),
             )
             diverged = self.divergence.observe(s.step, loss, grad_norm)
             if diverged:
@@ -539,53 +341,6 @@ class TrainingLoop:
         if self.data.validation:
             self._evaluate()  # the final evaluation (the loop above leaves out the last step)
         return self._finish()
-
-    def _drop_diverged_checkpoints(self) -> str:
-        """Remove the checkpoints taken while the loss was already diverging, so the newest one
-        (what ``--resume`` and the message name) is the last good one; returns that in words."""
-        first_bad = self.divergence.window_start_step
-        for step, path in self.run.checkpoints():
-            if first_bad is not None and step >= first_bad:
-                shutil.rmtree(path, ignore_errors=True)
-        latest = self.run.latest_checkpoint()
-        return (
-            f"; the last good checkpoint is {latest}" if latest is not None else "; no checkpoint before it"
-        )
-
-    def _evaluate(self) -> float:
-        """One validation pass, a batch at a time so that a stop request (signal or stop file)
-        is honoured between batches: the run then stops with a checkpoint of the current step.
-        Per-batch metrics are combined as the engine would over all batches: SFT ``val_loss``
-        weighted by label tokens, DPO metrics by pairs."""
-        batches = self._validation_batches()
-        # Say so: on a slow CPU a validation pass can take minutes with no step events.
-        self.sink.emit(
-            "log",
-            level="info",
-            message=f"validation at step {self.state.step}: {len(batches)} batches of "
-            f"{len(self.data.validation or [])} rows",
-        )
-        sums: dict[str, float] = {}
-        weight_total = 0.0
-        for batch in batches:
-            if self._stop_requested():
-                self._stop()
-            weight = float(batch.num_pairs if isinstance(batch, PreferenceBatch) else batch.num_label_tokens)
-            if weight <= 0:
-                continue
-            try:
-                metrics = self.engine.eval_metrics([batch])
-            except RunFailed as exc:
-                raise self._fail(exc.kind, exc.message, exc.hint) from exc
-            weight_total += weight
-            for key, value in metrics.items():
-                sums[key] = sums.get(key, 0.0) + weight * float(value)
-        means = {k: v / weight_total for k, v in sums.items()} if weight_total else {}
-        val = means.get("val_loss", float("nan"))
-        self.state.val_loss = val if math.isfinite(val) else None
-        extra = {k: means[k] for k in EVAL_FIELDS if k in means}
-        self.sink.emit("eval", step=self.state.step, val_loss=val, **extra)
-        return val
 
     def _stop(self) -> None:
         path = self.run.checkpoints_dir / f"step-{self.state.step}"
@@ -614,6 +369,8 @@ class TrainingLoop:
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             }
             atomic_write_text(tmp / "tunedesk.json", json.dumps(info, indent=2) + "\n")
+        if self.forgetting is not None:
+            self.forgetting.at_end(self.run, self.sink, step=s.step, tokens=s.tokens, elapsed=s.elapsed)
         train_loss = sum(s.recent_losses) / len(s.recent_losses) if s.recent_losses else None
         return self.sink.emit(
             "run_finished",

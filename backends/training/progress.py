@@ -53,6 +53,13 @@ def format_event(event: dict[str, Any]) -> str:
         )
     if name == "eval":
         return f"eval at step {event['step']}: validation loss {_num(event['val_loss'], '.4f')}"
+    if name == "forgetting":
+        return (
+            f"forgetting check at step {event.get('step')}: drift score {_num(event['score'], '.3f')} "
+            f"({event['verdict']}), KL {_num(event['kl_mean'], '.4f')} nats/token, general-text perplexity "
+            f"{_num(event['ppl_base'], '.2f')} -> {_num(event['ppl_tuned'], '.2f')}, "
+            f"{event['answers_changed']} of {event.get('probes')} probe answers changed"
+        )
     if name == "checkpoint":
         return f"checkpoint at step {event['step']}: {event['path']}"
     if name == "stopped":

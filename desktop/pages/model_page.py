@@ -40,7 +40,7 @@ COLUMNS = (
     "Source",
     "Architecture",
     "Precision",
-    "Context (tokens)",
+    "Context",
     "Chat template",
     "Fits here?",  # the memory plan's verdict for default settings (desktop.plan_panel.fit_badge)
 )
@@ -139,12 +139,14 @@ class ModelPage(QWidget):
         header = self.table.horizontalHeader()
         header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
         header.setSectionResizeMode(COLUMNS.index("Source"), QHeaderView.ResizeMode.Stretch)
+        header.setSectionResizeMode(0, QHeaderView.ResizeMode.Interactive)  # long names elide
+        self.table.setColumnWidth(0, 170)
         self.table.setTextElideMode(Qt.TextElideMode.ElideMiddle)
         self.table.setWordWrap(False)
         tips = {
             "Architecture": "The model family (its transformers class, e.g. LlamaForCausalLM)",
             "Precision": "How the weights are stored: bf16/f16 take 2 bytes per weight, fp32 takes 4",
-            "Context (tokens)": "The longest text the model was built for, in tokens",
+            "Context": "The longest text the model was built for, in tokens",
             "Chat template": "Whether the model knows a chat format; without one, training uses ChatML",
             "Size on disk": "Linked models share their files with where they came from",
         }

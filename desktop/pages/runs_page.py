@@ -32,8 +32,9 @@ from desktop.charts import Chart
 from desktop.next_steps import has_adapter, open_export
 from desktop.pages import intro_label
 from desktop.run_history import RunHistory, delete_run
-from desktop.run_monitor import format_duration
+from desktop.run_monitor import drift_text, format_duration
 from desktop.state import AppState
+from desktop.worker import JsonCommand
 
 COLUMNS = (
     "Run",
@@ -44,6 +45,7 @@ COLUMNS = (
     "Steps",
     "Train loss",
     "Val loss",
+    "Drift",
     "Duration",
     "Started",
 )
@@ -52,6 +54,13 @@ REFRESH_MS = 3000
 
 def _loss(value: Any) -> str:
     return "-" if value is None else f"{value:.4f}"
+
+
+def _drift(forgetting: dict[str, Any] | None) -> str:
+    """The forgetting check's score and verdict, e.g. ``0.031 little`` (``-``: not checked)."""
+    if not forgetting or forgetting.get("score") is None:
+        return "-"
+    return f"{forgetting['score']:.3f} {forgetting.get('verdict') or ''}".strip()
 
 
 class RunsPage(QWidget):
@@ -75,7 +84,8 @@ class RunsPage(QWidget):
         layout.addWidget(QLabel("<h2>Runs</h2>"))
         layout.addWidget(
             intro_label(
-                "Every training run, also those started from the command line. Select several to compare their loss."
+                "Every training run, also those started from the command line. Select several to compare their loss. "
+                "Drift: how much the tuning changed the model's general answers (`tunedesk forgetting`)."
             )
         )
         split = QSplitter(Qt.Orientation.Vertical)
@@ -113,6 +123,13 @@ class RunsPage(QWidget):
         self.export_button = QPushButton("Export…")
         self.export_button.setToolTip("Use the tuned model in Ollama, LM Studio, llama.cpp or transformers")
         self.export_button.clicked.connect(self.export_selected)
+        self.check_button = QPushButton("Check forgetting")
+        self.check_button.setToolTip(
+            "Measure how far the tuning moved the model from its base on 100 general prompts "
+            "(`tunedesk forgetting`; a few minutes on a CPU). The score appears under Drift."
+        )
+        self.check_button.clicked.connect(self.check_selected)
+        self._check: JsonCommand | None = None
         self.open_button = QPushButton("Open folder")
         self.open_button.clicked.connect(self._open_selected)
         self.delete_button = QPushButton("Delete…")
@@ -125,6 +142,7 @@ class RunsPage(QWidget):
             self.settings_button,
             self.chat_button,
             self.export_button,
+            self.check_button,
             self.open_button,
             self.delete_button,
         ):
@@ -164,6 +182,7 @@ class RunsPage(QWidget):
                 steps,
                 _loss(r.get("train_loss")),
                 _loss(r.get("val_loss")),
+                _drift(r.get("forgetting")),
                 format_duration(r.get("duration")),
                 started,
             )
@@ -174,7 +193,9 @@ class RunsPage(QWidget):
                     item.setToolTip(r["path"])
                 if j == 1 and r.get("failure"):
                     item.setToolTip(f"{r['failure'].get('message')}\n{r['failure'].get('hint') or ''}")
-                if j in (5, 6, 7, 8):
+                if j == 8 and r.get("forgetting"):
+                    item.setToolTip(drift_text(r["forgetting"]))
+                if j in (5, 6, 7, 8, 9):
                     item.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
                 self.table.setItem(i, j, item)
         self.table.clearSelection()
@@ -232,8 +253,32 @@ class RunsPage(QWidget):
         self.delete_button.setEnabled(
             bool(paths_) and all(r["status"] != "running" for r in self.rows if r["path"] in paths_)
         )
+        self.check_button.setEnabled(
+            one and self._check is None and row is not None and row["status"] in ("finished", "stopped")
+        )
 
     # --- actions ---
+    def check_selected(self) -> None:
+        """Run ``tunedesk forgetting`` on the selected run in a child process; the table shows the
+        score when it is done (it is recorded in the run folder)."""
+        paths_ = self.selected_paths()
+        if len(paths_) != 1 or self._check is not None:
+            return
+        self._check = JsonCommand(["forgetting", paths_[0], "--json"], self)
+        self._check.done.connect(self._on_checked)
+        self.check_button.setText("Checking…")
+        self.check_button.setEnabled(False)
+        self._check.start()
+
+    def _on_checked(self, answer: object, error: str) -> None:
+        self._check = None
+        self.check_button.setText("Check forgetting")
+        self.refresh()
+        if error:
+            QMessageBox.warning(self, "Forgetting check", error)
+        elif isinstance(answer, dict):
+            QMessageBox.information(self, "Forgetting check", f"General ability: {drift_text(answer)}")
+
     def _show_selected(self) -> None:
         paths_ = self.selected_paths()
         if paths_:

@@ -1,0 +1,66 @@
+"""The PyTorch engine's files: a checkpoint's adapter, optimizer, loss-scaler and torch RNG state,
+restored exactly, and the final adapter in peft's format. A mixin of
+``backends.torch_backend.engine.TorchEngine``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from backends.errors import UserInputError
+
+
+class StateFiles:
+    """Checkpoint and adapter files of ``TorchEngine``."""
+
+    # --- state -----------------------------------------------------------------------------
+    def save_state(self, folder: Path) -> None:
+        """Write the adapter (peft format, loadable as is), ``optimizer.pt``, ``rng_torch.pt``
+        (CPU and CUDA/MPS generators) and, with fp16, ``scaler.pt`` into ``folder``."""
+        assert self.model is not None and self.optimizer is not None
+        folder = Path(folder)
+        self.model.save_pretrained(folder)
+        torch.save(self.optimizer.state_dict(), folder / "optimizer.pt")
+        rng: dict[str, Any] = {"cpu": torch.get_rng_state()}
+        if self.device == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        elif self.device == "mps":
+            rng["mps"] = torch.mps.get_rng_state()
+        torch.save(rng, folder / "rng_torch.pt")
+        if self.scaler is not None:
+            torch.save(self.scaler.state_dict(), folder / "scaler.pt")
+
+    def load_state(self, folder: Path) -> None:
+        """Restore what ``save_state`` wrote. Raises UserInputError for a checkpoint that does not
+        fit this model and LoRA config."""
+        from peft import set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        assert self.model is not None and self.optimizer is not None
+        folder = Path(folder)
+        weights = load_file(folder / "adapter_model.safetensors", device=self.device)
+        result = set_peft_model_state_dict(self.model, weights)
+        unexpected = getattr(result, "unexpected_keys", None) or []
+        if unexpected:
+            raise UserInputError(
+                f"checkpoint does not fit this model/LoRA config (unexpected keys {unexpected[:3]})",
+                file=folder,
+            )
+        state = torch.load(folder / "optimizer.pt", map_location=self.device, weights_only=True)
+        self.optimizer.load_state_dict(state)
+        rng = torch.load(folder / "rng_torch.pt", weights_only=True)
+        torch.set_rng_state(rng["cpu"])
+        if "cuda" in rng and self.device == "cuda":
+            torch.cuda.set_rng_state_all(rng["cuda"])
+        if "mps" in rng and self.device == "mps":
+            torch.mps.set_rng_state(rng["mps"])
+        if self.scaler is not None and (folder / "scaler.pt").is_file():
+            self.scaler.load_state_dict(torch.load(folder / "scaler.pt", weights_only=True))
+
+    def save_adapter(self, folder: Path) -> None:
+        """The final adapter in peft format: ``adapter_config.json`` + ``adapter_model.safetensors``
+        (loads with ``peft.PeftModel.from_pretrained(base, folder)``)."""
+        assert self.model is not None
+        self.model.save_pretrained(Path(folder))
