@@ -6,7 +6,7 @@ The model: random weights in Llama-3.2-1B's shape (16 layers, hidden 2048, MLP 8
 locally once (no download) with SmolLM2's tokenizer files (the converter pads the vocabulary),
 and a rank-16 LoRA adapter on every linear layer with random non-zero weights, in a run folder
 as training leaves it. Each side runs in its own child process, so its peak RSS
-(``ru_maxrss``) is its own; the table gives seconds, peak RSS, peak RSS / model size (the goal
+(``VmHWM`` on Linux) is its own; the table gives seconds, peak RSS, peak RSS / model size (the goal
 for the streamed merge: at most about 1.5x) and the ratio to peft.
 
 Usage:
@@ -28,7 +28,20 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.peers import peak_rss  # noqa: E402
+from benchmarks.peers import peak_rss as rusage_peak  # noqa: E402
+
+
+def peak_rss() -> int:
+    """This process's peak RSS in bytes: Linux's ``VmHWM`` (reset by exec, so a child does not
+    inherit its parent's peak as ``ru_maxrss`` does), else ``ru_maxrss``."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return rusage_peak()
+
 
 RESULT = "EXPORT-RESULT "
 LLAMA_32_1B = {
