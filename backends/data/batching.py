@@ -17,6 +17,7 @@ from the previous row).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -33,6 +34,33 @@ def _mega_chunks(order: np.ndarray, batch_size: int) -> list[np.ndarray]:
     mult = max(1, min(len(order) // (batch_size * 4), MEGA_CHUNK_BATCHES))
     size = batch_size * mult
     return [order[i : i + size] for i in range(0, len(order), size)]
+
+
+def check_batch_request(
+    examples: Sequence[Any], batch_size: int, packing: bool = False, unpacked: tuple[str, str] | None = None
+) -> None:
+    """The checks every batcher makes first. ``unpacked``: (what, method) for a batcher whose rows
+    are never packed, e.g. ("preference pairs", "DPO"). Raises ValueError for ``packing`` there,
+    an empty list, or a batch size below 1."""
+    if packing and unpacked is not None:
+        raise ValueError(f"{unpacked[0]} are not packed (set data.packing: false for {unpacked[1]})")
+    if not examples:
+        raise ValueError("no examples to batch")
+    if batch_size < 1:
+        raise ValueError("batch_size must be at least 1")
+
+
+def length_groups(
+    lengths: np.ndarray, order: np.ndarray, rng: np.random.Generator, batch_size: int
+) -> list[np.ndarray]:
+    """Indices of rows grouped into micro-batches of similar length, as transformers'
+    LengthGroupedSampler: ``order`` cut into mega-chunks, each sorted longest first and split into
+    batches of ``batch_size``; the batches then shuffled by ``rng``."""
+    groups: list[np.ndarray] = []
+    for chunk in _mega_chunks(order, batch_size):
+        chunk = chunk[np.argsort(-lengths[chunk], kind="stable")]
+        groups += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
+    return [groups[i] for i in rng.permutation(len(groups))]
 
 
 def _pad_rows(
@@ -89,20 +117,13 @@ def make_batches(
     ``num_label_tokens`` counts targets after the causal shift. Raises ValueError for an empty
     list, a batch size below 1, packing without ``max_seq_length``, or a row longer than it.
     """
-    if not examples:
-        raise ValueError("no examples to batch")
-    if batch_size < 1:
-        raise ValueError("batch_size must be at least 1")
+    check_batch_request(examples, batch_size)
     rng = _rng(seed, epoch)
     lengths = np.array([len(e.input_ids) for e in examples])
     order = rng.permutation(len(examples))
     if packing:
         return _packed_batches(examples, lengths, order, rng, batch_size, pad_token_id, max_seq_length)
-    groups: list[np.ndarray] = []
-    for chunk in _mega_chunks(order, batch_size):
-        chunk = chunk[np.argsort(-lengths[chunk], kind="stable")]
-        groups += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
-    groups = [groups[i] for i in rng.permutation(len(groups))]
+    groups = length_groups(lengths, order, rng, batch_size)
     longest = max(range(len(groups)), key=lambda g: lengths[groups[g]].max())
     groups.insert(0, groups.pop(longest))
     batches = []
@@ -176,20 +197,11 @@ def make_preference_batches(
     ``packing``/``max_seq_length``: the keywords of ``make_batches`` (so the training loop calls
     either the same way); pairs are never packed and are already cut to ``max_seq_length``.
     Raises ValueError for an empty list, a batch size below 1, or ``packing``."""
-    if packing:
-        raise ValueError("preference pairs are not packed (set data.packing: false for DPO)")
-    if not examples:
-        raise ValueError("no examples to batch")
-    if batch_size < 1:
-        raise ValueError("batch_size must be at least 1")
+    check_batch_request(examples, batch_size, packing, unpacked=("preference pairs", "DPO"))
     rng = _rng(seed, epoch)
     lengths = np.array([len(e.prompt_ids) + max(len(e.chosen_ids), len(e.rejected_ids)) for e in examples])
     order = rng.permutation(len(examples))
-    groups: list[np.ndarray] = []
-    for chunk in _mega_chunks(order, batch_size):
-        chunk = chunk[np.argsort(-lengths[chunk], kind="stable")]
-        groups += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
-    groups = [groups[i] for i in rng.permutation(len(groups))]
+    groups = length_groups(lengths, order, rng, batch_size)
     out = []
     for group in groups:
         rows = []

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from backends.data.batching import _mega_chunks, _pad_rows, _rng
+from backends.data.batching import _pad_rows, _rng, check_batch_request, length_groups
 from backends.data.encode import Encoded, Encoder
 from backends.data.formats import Feedback, Preference, RowError
 from backends.data.types import IGNORE_INDEX, KTOBatch, KTOExample
@@ -77,20 +77,11 @@ def make_kto_batches(
     ``make_preference_batches`` (same keywords). Each holds B examples as 2B rows (see
     ``KTOBatch``); a mismatched row's answer is cut to fit ``max_seq_length`` with its prompt.
     Raises ValueError for an empty list, a batch size below 1, or ``packing``."""
-    if packing:
-        raise ValueError("feedback rows are not packed (set data.packing: false for KTO)")
-    if not examples:
-        raise ValueError("no examples to batch")
-    if batch_size < 1:
-        raise ValueError("batch_size must be at least 1")
+    check_batch_request(examples, batch_size, packing, unpacked=("feedback rows", "KTO"))
     rng = _rng(seed, epoch)
     lengths = np.array([len(e.prompt_ids) + len(e.completion_ids) for e in examples])
     order = rng.permutation(len(examples))
-    groups: list[np.ndarray] = []
-    for chunk in _mega_chunks(order, batch_size):
-        chunk = chunk[np.argsort(-lengths[chunk], kind="stable")]
-        groups += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
-    groups = [groups[i] for i in rng.permutation(len(groups))]
+    groups = length_groups(lengths, order, rng, batch_size)
     out = []
     for group in groups:
         members = [examples[i] for i in group]

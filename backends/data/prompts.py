@@ -4,7 +4,7 @@ so a resumed run rebuilds the same list."""
 
 from __future__ import annotations
 
-from backends.data.batching import _pad_rows, _rng
+from backends.data.batching import _pad_rows, _rng, check_batch_request
 from backends.data.types import IGNORE_INDEX, PromptBatch, PromptExample
 
 
@@ -21,12 +21,7 @@ def make_prompt_batches(
     """One epoch of GRPO micro-batches of ``batch_size`` prompts in a seeded random order (same
     keywords as ``make_batches``). Raises ValueError for an empty list, a batch size below 1, or
     ``packing``."""
-    if packing:
-        raise ValueError("prompts are not packed (set data.packing: false for GRPO)")
-    if not examples:
-        raise ValueError("no examples to batch")
-    if batch_size < 1:
-        raise ValueError("batch_size must be at least 1")
+    check_batch_request(examples, batch_size, packing, unpacked=("prompts", "GRPO"))
     order = _rng(seed, epoch).permutation(len(examples))
     out = []
     for start in range(0, len(order), batch_size):
