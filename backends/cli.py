@@ -11,6 +11,7 @@ dispatches, and turns TuneDesk errors into messages and exit codes (never a bare
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -307,6 +308,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("stopped", file=sys.stderr)
         return EXIT_STOPPED
+    except BrokenPipeError:
+        # The reader of our output went away (`tunedesk models list | head -1`): not a crash.
+        # Quiet, with the status a shell gives a tool ended by a closed pipe (128 + SIGPIPE).
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except Exception as exc:  # the catch-all: exit 3 with the log's path, never a bare traceback
         from backends.crash import crash_message, write_crash_log
         from backends.training.oom import is_out_of_memory

@@ -33,6 +33,7 @@ from backends.model_store_info import list_models as list_models
 from backends.model_store_info import safetensors_param_count as safetensors_param_count
 from backends.model_store_info import store_only_bytes as store_only_bytes
 from backends.runs import atomic_dir, atomic_write_text
+from backends.weights_check import check_safetensors
 
 DEFAULT_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -195,6 +196,8 @@ def _import_hf_folder(
         return "converted"
     if not safetensors:
         raise UserInputError("no weights found (*.safetensors)", file=src)
+    for f in safetensors:  # a cut-off or damaged file is refused now, not at the first chat or run
+        check_safetensors(f, "model weights file", field="model")
     files = [
         f
         for f in sorted(src.iterdir())

@@ -141,6 +141,16 @@ def test_bad_inputs_exit_1_and_write_nothing(tiny_model_dir, tmp_path, capsys, m
     assert "base model 'gone-base' is missing" in err and not (tmp_path / "x").exists()
 
 
+def test_register_without_ollama_is_refused_before_writing(tiny_model_dir, tmp_path, capsys, monkeypatch):
+    run = make_run(tiny_model_dir, tmp_path / "run")
+    monkeypatch.setenv("PATH", str(tmp_path / "no-tools-here"))  # no `ollama` on PATH
+    out = tmp_path / "ollama-out"
+    code = main(["export", str(run), "--format", "ollama", "--register", "mine", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 1 and "needs ollama on PATH" in err and "nothing was exported" in err, err
+    assert not out.exists()
+
+
 def test_a_failure_midway_leaves_no_output(tiny_model_dir, tmp_path, monkeypatch, capsys):
     import backends.jobs.export.merged as em
 

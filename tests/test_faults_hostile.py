@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -17,7 +19,7 @@ import pytest
 from backends import cli
 from backends.config import config_from_dict
 from backends.jobs import run_training
-from tests.test_train_loop import DEMO_DATA, make_config, write_config
+from tests.test_train_loop import DEMO_DATA, ROOT, make_config, write_config
 
 
 @pytest.fixture
@@ -52,6 +54,11 @@ def test_broken_model_folders_are_named_in_one_line(tiny_model_dir, odd_dir, cap
         code = cli.main(["chat", "--model", str(model), "--prompt", "hi", "--max-new-tokens", "2"])
         line = _one_error_line(capsys, code)
         assert str(model) in line, line
+    assert str(weights) in line and "damaged or incomplete" in line, line  # the file, in plain words
+    # The model store refuses the cut-off file at import, not at the first chat or run.
+    code = cli.main(["models", "import", str(cut), "--name", "cut"])
+    line = _one_error_line(capsys, code)
+    assert str(weights) in line and "damaged or incomplete" in line, line
     assert not (odd_dir / "runs" / "x").exists()
 
 
@@ -149,3 +156,20 @@ def test_an_unexpected_exception_is_exit_3_with_the_log_path(monkeypatch, capsys
     assert log.parent == tunedesk_home / "logs"
     text = log.read_text(encoding="utf-8")
     assert "Traceback" in text and "ZeroDivisionError" in text and "tunedesk hardware" in text
+
+
+def test_a_reader_that_goes_away_is_not_a_crash(tmp_path):
+    """`tunedesk models list | true`: the pipe closes before we write; exit 141 (as a shell reports
+    a tool ended by a closed pipe), nothing on stderr, no crash log."""
+    home = tmp_path / "home"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TUNEDESK_HOME": str(home)}
+    proc = subprocess.run(
+        ["bash", "-c", f'{sys.executable} -m desktop models list | true; echo "rc=${{PIPESTATUS[0]}}"'],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert "rc=141" in proc.stdout, (proc.stdout, proc.stderr)
+    assert proc.stderr.strip() == ""
+    assert not list(home.glob("logs/crash-*"))

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import shutil
 import sys
@@ -183,4 +184,8 @@ def cli_demo(args: argparse.Namespace) -> int:
         )
         print(f"Chat with the tuned model: tunedesk chat --adapter {run.path}")
         print(f"Use it in Ollama, llama.cpp or LM Studio: tunedesk export {run.path} --format ollama")
+        if importlib.util.find_spec("llama_cpp") is None:
+            print(
+                "  (GGUF and Ollama export first need `bash packaging/install.sh export`: it builds llama.cpp)"
+            )
     return EXIT_OK

@@ -15,6 +15,7 @@ from transformers import AutoModelForCausalLM
 
 from backends.errors import UserInputError
 from backends.training.oom import is_out_of_memory
+from backends.weights_check import check_safetensors
 
 # The keyword arguments that make a from_pretrained call safe for a user's folder.
 SAFE_LOAD = {"local_files_only": True, "trust_remote_code": False}
@@ -44,6 +45,9 @@ def load_causal_lm(model_dir: str | Path, dtype: torch.dtype | None = None, **ex
     except (OSError, ValueError, KeyError, SafetensorError) as exc:
         if is_out_of_memory(exc):  # a memory limit hit while mapping the weights: not a bad folder
             raise
+        if isinstance(exc, SafetensorError):  # name the damaged file, in plain words
+            for weights in sorted(model_dir.glob("*.safetensors")):
+                check_safetensors(weights, "model weights file", field="model")
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         if "trust_remote_code" in str(exc):
             message = "this model needs its own Python code (trust_remote_code), which TuneDesk never runs"

@@ -34,7 +34,8 @@ Progress = Callable[[str, int, int], None]
 CONVERTER_ENV = "TUNEDESK_LLAMA_CONVERTER"
 CONVERTER_SCRIPT = "convert_hf_to_gguf.py"
 INSTALL_HINT = (
-    "install the export tools: `bash packaging/install.sh export` (builds llama.cpp, a few minutes)"
+    "install the export tools: `bash packaging/install.sh export` (builds llama.cpp from source: "
+    "about 7 minutes on 2 idle cores, more on a busy machine)"
 )
 FTYPES = {"f16": 1, "q8_0": 7, "q4_k_m": 15, "q5_k_m": 17, "q6_k": 18, "bf16": 32}  # llama.h llama_ftype
 
@@ -107,43 +108,66 @@ def convert(
         "--outtype",
         outtype,
     ]
-    proc = subprocess.Popen(
-        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace"
-    )
-    tail: list[str] = []
     done = 0
-    try:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            tail = (tail + [line.rstrip()])[-15:]
-            if re.search(r"-->\s*\w+, shape", line):
-                done += 1
-                if progress is not None and done % 8 == 0:
-                    progress("convert", min(done, tensors), tensors)
-        rc = proc.wait()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+
+    def count(line: str) -> None:
+        nonlocal done
+        if re.search(r"-->\s*\w+, shape", line):
+            done += 1
+            if progress is not None and done % 8 == 0:
+                progress("convert", min(done, tensors), tensors)
+
+    rc, tail = run_child(cmd, env, count)
     if rc != 0 or not outfile.is_file():
         raise RunFailed("model", "llama.cpp's GGUF converter failed:\n" + "\n".join(tail))
     if progress is not None:
         progress("convert", tensors, tensors)
 
 
+# llama.cpp's quantiser in a child process: a stop (Ctrl-C, the app's Cancel = SIGTERM) ends it at
+# once, which a ctypes call in this process would not allow, and its per-tensor log stays out of
+# the user's terminal (its last lines are shown when it fails).
+_QUANTIZE_CHILD = """
+import ctypes, os, sys
+import llama_cpp
+params = llama_cpp.llama_model_quantize_default_params()
+params.ftype = int(sys.argv[3])
+params.nthread = max(1, os.cpu_count() or 1)
+sys.exit(llama_cpp.llama_model_quantize(sys.argv[1].encode(), sys.argv[2].encode(), ctypes.byref(params)))
+"""
+
+
+def run_child(
+    cmd: list[str], env: dict[str, str] | None = None, on_line: Callable[[str], None] | None = None
+) -> tuple[int, list[str]]:
+    """Run ``cmd`` with its output captured line by line (``on_line`` sees each); returns (exit
+    code, its last 15 lines). The child is killed when this process is stopped meanwhile."""
+    proc = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace"
+    )
+    tail: list[str] = []
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            tail = (tail + [line.rstrip()])[-15:]
+            if on_line is not None:
+                on_line(line)
+        rc = proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return rc, tail
+
+
 def quantize(src: Path, dst: Path, quant: str) -> None:
-    """``llama_model_quantize`` of ``src`` (an F16/BF16 GGUF) into ``dst`` as ``quant``. RunFailed
-    when llama.cpp reports an error."""
-    import ctypes
-
-    import llama_cpp
-
-    params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = FTYPES[quant]
-    params.nthread = max(1, os.cpu_count() or 1)
-    rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params))
+    """``llama_model_quantize`` of ``src`` (an F16/BF16 GGUF) into ``dst`` as ``quant``, in a child
+    process. RunFailed with llama.cpp's last lines when it reports an error."""
+    rc, tail = run_child([sys.executable, "-c", _QUANTIZE_CHILD, str(src), str(dst), str(FTYPES[quant])])
     if rc != 0 or not dst.is_file():
-        raise RunFailed("model", f"llama.cpp could not quantise the model to {quant} (code {rc})")
+        raise RunFailed(
+            "model", f"llama.cpp could not quantise the model to {quant} (code {rc}):\n" + "\n".join(tail)
+        )
 
 
 def write_gguf(source: ExportSource, out: Path, quant: str, progress: Progress | None = None) -> Path:

@@ -16,6 +16,7 @@ ollama_name (the Ollama model name for ``ollama create``: ``--register`` or the 
 from __future__ import annotations
 
 import argparse
+import shutil
 import signal
 import sys
 from collections.abc import Callable
@@ -71,6 +72,14 @@ def export_model(
         from backends.errors import UserInputError
 
         raise UserInputError("--register goes with --format ollama", field="--register")
+    if register and shutil.which("ollama") is None:
+        from backends.errors import UserInputError
+
+        raise UserInputError(
+            "--register needs ollama on PATH, and it is not there: nothing was exported",
+            field="--register",
+            hint="install Ollama, or export without --register and run the printed `ollama create` later",
+        )
     with atomic_dir(plan.out) as tmp:
         if fmt == "merged":
             from backends.jobs.export.merged import write_merged
