@@ -180,8 +180,9 @@ def write_gguf(source: ExportSource, out: Path, quant: str, progress: Progress |
     merged.mkdir()
     write_merged(source, merged, float_type, progress)
     tensors = len(_tensor_names(merged))
-    final = out / f"{source.name}-{quant}.gguf"
-    base_gguf = final if quant == float_type else out / f".{source.name}-{float_type}.gguf"
+    stem = re.sub(r"\s+", "-", source.name)  # no spaces: a Modelfile's FROM and shell commands take it bare
+    final = out / f"{stem}-{quant}.gguf"
+    base_gguf = final if quant == float_type else out / f".{stem}-{float_type}.gguf"
     convert(merged, base_gguf, float_type, tensors, progress)
     shutil.rmtree(merged)
     if base_gguf != final:
