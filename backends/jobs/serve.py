@@ -129,6 +129,9 @@ class ChatService:
         tail = matcher.flush()
         if tail:
             on_text(tail)
+        if self.closing.is_set() and not matcher.stopped and reply.finish_reason not in ("eos", "length"):
+            # Cut short by the server stopping: say so ("abort", as vLLM does), never "stop".
+            return "abort", reply.prompt_tokens, reply.tokens
         return api.finish_reason(reply.finish_reason, matcher.stopped), reply.prompt_tokens, reply.tokens
 
 
