@@ -114,8 +114,9 @@ def test_sigkill_at_random_points_and_mid_write_resumes_bit_identically(tiny_mod
             if kind != "random":
                 assert hit and code == -signal.SIGKILL, f"{kind}: the kill missed its moment (exit {code})"
             outcomes.append((kind, code))
-            # what a user does next: resume (or start again if the run folder was never written)
-            if code != 0:
+            # what a user does next: resume (or start again if the run folder was never written);
+            # a kill that landed after the final adapter was in place leaves a finished run
+            if code != 0 and run_status(run) != "finished":
                 if run.config_path.is_file():
                     argv = ["train", "--resume", str(run.path)]
                 else:
