@@ -16,11 +16,11 @@ import os
 from pathlib import Path
 from typing import Any
 
+import yaml
 from PySide6.QtGui import QGuiApplication
 from PySide6.QtWidgets import QFileDialog, QPushButton, QVBoxLayout
 
 from backends import paths
-from backends.data.run_prompt import spec_for_run
 from desktop.chat_views import BASE, TUNED, ChatPane
 
 CHATS_FILE = "chats.jsonl"
@@ -31,16 +31,31 @@ def chats_file() -> Path:
     return paths.home() / "data" / CHATS_FILE
 
 
+def _read(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+        value = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (OSError, ValueError, yaml.YAMLError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
 def run_system_prompt(run_dir: str | Path | None) -> str | None:
-    """The system prompt a run trained with (``data.system_prompt``, as recorded in its
-    ``adapter/tunedesk.json``, ``prompt.json`` or ``config.yaml``); None when it had none."""
+    """The system prompt a run trained with; None when it had none. Read from the files alone, in
+    the order of ``backends.data.run_prompt.spec_for_run`` (which the GUI cannot import: it loads
+    transformers for templates): ``adapter/tunedesk.json``'s ``prompt``, the run's ``prompt.json``,
+    then ``config.yaml``'s ``data.system_prompt``."""
     if not run_dir:
         return None
-    try:
-        spec = spec_for_run(Path(run_dir) / "adapter") or spec_for_run(run_dir)
-    except (OSError, ValueError, KeyError, TypeError):
+    run = Path(run_dir)
+    meta = _read(run / "adapter" / "tunedesk.json").get("prompt")
+    for spec in (meta if isinstance(meta, dict) else None, _read(run / "prompt.json") or None):
+        if spec is not None:
+            return str(spec.get("system_prompt") or "") or None
+    data = _read(run / "config.yaml").get("data")
+    if not isinstance(data, dict):
         return None
-    return (spec.system_prompt or None) if spec is not None else None
+    return str(data.get("system_prompt") or "") or None
 
 
 def append_row(path: str | Path, messages: list[dict[str, str]]) -> Path:

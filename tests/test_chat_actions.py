@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import yaml
 from PySide6.QtWidgets import QApplication
 
 from backends import cli
@@ -112,6 +113,15 @@ def test_the_runs_system_prompt_is_filled_in(page):
     (trained / "prompt.json").write_text(json.dumps(spec), encoding="utf-8")
     plain = _run(page.runs, "plain", final="finished")
     assert run_system_prompt(trained) == "You are a pirate." and run_system_prompt(plain) is None
+    # A run from before prompt.json: its config.yaml's data.system_prompt; the adapter's record wins.
+    config = yaml.safe_load((plain / "config.yaml").read_text(encoding="utf-8"))
+    config["data"]["system_prompt"] = "Be terse."
+    (plain / "config.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
+    assert run_system_prompt(plain) == "Be terse."
+    meta = json.loads((plain / "adapter" / "tunedesk.json").read_text(encoding="utf-8"))
+    meta["prompt"] = {**spec, "system_prompt": None}
+    (plain / "adapter" / "tunedesk.json").write_text(json.dumps(meta), encoding="utf-8")
+    assert run_system_prompt(plain) is None
     page.refresh()
     page.select_adapter(str(trained))
     assert page.system_prompt.toPlainText() == "You are a pirate."
