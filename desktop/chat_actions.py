@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 from PySide6.QtGui import QGuiApplication
-from PySide6.QtWidgets import QFileDialog, QPushButton, QVBoxLayout
+from PySide6.QtWidgets import QFileDialog, QHBoxLayout, QPushButton
 
 from backends import paths
 from desktop.chat_views import BASE, TUNED, ChatPane
@@ -89,8 +89,9 @@ class ChatActions:
 
     _prefilled_system: str | None = None
 
-    def _action_buttons(self, layout: QVBoxLayout) -> None:
-        """Add Regenerate, Copy reply and Save… under the Send/Stop buttons."""
+    def _action_row(self) -> QHBoxLayout:
+        """Regenerate, Copy reply and Save…, in a row under the conversation."""
+        layout = QHBoxLayout()
         self.regenerate_button = QPushButton("Regenerate")
         self.regenerate_button.setToolTip("Write the last reply again (with the current settings)")
         self.copy_button = QPushButton("Copy reply")
@@ -102,9 +103,11 @@ class ChatActions:
         )
         for button in (self.regenerate_button, self.copy_button, self.save_button):
             layout.addWidget(button)
+        layout.addStretch(1)
         self.regenerate_button.clicked.connect(self.regenerate)
         self.copy_button.clicked.connect(self.copy_reply)
         self.save_button.clicked.connect(self._pick_save_file)
+        return layout
 
     # --- which pane ---
     def main_pane(self) -> ChatPane:

@@ -131,6 +131,7 @@ class ChatPage(ChatActions, SamplingSettings, ValidationCompare, WorkerEvents, Q
         split.setStretchFactor(1, 3)
         split.setStretchFactor(2, 1)
         chat_layout.addWidget(split, 1)
+        chat_layout.addLayout(self._action_row())  # Regenerate, Copy reply, Save as training data
         row = QHBoxLayout()
         self.prompt = QPlainTextEdit()
         self.prompt.setPlaceholderText("Type a message; Ctrl+Enter sends it")
@@ -142,7 +143,6 @@ class ChatPage(ChatActions, SamplingSettings, ValidationCompare, WorkerEvents, Q
         self.new_button = QPushButton("New conversation")
         for b in (self.send_button, self.stop_button, self.new_button):
             buttons.addWidget(b)
-        self._action_buttons(buttons)
         row.addLayout(buttons)
         chat_layout.addLayout(row)
         self.tabs.addTab(chat, "Chat")

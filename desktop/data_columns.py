@@ -16,7 +16,7 @@ from PySide6.QtCore import Signal
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QComboBox,
-    QHBoxLayout,
+    QGridLayout,
     QHeaderView,
     QLabel,
     QTableWidget,
@@ -63,7 +63,7 @@ class ColumnMapping(QWidget):
         self.note = QLabel("The first rows of the file appear here after the check.")
         self.note.setWordWrap(True)
         layout.addWidget(self.note)
-        self.combos_row = QHBoxLayout()
+        self.combos_row = QGridLayout()  # two roles a line: label, drop-down, label, drop-down
         layout.addLayout(self.combos_row)
         self.table = QTableWidget(0, 0)
         self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
@@ -92,6 +92,9 @@ class ColumnMapping(QWidget):
                 item = QTableWidgetItem(str(cell))
                 item.setToolTip(str(cell)[:2000])
                 self.table.setItem(i, j, item)
+        self.table.resizeColumnsToContents()
+        for j in range(self.table.columnCount()):  # long cells stay readable in their tooltip
+            self.table.setColumnWidth(j, min(self.table.columnWidth(j), 260))
         if not self.source_columns:
             self.note.setText("No preview of this file.")
         elif mapping:
@@ -127,7 +130,7 @@ class ColumnMapping(QWidget):
         self.combos = {}
         if not self.source_columns:
             return
-        for role in mapping or dict.fromkeys(DEFAULT_ROLES, NONE):
+        for n, role in enumerate(mapping or dict.fromkeys(DEFAULT_ROLES, NONE)):
             label = QLabel(f"{ROLE_WORDS.get(role, role)}:")
             combo = QComboBox()
             combo.addItem("(not used)", NONE)
@@ -138,10 +141,9 @@ class ColumnMapping(QWidget):
             combo.setToolTip(f"The file's column used as '{role}'")
             label.setBuddy(combo)
             combo.currentIndexChanged.connect(self._emit)
-            self.combos_row.addWidget(label)
-            self.combos_row.addWidget(combo)
+            self.combos_row.addWidget(label, n // 2, 2 * (n % 2))
+            self.combos_row.addWidget(combo, n // 2, 2 * (n % 2) + 1)
             self.combos[role] = combo
-        self.combos_row.addStretch(1)
 
     def mapping(self) -> dict[str, str]:
         """The chosen mapping, role -> source column ("" for a role left unused)."""

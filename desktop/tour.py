@@ -18,9 +18,9 @@ STEPS = (
     (
         "model",
         "1 of 5: Choose a model",
-        "The model is the starting point you teach. The small built-in one (SmolLM2-135M-Instruct) is "
-        "ready to use. 'Find and download' lists models already on this computer and fetches others by "
-        "name; 'Fits here?' says whether one fits in this computer's memory.",
+        "The model is the starting point you teach. {default} 'Find and download' lists models already "
+        "on this computer and fetches others by name; 'Fits here?' says whether one fits in this "
+        "computer's memory.",
     ),
     (
         "data",
@@ -50,6 +50,23 @@ STEPS = (
 )
 
 
+DEFAULT_READY = "The small built-in one (SmolLM2-135M-Instruct) is ready to use."
+DEFAULT_MISSING = (
+    "This installation has no model yet: on 'Find and download', type "
+    "HuggingFaceTB/SmolLM2-135M-Instruct and press Download (about 270 MB), or import a file."
+)
+
+
+def step_text(index: int) -> str:
+    """The words of step ``index``: the first says whether the default model is there."""
+    from backends.model_store_info import default_model_installed
+
+    text = STEPS[index][2]
+    if "{default}" in text:
+        text = text.format(default=DEFAULT_READY if default_model_installed() else DEFAULT_MISSING)
+    return text
+
+
 def tour_done() -> bool:
     """True once the tour was finished or skipped on this profile."""
     return str(app_settings().value(SETTING, "false")).lower() == "true"
@@ -70,6 +87,7 @@ class Tour(QDialog):
         self.text = QLabel("")
         self.text.setWordWrap(True)
         self.text.setTextFormat(Qt.TextFormat.PlainText)
+        self.text.setAlignment(Qt.AlignmentFlag.AlignTop | Qt.AlignmentFlag.AlignLeft)
         layout.addWidget(self.title)
         layout.addWidget(self.text, 1)
         row = QHBoxLayout()
@@ -91,9 +109,9 @@ class Tour(QDialog):
     def go(self, index: int) -> None:
         """Show step ``index`` (0-based) and open its page."""
         self.index = max(0, min(index, len(STEPS) - 1))
-        page, title, text = STEPS[self.index]
+        page, title, _ = STEPS[self.index]
         self.title.setText(f"<h3>{title}</h3>")
-        self.text.setText(text)
+        self.text.setText(step_text(self.index))
         self.back_button.setEnabled(self.index > 0)
         last = self.index == len(STEPS) - 1
         self.next_button.setText("Start using TuneDesk" if last else "Next")

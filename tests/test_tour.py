@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from PySide6.QtCore import Qt
 
+from backends.model_store_info import default_model_installed
 from desktop.main_window import MainWindow
-from desktop.tour import STEPS, start_tour_once, tour_done
+from desktop.tour import DEFAULT_MISSING, DEFAULT_READY, STEPS, start_tour_once, tour_done
 
 
 def test_tour_walks_the_pages_and_is_shown_once(qtbot, tunedesk_home):
@@ -17,6 +18,10 @@ def test_tour_walks_the_pages_and_is_shown_once(qtbot, tunedesk_home):
     tour = start_tour_once(window)
     assert tour is not None and tour.isVisible() and window.current_page() == "model"
     assert len(STEPS) == 5 and not tour.back_button.isEnabled()
+    installed = default_model_installed()
+    assert (DEFAULT_READY in tour.text.text()) == installed and (
+        DEFAULT_MISSING in tour.text.text()
+    ) != installed
     seen = []
     for _ in STEPS[1:]:
         tour.next_button.click()
@@ -31,6 +36,17 @@ def test_tour_walks_the_pages_and_is_shown_once(qtbot, tunedesk_home):
     assert not tour.isVisible() and window.current_page() == "model"
     assert tour_done() and "tour" in (tunedesk_home / "settings.ini").read_text()
     assert start_tour_once(window) is None
+
+
+def test_first_step_says_how_to_get_a_model_when_the_installer_left_it_out(qtbot, monkeypatch):
+    import backends.model_store_info as info
+
+    monkeypatch.setattr(info, "default_model_installed", lambda: False)
+    window = MainWindow(probe_hardware=False)
+    qtbot.addWidget(window)
+    tour = start_tour_once(window)
+    assert "HuggingFaceTB/SmolLM2-135M-Instruct and press Download" in tour.text.text()
+    assert "{default}" not in tour.text.text()
 
 
 def test_escape_skips_the_tour_for_good(qtbot, tunedesk_home):
