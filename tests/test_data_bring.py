@@ -178,3 +178,36 @@ def test_the_mapping_goes_into_the_run_config(qtbot, tunedesk_home):
     state.set_data_columns({"prompt": "question", "completion": "answer"})
     assert page.build_config()["data"]["columns"] == {"prompt": "question", "completion": "answer"}
     assert json.dumps(page.build_config()).count("question") == 1
+
+
+@pytest.mark.skipif("columns" not in DataConfig.model_fields, reason="data.columns is not in the schema yet")
+def test_real_check_fills_the_preview_and_a_new_mapping_is_applied(qtbot, tmp_path, tiny_model_dir):
+    """The real `tunedesk data check --json` in a child process: a CSV of question/answer columns is
+    detected, shown, and remapped (the answer taken from another column) with --columns."""
+    csv = tmp_path / "faq.csv"
+    csv.write_text(
+        "id,question,answer,better\n"
+        "1,What are your hours?,9 to 5,Nine to five on weekdays\n"
+        "2,Can I pay by card?,Yes,Yes: Visa and Mastercard\n",
+        encoding="utf-8",
+    )
+    state = AppState()
+    state.set_model(str(tiny_model_dir))
+    state.set_data_file(str(csv))
+    page = DataPage(state)
+    qtbot.addWidget(page)
+    page.run_check()
+    qtbot.waitUntil(lambda: not page.is_checking(), timeout=120_000)
+    assert page.report is not None, page.error
+    cmap = page.column_map
+    assert cmap.mapping() == {"prompt": "question", "completion": "answer"}
+    assert cmap.source_columns == ["id", "question", "answer", "better"]
+    assert cmap.table.item(1, 3).text() == "Yes: Visa and Mastercard"
+    cmap.choose("completion", "better")
+    page.run_check()
+    assert page.check_args[page.check_args.index("--columns") + 1] == "prompt=question,completion=better"
+    qtbot.waitUntil(lambda: not page.is_checking(), timeout=120_000)
+    assert page.report is not None, page.error
+    assert page.report["columns"] == {"prompt": "question", "completion": "better"}
+    assert "Nine to five on weekdays" in page.report["example"]["text"]
+    assert cmap.mapping() == {"prompt": "question", "completion": "better"}
