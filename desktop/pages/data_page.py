@@ -146,6 +146,7 @@ class DataPage(QWidget):
         self.column_map = ColumnMapping()  # preview of the first rows, column drop-downs
         self.column_map.mapping_changed.connect(self.state.set_data_columns)
         self.right_tabs.addTab(self.column_map, "Preview and columns")
+        self.right_tabs.tabBar().setAccessibleName("Example, or preview and columns")
         split.addWidget(self.right_tabs)
         split.setSizes([500, 500])
         layout.addWidget(split, 1)

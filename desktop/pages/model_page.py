@@ -162,6 +162,7 @@ class ModelPage(QWidget):
         self.tabs = QTabWidget()
         self.tabs.addTab(self.table, "Your models")
         self.tabs.addTab(self.finder, "Find and download")
+        self.tabs.tabBar().setAccessibleName("Your models, or find and download")
         layout.addWidget(self.tabs, 1)
 
         buttons = QHBoxLayout()
