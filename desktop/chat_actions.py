@@ -5,7 +5,7 @@ A mixin of ``desktop.chat_page.ChatPage`` (it uses the page's panes, prompt box,
 
 Saved conversations are one JSON line each in the ``messages`` format the data pipeline reads
 (``backends/data/formats.py``): ``{"messages": [{"role": "system"|"user"|"assistant", "content":
-str}, ...]}``, appended to a JSONL file (by default ``<TUNEDESK_HOME>/data/chats.jsonl``), so good
+str}, ...]}``, appended to a JSONL file (by default ``<TUNEDESK_HOME>/datasets/chats.jsonl``), so good
 answers become rows of the next training run.
 """
 
@@ -20,15 +20,15 @@ import yaml
 from PySide6.QtGui import QGuiApplication
 from PySide6.QtWidgets import QFileDialog, QHBoxLayout, QPushButton
 
-from backends import paths
 from desktop.chat_views import BASE, TUNED, ChatPane
+from desktop.data_paste import datasets_dir
 
 CHATS_FILE = "chats.jsonl"
 
 
 def chats_file() -> Path:
-    """Where Save puts conversations unless the user picks another file: the app's data folder."""
-    return paths.home() / "data" / CHATS_FILE
+    """Where Save puts conversations unless the user picks another file: the app's datasets folder."""
+    return datasets_dir() / CHATS_FILE
 
 
 def _read(path: Path) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""Examples pasted into the Data page, turned into a JSONL training file in the app's data folder.
+"""Examples pasted into the Data page, turned into a JSONL training file in the app's datasets folder.
 
 What a person may paste (``parse_pasted``):
 
@@ -116,10 +116,16 @@ def parse_pasted(text: str) -> list[dict[str, Any]]:
     return rows
 
 
+def datasets_dir() -> Path:
+    """Where the app writes the data files it makes (pasted examples, saved chats, a folder's
+    dataset): ``<TUNEDESK_HOME>/datasets``."""
+    return paths.home() / "datasets"
+
+
 def save_pasted(rows: list[dict[str, Any]], folder: str | Path | None = None) -> Path:
-    """Write ``rows`` as ``pasted-YYYYmmdd-HHMMSS.jsonl`` in ``folder`` (default: the app's data
-    folder, ``<TUNEDESK_HOME>/data``), atomically; returns its path."""
-    out_dir = Path(folder) if folder is not None else paths.home() / "data"
+    """Write ``rows`` as ``pasted-YYYYmmdd-HHMMSS.jsonl`` in ``folder`` (default: ``datasets_dir()``),
+    atomically; returns its path."""
+    out_dir = Path(folder) if folder is not None else datasets_dir()
     out_dir.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     path, n = out_dir / f"pasted-{stamp}.jsonl", 1
@@ -141,7 +147,7 @@ class PasteDialog(QDialog):
         intro = QLabel(
             "Type or paste examples of what the model should answer: a question after 'Q:', its answer "
             "after 'A:', a blank line between examples. Two columns copied from a spreadsheet, or JSON "
-            "lines, work too. They are saved as a file in TuneDesk's data folder."
+            "lines, work too. They are saved as a file in TuneDesk's datasets folder."
         )
         intro.setWordWrap(True)
         layout.addWidget(intro)

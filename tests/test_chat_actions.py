@@ -63,10 +63,10 @@ def test_regenerate_copy_save_and_clear(page, tiny_model_dir, capsys):
     assert page.copy_reply() == "The capital of France is Paris."
     assert QApplication.clipboard().text() == "The capital of France is Paris."
 
-    # Save: twice into the app's data folder, appended; the data check reads both rows back.
+    # Save: twice into the app's datasets folder, appended; the data check reads both rows back.
     page.system_prompt.setPlainText("Answer in one sentence.")
     out = page.save_conversation(chats_file())
-    assert out == chats_file() and out.parent.name == "data"
+    assert out == chats_file() and out.parent.name == "datasets"
     page.save_conversation(out)
     rows = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
     assert rows[0] == {

@@ -1,5 +1,5 @@
 """Bringing data on the Data page (pytest-qt, offscreen): pasted examples become a JSONL file in the
-app's data folder that the data check reads back; the preview table and the column drop-downs are
+app's datasets folder that the data check reads back; the preview table and the column drop-downs are
 filled from the check's ``preview`` and ``columns`` (a fake check result: no child process), and a
 changed drop-down re-runs the check with ``--columns`` and reaches the run config as
 ``data.columns``."""
@@ -111,7 +111,7 @@ def test_paste_dialog_writes_a_file_the_check_reads(qtbot, tunedesk_home, tiny_m
     dialog.text.setPlainText(PASTED)
     dialog.accept()
     path = dialog.path
-    assert not dialog.isVisible() and path.parent == tunedesk_home / "data" and path.suffix == ".jsonl"
+    assert not dialog.isVisible() and path.parent == tunedesk_home / "datasets" and path.suffix == ".jsonl"
     assert state.data_file == str(path) and page.path_edit.text() == str(path)
     assert len(path.read_text(encoding="utf-8").splitlines()) == 3
     report = check_file(path, str(tiny_model_dir))
