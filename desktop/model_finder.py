@@ -28,8 +28,8 @@ from PySide6.QtWidgets import (
 )
 
 from backends import model_sources
-from desktop.plan_panel import fit_badge, gb
-from desktop.worker import WorkerProcess, WorkerResult
+from desktop.plan_panel import BADGES, fit_badge, gb
+from desktop.worker import JsonCommand, WorkerProcess, WorkerResult
 
 COLUMNS = ("Model", "Found in", "Kind", "Size", "Fits here?")
 _REPO = re.compile(r"[\w.-]+/[\w.-]+")
@@ -115,8 +115,14 @@ class ModelFinder(QWidget):
         self.repo = QLineEdit()
         self.repo.setPlaceholderText("ORG/NAME, e.g. HuggingFaceTB/SmolLM2-360M-Instruct")
         self.repo.setAccessibleName("Hugging Face model name to download")
-        self.repo.returnPressed.connect(lambda: self.download())
+        self.repo.returnPressed.connect(lambda: self.lookup())
         hub.addWidget(self.repo, 1)
+        self.lookup_button = QPushButton("Size and fit?")
+        self.lookup_button.setToolTip(
+            "Ask the Hub for its download size and check whether it fits here, without downloading it"
+        )
+        self.lookup_button.clicked.connect(lambda: self.lookup())
+        hub.addWidget(self.lookup_button)
         self.download_button = QPushButton("Download")
         self.download_button.setToolTip(
             "Needs an internet connection. Only safetensors weights, the config and the tokenizer are fetched."
@@ -127,6 +133,10 @@ class ModelFinder(QWidget):
         hub.addWidget(self.download_button)
         hub.addWidget(self.cancel_button)
         layout.addLayout(hub)
+        self.info = QLabel("")  # the looked-up size and fit
+        self.info.setWordWrap(True)
+        layout.addWidget(self.info)
+        self._lookup: JsonCommand | None = None
         self.progress = QProgressBar()
         self.progress.setRange(0, 0)
         self.progress.setVisible(False)
@@ -198,6 +208,38 @@ class ModelFinder(QWidget):
         self.worker.start()
         self._update()
         return True
+
+    def lookup(self, text: str | None = None) -> bool:
+        """Ask ``tunedesk models info hf:ORG/NAME --json`` (a child process; only the file list and
+        config.json are fetched) for the download size and the memory plan's verdict; False when
+        ``text`` (default: the box's) is not a model name."""
+        repo = repo_id(self.repo.text() if text is None else text)
+        if repo is None:
+            self.info.setText("Type the model's name as ORG/NAME, e.g. HuggingFaceTB/SmolLM2-360M-Instruct.")
+            return False
+        if self._lookup is not None and self._lookup.is_running():
+            self._lookup.cancel()
+        self._lookup = JsonCommand(["models", "info", f"hf:{repo}", "--json"], self)
+        self._lookup.done.connect(self._on_info)
+        self.info.setText(f"Looking up {repo}…")
+        self._lookup.start()
+        return True
+
+    def is_looking_up(self) -> bool:
+        """True while a size-and-fit lookup runs."""
+        return self._lookup is not None and self._lookup.is_running()
+
+    def _on_info(self, answer: object, error: str) -> None:
+        if not isinstance(answer, dict):
+            self.info.setText(f"Could not look it up: {error}")
+            return
+        p = answer["plan"]
+        need = int(p["peak"]) + int(p.get("reserve") or 0)
+        self.info.setText(
+            f"{answer['ref'].removeprefix('hf:')}: {gb(answer['download_bytes'])} to download. "
+            f"{BADGES[p['verdict']]}: training with the default settings needs about {gb(need)} "
+            f"of the {gb(p.get('available'))} free here."
+        )
 
     def cancel(self) -> None:
         """Stop the download (what arrived stays in the cache; a new download continues it)."""

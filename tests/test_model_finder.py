@@ -66,6 +66,16 @@ def test_download_from_a_stand_in_hub_then_offline(qtbot, fake_home, tiny_model_
     server, seen = serve_repo("acme/tiny-llama", tiny_model_dir)
     monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{server.server_address[1]}")
     try:
+        # Size and fit first: the Hub's file list and config.json, no weights.
+        finder.repo.setText("acme/tiny-llama")
+        finder.lookup_button.click()
+        qtbot.waitUntil(lambda: not finder.is_looking_up(), timeout=TIMEOUT_MS)
+        size = sum(f.stat().st_size for f in tiny_model_dir.iterdir())
+        assert finder.info.text().startswith(f"acme/tiny-llama: {size / 2**20:.0f} MB to download. ✓ fits: ")
+        assert not any("model.safetensors" in line for line in seen)
+        finder.lookup("acme/nope")
+        qtbot.waitUntil(lambda: not finder.is_looking_up(), timeout=TIMEOUT_MS)
+        assert "the Hugging Face Hub has no model acme/nope" in finder.info.text()
         finder.repo.setText("https://huggingface.co/acme/tiny-llama")
         finder.download_button.click()
         assert finder.is_downloading() and not finder.download_button.isEnabled()
@@ -83,3 +93,9 @@ def test_download_from_a_stand_in_hub_then_offline(qtbot, fake_home, tiny_model_
     text = finder.status.text()
     assert text.startswith("Download failed: ") and "cannot download acme/other-model" in text
     assert "HF_HUB_OFFLINE" in text and finder.download_button.isEnabled()
+    finder.lookup("acme/other-model")
+    qtbot.waitUntil(lambda: not finder.is_looking_up(), timeout=TIMEOUT_MS)
+    assert finder.info.text() == (
+        "Could not look it up: cannot look up acme/other-model: HF_HUB_OFFLINE is set "
+        "(unset HF_HUB_OFFLINE to allow downloads)"
+    )
