@@ -86,6 +86,7 @@ class DataPage(QWidget):
         row = QHBoxLayout()
         self.path_edit = QLineEdit()
         self.path_edit.setReadOnly(True)
+        self.path_edit.setAccessibleName("Chosen data file")
         row.addWidget(self.path_edit, 1)
         browse = QPushButton("Choose file…")
         browse.clicked.connect(self._browse)
@@ -125,7 +126,7 @@ class DataPage(QWidget):
         h.setSectionResizeMode(2, QHeaderView.ResizeMode.Stretch)
         pb.addWidget(self.problems)
         left_layout.addWidget(problems_box, 1)
-        self.histogram = Chart("Token length per row", "tokens", "rows")
+        self.histogram = Chart("Length of each row", "text pieces (tokens)", "rows")
         left_layout.addWidget(self.histogram, 1)
         split.addWidget(left)
         example_box = QGroupBox("Example, as the model sees it (highlighted: trained on)")
@@ -223,7 +224,7 @@ class DataPage(QWidget):
             )
             self.problems.setRowCount(0)
             self.example.clear()
-            self.histogram.clear_data()
+            self._show_histogram({})  # the bars are plot items, not series: clear_data keeps them
         else:
             self.show_report(report)
         self.check_finished.emit(report)
@@ -241,9 +242,13 @@ class DataPage(QWidget):
         ]
         if lengths:
             parts.append(
-                f"tokens per row: min {_int(lengths.get('min'))}, median {_int(lengths.get('median'))}, "
-                f"95th percentile {_int(lengths.get('p95'))}, max {_int(lengths.get('max'))}"
-                + (f"; {lengths.get('over_max')} longer than the limit" if lengths.get("over_max") else "")
+                f"length in text pieces (tokens): shortest {_int(lengths.get('min'))}, middle {_int(lengths.get('median'))}, "
+                f"95 % under {_int(lengths.get('p95'))}, longest {_int(lengths.get('max'))}"
+                + (
+                    f"; {lengths.get('over_max')} longer than the limit (cut to fit)"
+                    if lengths.get("over_max")
+                    else ""
+                )
             )
         notices = [html.escape(str(n)) for n in report.get("notices") or []]
         text = " · ".join(parts)
