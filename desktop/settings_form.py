@@ -31,7 +31,7 @@ from PySide6.QtWidgets import (
 )
 
 from backends.config import field_docs
-from desktop.settings_words import plain_words
+from desktop.settings_words import choice_words, plain_words
 
 SECTION_TITLES = {
     "": "General",
@@ -128,7 +128,7 @@ class FieldEditor(QWidget):
             if self.optional:
                 box.addItem("(not set)", None)
             for choice in doc["choices"]:
-                box.addItem(str(choice), choice)
+                box.addItem(choice_words(self.key, choice), choice)
             if self.kind == "choice_or_list":
                 box.setEditable(True)
                 box.lineEdit().setPlaceholderText("a choice, or module names separated by commas")

@@ -147,6 +147,34 @@ PLAIN: dict[str, tuple[str, str]] = {
     "output.run_name": ("Run name", "The run folder's name; empty: model, method and time."),
 }
 
+# Choices shown in words, the term in brackets (the value stored stays the term).
+CHOICE_WORDS: dict[str, dict[object, str]] = {
+    "method": {
+        "sft": "From examples (SFT)",
+        "dpo": "Good vs bad answers (DPO)",
+        "orpo": "Good vs bad answers, one pass (ORPO)",
+        "kto": "Thumbs up / down (KTO)",
+        "grpo": "Scored answers (GRPO)",
+    },
+    "backend": {"auto": "Automatic", "torch": "PyTorch", "mlx": "MLX (Apple)"},
+    "training.precision": {
+        "auto": "Automatic",
+        "fp32": "Full (fp32)",
+        "bf16": "Half (bf16)",
+        "fp16": "Half, older GPUs (fp16)",
+    },
+    "data.train_on": {
+        "completion": "Only the answers",
+        "all": "The whole text",
+        "last_turn": "Only the last answer",
+    },
+}
+
+
+def choice_words(key: str, choice: object) -> str:
+    """How the choice ``choice`` of the setting ``key`` reads in the form."""
+    return CHOICE_WORDS.get(key, {}).get(choice, str(choice))
+
 
 def plain_words(key: str, description: str = "") -> tuple[str, str]:
     """(everyday name, one-line explanation) of the setting ``key``; a field without words here

@@ -90,14 +90,14 @@ class TrainPage(QWidget):
                 self.preset_box.count() - 1, PRESET_HELP.get(name, ""), Qt.ItemDataRole.ToolTipRole
             )
         self.preset_box.currentIndexChanged.connect(self._on_preset)
-        basics.addRow("Preset", self.preset_box)
+        basics.addRow("Ready-made settings\n(preset)", self.preset_box)
         self.preset_help = QLabel()
         self.preset_help.setWordWrap(True)
         self.preset_help.setEnabled(False)
         basics.addRow("", self.preset_help)
         method_doc = next(d for d in field_docs() if d["key"] == "method")
         self.method_editor = FieldEditor(method_doc)
-        basics.addRow("Method", self.method_editor)
+        basics.addRow("How to teach\n(method)", self.method_editor)
         left_layout.addLayout(basics)
 
         self.data_error = QLabel("")
