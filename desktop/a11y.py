@@ -1,4 +1,5 @@
-"""Accessible names for every control a keyboard or a screen reader reaches.
+"""Accessible names for every control a keyboard or a screen reader reaches, and Enter on a
+focused button presses it (Qt does that only inside dialogs: ``enter_presses_buttons``).
 
 ``name_controls(root)`` gives each focusable control under ``root`` that has no accessible name
 one, from (in this order) its form label (``QFormLayout``) or buddy label, its own text, its
@@ -17,6 +18,7 @@ from PySide6.QtWidgets import (
     QLabel,
     QLineEdit,
     QPlainTextEdit,
+    QPushButton,
     QWidget,
 )
 
@@ -74,3 +76,10 @@ def name_controls(root: QWidget) -> None:
         words = words or labelled.get(widget, "") or _own_words(widget) or _group_title(widget)
         if words:
             widget.setAccessibleName(words)
+
+
+def enter_presses_buttons(root: QWidget) -> None:
+    """Let Enter press the focused push button under ``root``, as Space does (Qt's ``autoDefault``,
+    on by default only in dialogs)."""
+    for button in root.findChildren(QPushButton):
+        button.setAutoDefault(True)

@@ -22,7 +22,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from desktop.a11y import name_controls
+from desktop.a11y import enter_presses_buttons, name_controls
 from desktop.hardware_header import HardwareHeader
 from desktop.state import AppState
 from desktop.theme import THEMES, ThemeManager
@@ -154,11 +154,14 @@ class MainWindow(QMainWindow):
         if key not in self._pages:
             page = self._build(key)
             name_controls(page)
+            enter_presses_buttons(page)
             self._pages[key] = page
             index = PAGES.index(key)
             placeholder = self._placeholders.pop(key)
             current = self.stack.currentIndex()
-            self.stack.insertWidget(index, PageScroll(page))
+            scroll = PageScroll(page)
+            scroll.setAccessibleName(f"{NAV_TITLES[key].split()[-1]} page")  # a Tab stop when it scrolls
+            self.stack.insertWidget(index, scroll)
             self.stack.removeWidget(placeholder)
             placeholder.deleteLater()
             self.stack.setCurrentIndex(current)

@@ -8,7 +8,7 @@ import pytest
 from PySide6.QtCore import Qt
 from PySide6.QtGui import QPalette
 from PySide6.QtTest import QTest
-from PySide6.QtWidgets import QApplication, QLabel, QWidget
+from PySide6.QtWidgets import QApplication, QLabel, QPushButton, QWidget
 
 from backends.config import field_docs
 from desktop.a11y import focusable
@@ -81,7 +81,7 @@ def test_dark_mode_switch_is_remembered_and_charts_follow(window):
 def test_every_control_is_reached_by_tab_and_has_a_name(window, qtbot):
     window.resize(1280, 820)
     window.activateWindow()
-    unnamed, unreached = [], []
+    unnamed, unreached, no_enter = [], [], []
     for key in PAGES:
         window.show_page(key)
         settle()
@@ -90,6 +90,9 @@ def test_every_control_is_reached_by_tab_and_has_a_name(window, qtbot):
             w for w in page.findChildren(QWidget) if w.isVisibleTo(page) and w.isEnabled() and focusable(w)
         ]
         unnamed += [f"{key}: {type(w).__name__}" for w in controls if not w.accessibleName()]
+        no_enter += [
+            f"{key}: {w.text()}" for w in controls if isinstance(w, QPushButton) and not w.autoDefault()
+        ]
         start = controls[0]
         start.setFocus()
         qtbot.waitUntil(start.hasFocus, timeout=2000)
@@ -99,6 +102,7 @@ def test_every_control_is_reached_by_tab_and_has_a_name(window, qtbot):
             seen.add(QApplication.focusWidget())
         unreached += [f"{key}: {w.accessibleName() or type(w).__name__}" for w in controls if w not in seen]
     assert not unnamed, unnamed
+    assert not no_enter, f"Enter does not press: {no_enter}"
     assert not unreached, unreached
 
 
