@@ -13,10 +13,11 @@ import math
 import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import QEvent, Qt, QTimer
-from PySide6.QtGui import QColor, QPalette
+from PySide6.QtGui import QColor, QPalette, QResizeEvent
 from PySide6.QtWidgets import QApplication, QWidget
 
 LONG_SERIES = 10_000  # points; longer series redraw at most once a second
+LEGEND_MIN_WIDTH = 320  # pixels; a narrower chart shows no legend
 
 # Colour-blind-safe pairs (Okabe-Ito), a darker tone for light and a lighter one for dark backgrounds.
 COLORS_LIGHT = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000"]
@@ -147,7 +148,7 @@ class Chart(pg.PlotWidget):
             self.plotItem.getAxis("bottom").enableAutoSIPrefix(False)
         self.plotItem.setMenuEnabled(False)
         self.legend = self.plotItem.addLegend(offset=(-10, 10))
-        self.setMinimumHeight(160)
+        self.setMinimumHeight(120)  # two rows of charts still fit a 640-pixel-high screen
         self.setAccessibleName(title)
         self.setFocusPolicy(Qt.FocusPolicy.NoFocus)  # a picture to read, not a stop for the Tab key
         self._timer = QTimer(self)
@@ -269,6 +270,9 @@ class Chart(pg.PlotWidget):
             ax.setTextPen(pg.mkPen(fg))
         self.plotItem.setTitle(self._title, color=fg.name(), size="11pt")
         self.legend.setLabelTextColor(QColor(fg))
+        behind = QColor(palette.color(QPalette.ColorRole.Base))
+        behind.setAlpha(200)  # the legend stays readable where it covers a curve
+        self.legend.setBrush(behind)
         colors = COLORS_DARK if is_dark(palette) else COLORS_LIGHT
         for index, name in enumerate(self._curves):
             if name in self._palette_colored:
@@ -280,6 +284,13 @@ class Chart(pg.PlotWidget):
                 item.setSymbolBrush(color)
         for _sample, label in self.legend.items:  # re-colour the legend's text
             label.setText(label.text, color=fg.name())
+
+    def resizeEvent(self, event: QResizeEvent) -> None:  # noqa: N802 (Qt override)
+        """Hide the legend where the chart is too narrow for it (it would cover the curves and run
+        past the edge); it shows again when the chart is widened."""
+        super().resizeEvent(event)
+        if hasattr(self, "legend"):
+            self.legend.setVisible(self.width() >= LEGEND_MIN_WIDTH)
 
     def changeEvent(self, event: QEvent) -> None:  # noqa: N802 (Qt override)
         """Follow a system switch between light and dark palettes."""

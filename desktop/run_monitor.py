@@ -90,14 +90,18 @@ class RunMonitor(QWidget):
         charts = QWidget()
         grid = QGridLayout(charts)
         grid.setContentsMargins(0, 0, 0, 0)
-        self.loss_chart = Chart("Loss (lower: closer to your data's answers)", "step", "loss")
+        self.loss_chart = Chart("Loss (lower is better)", "step", "loss")
+        self.loss_chart.setToolTip("Loss: how far the model's answers are from your data's; lower is closer")
         self.loss_chart.add_series("train loss", label=STEP_LOSS)
         self.loss_chart.add_series("validation loss", symbol=True, label="loss on held-out rows (validation)")
         self.lr_chart = Chart("Learning rate", "step", "learning rate")
         self.lr_chart.add_series("learning rate")
-        self.speed_chart = Chart("Speed", "step", "text pieces (tokens) per second")
+        self.speed_chart = Chart("Speed", "step", "tokens/s")
         self.speed_chart.add_series("tokens/s", label="tokens per second")
-        self.memory_chart = Chart("Memory", "training time (minutes)", "memory in use", y_units="B")
+        self.speed_chart.setToolTip(
+            "Speed: tokens (text pieces, about ¾ of a word each) trained on per second"
+        )
+        self.memory_chart = Chart("Memory in use", "training time (minutes)", "memory", y_units="B")
         for name, label in MEMORY_SERIES.items():
             self.memory_chart.add_series(name, unique_x=False, label=label)
         # DPO and ORPO runs: the reward margin and accuracy of each step, validation accuracy.
@@ -142,6 +146,7 @@ class RunMonitor(QWidget):
         splitter = QSplitter(Qt.Orientation.Vertical)
         splitter.addWidget(charts)
         splitter.addWidget(self.log)
+        splitter.setChildrenCollapsible(False)  # the page scrolls before a chart is cut
         splitter.setStretchFactor(0, 5)
         splitter.setStretchFactor(1, 1)
         splitter.setSizes([600, 120])

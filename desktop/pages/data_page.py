@@ -15,6 +15,7 @@ from PySide6.QtCore import Qt, QTimer, Signal
 from PySide6.QtGui import QColor, QDragEnterEvent, QDropEvent, QPalette
 from PySide6.QtWidgets import (
     QAbstractItemView,
+    QApplication,
     QFileDialog,
     QGridLayout,
     QGroupBox,
@@ -275,8 +276,9 @@ class DataPage(QWidget):
         example = report.get("example") or {}
         if example.get("text"):
             # A tint of the palette's highlight colour keeps the text readable on light and dark.
-            highlight = self.palette().color(QPalette.ColorRole.Highlight)
-            base = self.palette().color(QPalette.ColorRole.Base)
+            palette = QApplication.palette(self)  # this page's palette() may lag behind a theme switch
+            highlight = palette.color(QPalette.ColorRole.Highlight)
+            base = palette.color(QPalette.ColorRole.Base)
             tint = QColor(
                 (highlight.red() + 2 * base.red()) // 3,
                 (highlight.green() + 2 * base.green()) // 3,
@@ -306,6 +308,11 @@ class DataPage(QWidget):
         )
         if self.max_seq_length <= x1.max() * 1.2:
             self.histogram.plotItem.addItem(line)
+
+    def follow_palette(self) -> None:
+        """Draw the report again in the current colours (the window calls it on a theme switch)."""
+        if self.report is not None:
+            self.show_report(self.report)
 
     def problem_rows(self) -> list[tuple[str, str, str]]:
         """The dropped-rows table as text: (row, field, reason) per line."""
