@@ -313,7 +313,9 @@ def analyze_file(
             f"({rows.unit}s {listed}; each is listed under problems)"
         )
     if packing and examples:
-        examples, stats = pack_documents(examples, max_seq_length, tokenizer.bos_token_id)
+        examples, stats = pack_documents(
+            examples, max_seq_length, encoder.bos_id if encoder.adds_bos else None
+        )
         report.notices.append(
             f"plain text packed: {stats.documents} documents ({stats.tokens_in:,} tokens) joined with EOS "
             f"into {stats.sequences} sequences of up to {max_seq_length} tokens, {100 * stats.kept:.1f}% "
