@@ -244,3 +244,35 @@ def test_from_folder_on_this_repository_leaves_no_secret_duplicate_or_ignored_fi
     steps = [e for e in events if e["event"] == "step"]
     assert len(steps) == 2 and all(e["loss"] > 0 for e in steps)
     assert events[-1]["event"] == "run_finished"
+
+
+def test_word_and_html_are_read_as_text_and_a_missing_library_is_a_reason(tmp_path, monkeypatch):
+    import docx
+
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    document = docx.Document()
+    document.add_heading("Returns policy", level=1)
+    document.add_paragraph("Parcels come back within thirty days, unopened, with the receipt.")
+    document.save(folder / "policy.docx")
+    (folder / "page.html").write_text(
+        "<html><head><style>p{color:red}</style><script>var tracking = 1;</script></head><body>"
+        "<h2>Opening hours</h2><p>Monday to Friday, nine to five.</p></body></html>"
+    )
+    (folder / "broken.pdf").write_bytes(b"%PDF-1.4 not really a pdf")
+    out = tmp_path / "d.jsonl"
+    report = build_dataset(folder, out)
+    texts = {HEADER.match(r["text"]).group(1): r["text"] for r in rows_of(out)}
+    assert "# Returns policy" in texts["policy.docx"] and "thirty days, unopened" in texts["policy.docx"]
+    assert "## Opening hours" in texts["page.html"] and "Monday to Friday" in texts["page.html"]
+    assert "tracking" not in texts["page.html"] and "color:red" not in texts["page.html"]
+    assert {s["path"]: s["reason"] for s in report["skipped"]} == {"broken.pdf": "unreadable"}
+    monkeypatch.setitem(__import__("sys").modules, "pypdf", None)  # as if the extra were not installed
+    monkeypatch.setitem(__import__("sys").modules, "docx", None)
+    report = build_dataset(folder, out)
+    details = {s["path"]: s["detail"] for s in report["skipped"]}
+    assert (
+        details["broken.pdf"]
+        == "a PDF needs the optional package 'pypdf' (pip install 'tunedesk[documents]')"
+    )
+    assert "python-docx" in details["policy.docx"] and report["files_taken"] == 1
