@@ -109,6 +109,7 @@ def test_first_step_equals_torch(method, tiny_model_dir, shared_data, tmp_path):
         assert mlx_eval[key] == pytest.approx(value, abs=1e-4), key
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["orpo", "kto"])
 def test_mlx_run_stops_and_resumes_exactly(method, tiny_model_dir, shared_data, tmp_path):
     """`backend: mlx` through the shared loop: the method's figures on every step, a stop after
