@@ -64,6 +64,12 @@ class DataConfig(_Strict):
     packing: bool = Field(
         False, description="Pack several short rows into one sequence (attention kept within each row)."
     )
+    pack_text: bool = Field(
+        True,
+        description="Plain text (format text, for continued pre-training): documents joined with EOS "
+        "between them and cut into full sequences of training.max_seq_length, so no token is lost "
+        "(off: each row is one sequence, cut at max_seq_length).",
+    )
     system_prompt: str | None = Field(None, description="System prompt added to rows that have none.")
     replay: float = Field(
         0.0,
