@@ -128,9 +128,8 @@ class RunMonitor(QWidget):
             self.dpo_chart,
             self.drift_chart,
         ]
-        self.method_charts = MethodCharts()  # ORPO, KTO: each method's own figures
-        for chart in self.method_charts.charts:
-            grid.addWidget(chart, 4, 0, 1, 2)
+        self.method_charts = MethodCharts()  # ORPO, KTO, GRPO: each method's own figures
+        self.method_charts.place(grid, 4)
         self.charts += self.method_charts.charts
 
         self.log = QPlainTextEdit()
@@ -158,7 +157,7 @@ class RunMonitor(QWidget):
         for chart in self.charts:
             chart.clear_data()
         self.dpo_chart.setVisible(False)
-        self.method_charts.show_for(None)
+        self.method_charts.reset()
         self.drift_chart.setVisible(False)
         self.forgetting: dict[str, Any] | None = None
         self.log.clear()

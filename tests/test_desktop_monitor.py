@@ -198,8 +198,8 @@ def test_format_duration():
 def test_monitor_charts_kto_and_orpo_figures(qtbot):
     m = RunMonitor()
     qtbot.addWidget(m)
-    kto = m.method_charts.by_method["kto"]
-    orpo = m.method_charts.by_method["orpo"]
+    (kto,) = m.method_charts.by_method["kto"]
+    (orpo,) = m.method_charts.by_method["orpo"]
     m.handle_event(started_event())
     assert not kto.isVisibleTo(m) and not orpo.isVisibleTo(m)
     m.handle_event(step_event(1, 0.5, kl=0.2, rewards_desirable=0.3, desirable_share=0.5))

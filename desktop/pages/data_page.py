@@ -23,6 +23,7 @@ from PySide6.QtWidgets import (
     QHeaderView,
     QLabel,
     QLineEdit,
+    QMenu,
     QProgressBar,
     QPushButton,
     QSplitter,
@@ -33,6 +34,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from backends import paths
 from desktop.charts import Chart, series_color
 from desktop.pages import intro_label
 from desktop.state import AppState, sample_data_path
@@ -61,6 +63,17 @@ def render_spans(text: str, spans: list[Any], highlight: QColor) -> str:
     return "<pre style='white-space:pre-wrap'>" + "".join(out) + "</pre>"
 
 
+def folder_summary(report: dict[str, Any]) -> str:
+    """One line on a ``data from-folder --json`` report: taken, skipped, secrets, duplicates."""
+    secrets = len(report.get("secrets") or [])
+    dups = int(report.get("duplicates_exact", 0)) + int(report.get("duplicates_near", 0))
+    return (
+        f"From {report.get('root')}: {report.get('chunks')} chunks from {report.get('files_taken')} files; "
+        f"{len(report.get('skipped') or [])} files or folders skipped (ignored, vendored, binary, ...); "
+        f"{secrets} secret(s) removed; {dups} duplicate chunk(s) dropped."
+    )
+
+
 class DataPage(QWidget):
     """Chooses the data file and shows its check report."""
 
@@ -74,6 +87,7 @@ class DataPage(QWidget):
         self.report: dict[str, Any] | None = None
         self.error: str | None = None
         self._check: JsonCommand | None = None
+        self.folder_report: dict[str, Any] | None = None  # the last `data from-folder --json` report
         self.setAcceptDrops(True)
 
         layout = QVBoxLayout(self)
@@ -96,6 +110,21 @@ class DataPage(QWidget):
         sample.setToolTip(f"The built-in sample: {sample_data_path()}")
         sample.clicked.connect(lambda: self.state.set_data_file(str(sample_data_path())))
         row.addWidget(sample)
+        self.folder_button = QPushButton("Use a folder…")
+        self.folder_button.setToolTip(
+            "Make a dataset from a folder of documents or a code repository (tunedesk data from-folder): "
+            "skips what .gitignore ignores, removes secrets and duplicates"
+        )
+        folder_menu = QMenu(self.folder_button)
+        folder_menu.addAction(
+            "As plain text, to learn its content (continued pre-training)…"
+        ).triggered.connect(lambda: self._choose_folder("text"))
+        folder_menu.addAction("As questions and answers to fill in (qa)…").triggered.connect(
+            lambda: self._choose_folder("qa")
+        )
+        self.folder_button.setMenu(folder_menu)
+        row.addWidget(self.folder_button)
+        self._from_folder: JsonCommand | None = None
         self.recheck = QPushButton("Check again")
         self.recheck.clicked.connect(self.run_check)
         row.addWidget(self.recheck)
@@ -160,6 +189,42 @@ class DataPage(QWidget):
         path, _ = QFileDialog.getOpenFileName(self, "Choose training data", start, DATA_FILTER)
         if path:
             self.state.set_data_file(path)
+
+    def _choose_folder(self, mode: str) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Choose a folder of documents or code")
+        if folder:
+            self.use_folder(folder, mode)
+
+    def use_folder(self, folder: str, mode: str = "text") -> None:
+        """Run ``tunedesk data from-folder FOLDER --mode MODE`` in a child process, writing
+        ``<app data>/datasets/<folder name>[-qa].jsonl``, then choose that file (and check it)."""
+        out = (
+            paths.home()
+            / "datasets"
+            / f"{Path(folder).name or 'folder'}{'-qa' if mode == 'qa' else ''}.jsonl"
+        )
+        args = ["data", "from-folder", folder, "--out", str(out), "--mode", mode, "--json"]
+        self._from_folder = JsonCommand(args, self)
+        self._from_folder.done.connect(self._on_folder_done)
+        self._from_folder.log_line.connect(
+            lambda line: line.strip() and self.summary.setText(html.escape(line.strip()))
+        )
+        self.folder_button.setEnabled(False)
+        self.progress.setVisible(True)
+        self.summary.setText(f"Reading {html.escape(folder)}…")
+        self._from_folder.start()
+
+    def _on_folder_done(self, report: dict[str, Any] | None, error: str) -> None:
+        self.folder_button.setEnabled(True)
+        self.progress.setVisible(False)
+        if report is None:
+            self.summary.setText(
+                f"<span style='color:#d9534f'><b>Cannot use this folder:</b> {html.escape(error)}</span>"
+            )
+            return
+        self.folder_report = report
+        self.state.set_data_file(report["out"])
+        self._on_choice_changed()  # checks the new file at once (the page is visible)
 
     def _on_choice_changed(self, *_: Any) -> None:
         self.path_edit.setText(self.state.data_file)
@@ -228,6 +293,9 @@ class DataPage(QWidget):
             self._show_histogram({})  # the bars are plot items, not series: clear_data keeps them
         else:
             self.show_report(report)
+            folder = self.folder_report
+            if folder and report.get("file") == folder.get("out"):
+                self.summary.setText(f"{html.escape(folder_summary(folder))}<br>{self.summary.text()}")
         self.check_finished.emit(report)
 
     # --- showing ---
