@@ -33,11 +33,12 @@ from torch import nn
 
 from backends.config import RunConfig
 from backends.data.types import IGNORE_INDEX, Batch, PreferenceBatch
-from backends.errors import RunFailed
+from backends.errors import RunFailed, UserInputError
 from backends.lora_targets import peft_target_modules
 from backends.torch_backend import preference_methods, quantize
 from backends.torch_backend.device import _DTYPES, pick_device, resolve_precision
 from backends.torch_backend.device import cpu_has_fast_bf16 as cpu_has_fast_bf16  # re-exported
+from backends.torch_backend.forward import LabelledForward
 from backends.torch_backend.loading import load_causal_lm
 from backends.torch_backend.state_files import StateFiles
 from backends.training import measure
@@ -74,13 +75,17 @@ def _is_oom(exc: BaseException) -> bool:
 class TorchEngine(StateFiles):
     """LoRA/DoRA fine-tuning of a transformers causal LM with PyTorch (see module docstring).
 
-    ``device``: "cuda", "mps" or "cpu" (default: ``pick_device()``).
+    ``device``: "cuda", "mps" or "cpu" (default: ``pick_device()``). ``world``: the run's
+    processes when this is one of several (``backends.torch_backend.distributed``), else None.
     """
 
     name = "torch"
 
-    def __init__(self, device: str | None = None) -> None:
+    def __init__(self, device: str | None = None, world: Any = None) -> None:
         self.device = device or pick_device()
+        self.world = world
+        self._forward: nn.Module | None = None
+        self._ddp: nn.Module | None = None
         self.precision = "fp32"
         self.config: RunConfig | None = None
         self.model: Any = None  # peft.PeftModel
@@ -113,7 +118,8 @@ class TorchEngine(StateFiles):
         if bits:
             notes += quantize.check_quantization(bits, self.device)
             load_kwargs["quantization_config"] = quantize.quantization_config(bits, _DTYPES[self.precision])
-            load_kwargs["device_map"] = self.device
+            # One GPU per process: the current one (torch.cuda.set_device), not always the first.
+            load_kwargs["device_map"] = {"": torch.cuda.current_device()} if self.world else self.device
             notes.append(
                 f"base quantised to {bits} bits ({'nf4, double quantisation' if bits == 4 else 'LLM.int8()'})"
             )
@@ -147,13 +153,24 @@ class TorchEngine(StateFiles):
             warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
             self.model = get_peft_model(base, lora)  # adapters in fp32 (peft's autocast_adapter_dtype)
         self.model.train()
+        model_type = getattr(base.config, "model_type", "")
+        self._fast_loss = model_type in FAST_LOSS_MODEL_TYPES
+        self._forward = LabelledForward(self.model, self._fast_loss)
+        if self.world is not None:
+            from backends.torch_backend import distributed
+
+            self._ddp = distributed.wrap(self._forward, self.world)
+            # Every process drew the same LoRA init (rank 0's is sent to all by DDP anyway); from
+            # here each draws its own dropout masks, kept per rank in the checkpoints.
+            torch.manual_seed(t.seed + self.world.rank)
+            notes.append(
+                f"DDP over {self.world.size} processes ({'NCCL' if self.device == 'cuda' else 'gloo'})"
+            )
         self._params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = quantize.make_optimizer(
             t.optimizer, self._params, self.device, lr=t.learning_rate, weight_decay=t.weight_decay
         )
         self.scaler = torch.amp.GradScaler(self.device) if self.precision == "fp16" else None
-        model_type = getattr(base.config, "model_type", "")
-        self._fast_loss = model_type in FAST_LOSS_MODEL_TYPES
         total = sum(p.numel() for p in self.model.parameters())
         trainable = sum(p.numel() for p in self._params)
         method = "DoRA" if config.lora.use_dora else "LoRA"
@@ -209,17 +226,12 @@ class TorchEngine(StateFiles):
         else:
             mask = self._tensor(batch.attention_mask)
         selected = targets != IGNORE_INDEX
-        hf_model = self.model.get_base_model()
+        assert self._forward is not None
+        # Training steps go through DDP (gradient synchronisation); evaluation and the reference
+        # pass (no gradient) run locally.
+        forward = self._ddp if self._ddp is not None and torch.is_grad_enabled() else self._forward
         with self._autocast():
-            if self._fast_loss:
-                hidden = hf_model.get_decoder()(
-                    input_ids=input_ids, attention_mask=mask, position_ids=position_ids, use_cache=False
-                ).last_hidden_state
-                logits = hf_model.get_output_embeddings()(hidden[:, :-1][selected])
-            else:
-                logits = hf_model(
-                    input_ids=input_ids, attention_mask=mask, position_ids=position_ids, use_cache=False
-                ).logits[:, :-1][selected]
+            logits = forward(input_ids, mask, position_ids, selected)
         rows = torch.nonzero(selected, as_tuple=True)[0]
         return logits.float(), targets[selected], rows
 
@@ -275,6 +287,8 @@ class TorchEngine(StateFiles):
         """
         assert self.model is not None and self.optimizer is not None and self.config is not None
         total_labels = sum(int(b.num_label_tokens) for b in micro_batches)
+        if self.world is not None:  # the loss is per label token of the GLOBAL batch
+            total_labels = int(self.world.totals([float(total_labels)])[0])
         if total_labels <= 0:
             rows = sorted({r for b in micro_batches for r in b.rows})
             raise RunFailed(
@@ -297,16 +311,29 @@ class TorchEngine(StateFiles):
                 mean_loss = extra.pop("loss")
             else:
                 loss_total = 0.0
-                for batch in micro_batches:
-                    loss = self.loss_sum(batch)
-                    self._backward(loss / total_labels)
+                # DDP averages the processes' gradients: scale by their number so the sum of the
+                # global batch's token losses / its label tokens is what is differentiated.
+                scale = self.world.size if self.world is not None else 1
+                for i, batch in enumerate(micro_batches):
+                    with self._no_sync(last=i == len(micro_batches) - 1):
+                        loss = self.loss_sum(batch)
+                        self._backward(loss * scale / total_labels)
                     loss_total += float(loss.detach())
+                if self.world is not None:
+                    loss_total = self.world.totals([loss_total])[0]
                 mean_loss = loss_total / total_labels
         except Exception as exc:
             self._raise_if_oom(exc)
             raise
         result = self._update(mean_loss)
         return {**result, **extra}
+
+    def _no_sync(self, last: bool) -> contextlib.AbstractContextManager:
+        """DDP's ``no_sync`` for every micro-batch but the step's last (gradient accumulation:
+        the gradients are averaged once, in the last backward)."""
+        if self._ddp is None or last:
+            return contextlib.nullcontext()
+        return self._ddp.no_sync()
 
     def _grpo(self) -> Any:
         """The run's GRPO state (``grpo_step.GRPORunner``), made on first use."""
@@ -462,5 +489,18 @@ class TorchEngine(StateFiles):
 
 def create_engine(config: RunConfig, device: str | None = None) -> TorchEngine:
     """The backend factory ``backends.jobs.make_engine`` calls: a TorchEngine on ``device``, else
-    the best available one (``pick_device``); nothing is loaded until ``setup``."""
-    return TorchEngine(pick_device(device))
+    the best available one (``pick_device``); nothing is loaded until ``setup``. In a process
+    started by torchrun (``distributed.is_distributed``) it joins the process group first.
+    Raises UserInputError for a method other than SFT on several processes."""
+    from backends.torch_backend import distributed
+
+    device = pick_device(device)
+    if not distributed.is_distributed():
+        return TorchEngine(device)
+    if config.method != "sft":
+        raise UserInputError(
+            f"method {config.method} trains on one process only; several processes (--nproc) run SFT",
+            field="method",
+            hint="drop --nproc, or use method: sft",
+        )
+    return TorchEngine(device, distributed.join(device))

@@ -59,6 +59,20 @@ class StateFiles:
         if self.scaler is not None and (folder / "scaler.pt").is_file():
             self.scaler.load_state_dict(torch.load(folder / "scaler.pt", weights_only=True))
 
+    def rng_state(self) -> dict[str, list[int]]:
+        """This process's torch RNG states as lists of bytes (JSON-able; a checkpoint's
+        ``rank-<R>.json`` on several processes): the CPU generator and the current CUDA one."""
+        rng = {"cpu": torch.get_rng_state().tolist()}
+        if self.device == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state().tolist()
+        return rng
+
+    def set_rng_state(self, state: dict[str, list[int]]) -> None:
+        """Restore what ``rng_state`` returned."""
+        torch.set_rng_state(torch.tensor(state["cpu"], dtype=torch.uint8))
+        if "cuda" in state and self.device == "cuda":
+            torch.cuda.set_rng_state(torch.tensor(state["cuda"], dtype=torch.uint8))
+
     def save_adapter(self, folder: Path) -> None:
         """The final adapter in peft format: ``adapter_config.json`` + ``adapter_model.safetensors``
         (loads with ``peft.PeftModel.from_pretrained(base, folder)``)."""
