@@ -184,8 +184,15 @@ def run_training(
                 hint="set backend: torch, or drop --nproc",
             )
         say(f"loading {config.model} for {engine.name} on {engine.device}")
+        # FSDP: the weights are sharded over the processes, so the one-device plan does not refuse.
+        sharded = process is not None and config.training.distributed == "fsdp"
+        if sharded:
+            say("FSDP: the memory plan is for one process holding the whole model; not checked")
+            say("the forgetting check is off with FSDP (it would run on rank 0 alone)")
         with failures_before_the_run(early, "loading the model"):
-            config, memory_plan = plan_run(config, model_dir, engine, say)
+            config, memory_plan = plan_run(
+                config, model_dir, engine, say, check=not sharded, several=process is not None
+            )
             setup_info = engine.setup(config, model_dir)
         setup_info["memory_plan"] = memory_plan
         stop_if_asked()
@@ -226,7 +233,9 @@ def run_training(
                     batcher=batcher_for(data.method),
                     stop=stop,
                     pad_token_id=int(pad or 0),
-                    forgetting=ForgettingHook(
+                    forgetting=None
+                    if sharded
+                    else ForgettingHook(
                         engine, config, tokenizer, spec_renderer(tokenizer, data.render_spec)
                     ),
                     vocab_size=len(tokenizer),
@@ -241,11 +250,19 @@ def run_training(
 
 
 def plan_run(
-    config: RunConfig, model_dir: Path, engine: Engine, say: Any
+    config: RunConfig,
+    model_dir: Path,
+    engine: Engine,
+    say: Any,
+    *,
+    check: bool = True,
+    several: bool = False,
 ) -> tuple[RunConfig, dict[str, Any] | None]:
     """The run's memory plan (``backends.plan``) for ``run_started.memory_plan``, and ``config``
     with ``training.gradient_checkpointing: null`` (auto) resolved by it. A model whose config.json
-    the plan cannot read gets no plan (None; said in the log) and checkpointing off."""
+    the plan cannot read gets no plan (None; said in the log) and checkpointing off. ``check``:
+    refuse a run the plan says does not fit (``refuse_if_it_cannot_fit``; ``several``: this is one of
+    several processes, so the hint offers FSDP)."""
     from backends import model_shape, plan
 
     try:
@@ -267,11 +284,12 @@ def plan_run(
             f"memory plan: peak {result.peak / plan.GB:.2f} GB on {result.target} "
             f"({result.verdict.replace('_', ' ')}; {(result.available or 0) / plan.GB:.1f} GB free)"
         )
-        refuse_if_it_cannot_fit(config, result)
+        if check:
+            refuse_if_it_cannot_fit(config, result, several=several)
     return config, result.to_json() if result is not None else None
 
 
-def refuse_if_it_cannot_fit(config: RunConfig, result: Any) -> None:
+def refuse_if_it_cannot_fit(config: RunConfig, result: Any, *, several: bool = False) -> None:
     """Before the model loads: a plan whose verdict is ``does_not_fit`` ends the run as RunFailed
     kind ``oom`` (exit 3) with the plan's nearest settings that fit, instead of letting the kernel
     kill the process mid-load (exit 137, no message). ``training.memory_check: false`` skips it."""
@@ -289,6 +307,7 @@ def refuse_if_it_cannot_fit(config: RunConfig, result: Any) -> None:
         f"the memory plan says this run needs about {need:.1f} GB and {free:.1f} GB is free on "
         f"{result.target}: not started",
         (f"try {hint}, or " if hint else "")
+        + ("set training.distributed: fsdp to shard the model over the GPUs, or " if several else "")
         + "close other programs, or set training.memory_check: false to try anyway",
     )
 

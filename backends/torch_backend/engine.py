@@ -86,6 +86,8 @@ class TorchEngine(StateFiles):
         self.world = world
         self._forward: nn.Module | None = None
         self._ddp: nn.Module | None = None
+        self._fsdp = False  # training.distributed: fsdp on several processes
+        self._gathered: dict[str, Any] | None = None  # FSDP: whole adapter/optimizer for rank 0
         self.precision = "fp32"
         self.config: RunConfig | None = None
         self.model: Any = None  # peft.PeftModel
@@ -125,9 +127,10 @@ class TorchEngine(StateFiles):
             )
         base = load_causal_lm(model_dir, _DTYPES[self.precision], **load_kwargs)
         base.config.use_cache = False
+        self._fsdp = self.world is not None and t.distributed == "fsdp"
         if bits:  # a quantised model is placed by device_map and cannot be moved
             quantize.detach_from_file(base)
-        else:
+        elif not self._fsdp:  # FSDP moves each process's shards to the device itself
             base.to(self.device)
         targets = peft_target_modules(linear_layer_paths(base), config.lora.target_modules)
         if t.gradient_checkpointing:
@@ -156,7 +159,14 @@ class TorchEngine(StateFiles):
         model_type = getattr(base.config, "model_type", "")
         self._fast_loss = model_type in FAST_LOSS_MODEL_TYPES
         self._forward = LabelledForward(self.model, self._fast_loss)
-        if self.world is not None:
+        if self._fsdp:
+            from backends.torch_backend import fsdp
+
+            layers = list(getattr(base.get_decoder(), "layers", []))
+            fsdp.shard(self._forward, layers, self.world, t.fsdp_cpu_offload)
+            torch.manual_seed(t.seed + self.world.rank)
+            notes.append(f"FSDP over {self.world.size} processes ({len(layers)} layers sharded)")
+        elif self.world is not None:
             from backends.torch_backend import distributed
 
             self._ddp = distributed.wrap(self._forward, self.world)
@@ -331,6 +341,8 @@ class TorchEngine(StateFiles):
     def _no_sync(self, last: bool) -> contextlib.AbstractContextManager:
         """DDP's ``no_sync`` for every micro-batch but the step's last (gradient accumulation:
         the gradients are averaged once, in the last backward)."""
+        if self._fsdp:
+            self._forward.set_requires_gradient_sync(last)  # type: ignore[union-attr]
         if self._ddp is None or last:
             return contextlib.nullcontext()
         return self._ddp.no_sync()
@@ -366,7 +378,8 @@ class TorchEngine(StateFiles):
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
         max_norm = self.config.training.max_grad_norm or float("inf")
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(self._params, max_norm))
+        norm = torch.nn.utils.clip_grad_norm_(self._params, max_norm)
+        grad_norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)  # FSDP: a DTensor
         if self.scaler is not None:
             # With loss scaling an overflow is normal early on: the scaler skips that update itself
             # and lowers the scale; report it as skipped, not as a failure.

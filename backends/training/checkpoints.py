@@ -45,6 +45,7 @@ class Checkpoints:
         s.divergence = self.divergence.to_dict()
         path = self.run.checkpoints_dir / f"step-{s.step}"
         ranks = self.world.gather(self.rank_state()) if self.world.size > 1 else None
+        self._gather_engine_state()
         if self.world.rank != 0:
             self._last_checkpoint_step = s.step
             return path
@@ -76,6 +77,13 @@ class Checkpoints:
             needed = folder_bytes(latest) if latest is not None else None
             kept = f"; the last checkpoint ({latest}) is intact" if latest is not None else ""
             raise self._fail("disk", disk_full_message(target, needed) + kept, DISK_HINT) from exc
+
+    def _gather_engine_state(self) -> None:
+        """Every process, before rank 0 writes: an engine whose state is sharded over the processes
+        (FSDP) gathers it here (``engine.gather_state``, a collective; others have none)."""
+        gather = getattr(self.engine, "gather_state", None)
+        if gather is not None and self.world.size > 1:
+            gather()
 
     def rank_state(self) -> dict:
         """This process's own part of a checkpoint: rank, data position, Python, NumPy and the

@@ -375,6 +375,7 @@ class TrainingLoop(Checkpoints, Evaluation):
 
     def _finish(self) -> dict[str, Any]:
         s = self.state
+        self._gather_engine_state()
         if self.writer:
             self._save_adapter()
             if self.forgetting is not None:
