@@ -1,22 +1,18 @@
 """The Train page's "GPUs" row: how many GPUs a run trains on, shown only where there are several.
 
-It reads the hardware report (``backends.hardware.detect(probe_frameworks=False)``: NVML, no ML
-library in the GUI process) off the GUI thread, lists each GPU with its memory in everyday words,
-and offers 1..N processes, one per GPU (``tunedesk train --nproc N``: DDP through torchrun,
+It takes the hardware report the window's header probes (``HardwareHeader.ready``: NVML, no ML
+library in the GUI process), lists each GPU with its memory in everyday words, and offers 1..N processes, one per GPU (``tunedesk train --nproc N``: DDP through torchrun,
 ``training.batch_size`` per GPU). With one GPU or none the row stays hidden and runs start as before.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 from PySide6.QtCore import Signal
 from PySide6.QtWidgets import QHBoxLayout, QLabel, QSpinBox, QVBoxLayout, QWidget
 
-from backends import hardware
 from desktop.plan_panel import gb
-from desktop.tasks import run_in_thread
 
 
 def gpu_lines(gpus: list[dict[str, Any]]) -> list[str]:
@@ -29,22 +25,13 @@ def gpu_lines(gpus: list[dict[str, Any]]) -> list[str]:
 
 
 class GpuChoice(QWidget):
-    """How many GPUs to train on (``count()``, 1 unless the user picks more) and each GPU's memory.
-
-    ``detect``: the hardware probe (default ``hardware.detect`` without the framework probe), run
-    in a thread; None with ``probe=False``: no probe, ``set_report`` takes a report directly
-    (tests, or a probe made elsewhere). ``offered(bool)``: emitted with each report, True when the
-    row is shown (more than one GPU)."""
+    """How many GPUs to train on (``count()``, 1 unless the user picks more) and each GPU's memory,
+    from the hardware reports given to ``set_report``. ``offered(bool)``: emitted with each report,
+    True when the row is shown (more than one GPU)."""
 
     offered = Signal(bool)
 
-    def __init__(
-        self,
-        parent: QWidget | None = None,
-        *,
-        detect: Callable[[], dict[str, Any]] | None = None,
-        probe: bool = True,
-    ) -> None:
+    def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self._offered = False
         layout = QVBoxLayout(self)
@@ -64,9 +51,6 @@ class GpuChoice(QWidget):
         self.memory.setEnabled(False)
         layout.addWidget(self.memory)
         self.setVisible(False)
-        if probe:
-            detect = detect or (lambda: hardware.detect(probe_frameworks=False))
-            run_in_thread(detect, lambda info, error: self.set_report(info if error is None else {}), self)
 
     def set_report(self, info: dict[str, Any] | None) -> None:
         """Show the GPUs of a hardware report (``tunedesk hardware --json``'s shape); the row is

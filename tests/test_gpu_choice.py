@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 from desktop.gpu_choice import GpuChoice, gpu_lines
+from desktop.main_window import MainWindow
 from desktop.pages.train_page import TrainPage
 from desktop.state import AppState
 
@@ -17,7 +18,7 @@ def gpu(i: int, total: float, free: float) -> dict:
 
 
 def test_one_gpu_hides_the_row_two_offer_both_with_their_memory(qtbot):
-    choice = GpuChoice(probe=False)
+    choice = GpuChoice()
     qtbot.addWidget(choice)
     with qtbot.waitSignal(choice.offered) as shown:
         choice.set_report({"gpus": [gpu(0, 24, 23)]})
@@ -36,15 +37,17 @@ def test_one_gpu_hides_the_row_two_offer_both_with_their_memory(qtbot):
     assert gpu_lines([]) == []
 
 
-def test_the_probe_runs_off_the_gui_thread_and_fills_the_row(qtbot):
-    choice = GpuChoice(detect=lambda: {"gpus": [gpu(0, 80, 79), gpu(1, 80, 79), gpu(2, 80, 79)]})
-    qtbot.addWidget(choice)
-    qtbot.waitUntil(lambda: choice.spin.maximum() == 3, timeout=5000)
-    assert choice.launch_args() == ["--nproc", "3"]
+def test_the_window_hands_its_hardware_report_to_the_train_page(qtbot):
+    window = MainWindow(probe_hardware=False)
+    qtbot.addWidget(window)
+    window.build_all_pages()
+    window.header.ready.emit({"gpus": [gpu(0, 80, 79), gpu(1, 80, 79), gpu(2, 80, 79)]})
+    choice = window.train_page.gpu_choice
+    assert choice.spin.maximum() == 3 and choice.launch_args() == ["--nproc", "3"]
 
 
 def test_start_and_resume_pass_the_number_of_gpus(qtbot, tmp_path, monkeypatch):
-    page = TrainPage(AppState(), probe_gpus=False)
+    page = TrainPage(AppState())
     qtbot.addWidget(page)
     launched: list[list[str]] = []
     monkeypatch.setattr(page, "_launch", launched.append)

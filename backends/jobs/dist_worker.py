@@ -65,17 +65,21 @@ class RankStatus:
 
 class RankSink(EventSink):
     """The event sink of one of several processes: ``run_failed`` goes into the status (the
-    launcher writes the one that names the failing rank); every other event as ``EventSink``."""
+    launcher writes the one that names the failing rank; without a launcher, torchrun started by
+    hand, rank 0 writes it with its own ``rank``); every other event as ``EventSink``."""
 
-    def __init__(self, path: Path | None, *, status: RankStatus | None, **kwargs: Any) -> None:
+    def __init__(self, path: Path | None, *, status: RankStatus | None, rank: int, **kwargs: Any) -> None:
         super().__init__(path, **kwargs)
         self.status = status
+        self.rank = rank
 
     def emit(self, name: str, /, **fields: Any) -> dict[str, Any]:
-        if name == "run_failed" and self.status is not None:
-            event = make_event(name, **fields)
-            self.status.update(failure=event, step=event.get("step"))
-            return event
+        if name == "run_failed":
+            fields["rank"] = self.rank
+            if self.status is not None:
+                event = make_event(name, **fields)
+                self.status.update(failure=event, step=event.get("step"))
+                return event
         event = super().emit(name, **fields)
         if self.status is not None:
             self.status.listen(event)
@@ -105,7 +109,7 @@ class Process:
         only their status."""
         if not self.writer:
             path, stdout, listeners = None, None, []
-        return RankSink(path, status=self.status, stdout=stdout, listeners=listeners)
+        return RankSink(path, status=self.status, rank=self.rank, stdout=stdout, listeners=listeners)
 
     def finish(self, outcome: str, **fields: Any) -> None:
         if self.status is not None:

@@ -79,6 +79,12 @@ def torchrun_command(args: argparse.Namespace) -> list[str]:
     if not 0 <= node_rank < nnodes:
         raise UserInputError(f"--node-rank must be 0..{nnodes - 1}", field="--node-rank")
     master = parse_master(args.master, nnodes)
+    if getattr(sys, "frozen", False):
+        raise UserInputError(
+            "--nproc needs TuneDesk installed with Python (packaging/install.sh): the app bundle "
+            "cannot start torchrun",
+            field="--nproc",
+        )
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc)]
     if master is None:
         cmd += ["--standalone"]

@@ -75,7 +75,7 @@ class TrainPage(QWidget):
     show_page = Signal(str)
     max_seq_length_changed = Signal(int)
 
-    def __init__(self, state: AppState, parent: QWidget | None = None, *, probe_gpus: bool = True) -> None:
+    def __init__(self, state: AppState, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.gpu_choice_label = QLabel("GPUs")
         self.state = state
@@ -116,7 +116,7 @@ class TrainPage(QWidget):
         method_doc = next(d for d in field_docs() if d["key"] == "method")
         self.method_editor = FieldEditor(method_doc)
         basics.addRow("Method", self.method_editor)
-        self.gpu_choice = GpuChoice(probe=probe_gpus)  # shown only with more than one GPU
+        self.gpu_choice = GpuChoice()  # shown only with more than one GPU (the window's hardware report)
         basics.addRow(self.gpu_choice_label, self.gpu_choice)
         self.gpu_choice_label.setVisible(False)
         self.gpu_choice.offered.connect(self.gpu_choice_label.setVisible)
