@@ -303,3 +303,34 @@ def test_a_killed_rank_ends_the_job_with_exit_3_naming_it(tiny_model_dir, tmp_pa
     latest = max((int(p.name.split("-")[1]), p) for p in (run / "checkpoints").glob("step-*"))[1]
     assert (latest / "COMPLETE").is_file() and (latest / "rank-1.json").is_file()
     assert not (run / "adapter").exists()
+
+
+def test_a_checkpoint_resumes_only_on_as_many_processes_as_wrote_it(tmp_path):
+    from backends.errors import UserInputError
+    from backends.training.distributed import (
+        checkpoint_world_size,
+        read_rank_state,
+        write_rank_states,
+    )
+
+    checkpoint = tmp_path / "step-4"
+    checkpoint.mkdir()
+    (checkpoint / "trainer_state.json").write_text(json.dumps({"step": 4, "world_size": 2}))
+    write_rank_states(checkpoint, [{"rank": 0, "epoch": 1}, {"rank": 1, "epoch": 1}])
+    assert checkpoint_world_size(checkpoint) == 2 and checkpoint_world_size(None) == 1
+    assert read_rank_state(checkpoint, 1, 2, 2) == {"rank": 1, "epoch": 1}
+    with pytest.raises(UserInputError) as info:
+        read_rank_state(checkpoint, 0, 1, 2)
+    assert info.value.field == "--nproc" and "--nproc 2" in info.value.hint
+    (checkpoint / "rank-1.json").unlink()
+    with pytest.raises(UserInputError):
+        read_rank_state(checkpoint, 1, 2, 2)
+    assert read_rank_state(tmp_path, 0, 1, 1) == {}  # a one-process checkpoint has no rank files
+
+
+def test_a_rank_killed_while_the_oom_killer_counted_a_kill_is_kind_oom(tmp_path):
+    event = launch.failure_event(1, {"pid": 7, "rank": 1}, None, oom_after=3, oom_before=2, args=_args())
+    assert event["kind"] == "oom" and event["rank"] == 1 and "out-of-memory killer" in event["message"]
+    assert "batch_size" in event["hint"]
+    event = launch.failure_event(1, {"pid": 7, "rank": 1}, None, oom_after=2, oom_before=2, args=_args())
+    assert event["kind"] == "crash"

@@ -107,17 +107,28 @@ def worker_env(folder: Path, nproc: int) -> dict[str, str]:
 
 
 def oom_kills() -> int | None:
-    """The kernel's out-of-memory kills counted in this process's cgroup (cgroup v2
-    ``memory.events``), or None where that is not readable."""
+    """The kernel's out-of-memory kills counted in this process's memory cgroup (cgroup v2
+    ``memory.events``, v1 ``memory.oom_control``, key ``oom_kill``), or None where not readable."""
+    candidates: list[Path] = []
     try:
-        line = Path("/proc/self/cgroup").read_text().splitlines()[0]
-        events = Path("/sys/fs/cgroup") / line.split("::", 1)[1].lstrip("/") / "memory.events"
-        for row in events.read_text().splitlines():
-            key, _, value = row.partition(" ")
-            if key == "oom_kill":
-                return int(value)
-    except (OSError, IndexError, ValueError):
-        return None
+        for line in Path("/proc/self/cgroup").read_text().splitlines():
+            _, controllers, path = line.split(":", 2)
+            if controllers == "":
+                candidates.append(Path("/sys/fs/cgroup") / path.lstrip("/") / "memory.events")
+            elif "memory" in controllers.split(","):
+                candidates.append(Path("/sys/fs/cgroup/memory") / path.lstrip("/") / "memory.oom_control")
+    except (OSError, ValueError):
+        pass
+    # In a container the cgroup's own folder is mounted at the root.
+    candidates += [Path("/sys/fs/cgroup/memory.events"), Path("/sys/fs/cgroup/memory/memory.oom_control")]
+    for path in candidates:
+        try:
+            for row in path.read_text().splitlines():
+                key, _, value = row.partition(" ")
+                if key == "oom_kill":
+                    return int(value)
+        except (OSError, ValueError):
+            continue
     return None
 
 
