@@ -338,10 +338,15 @@ def cli_train(args: argparse.Namespace) -> int:
             field="--resume",
             hint="start a new run with --config to change settings",
         )
+    for flag in ("nproc", "nnodes"):
+        if getattr(args, flag, None) is not None and getattr(args, flag) < 1:
+            raise UserInputError(f"--{flag} must be at least 1", field=f"--{flag}")
     process = dist_worker.current()
     if process is None and (getattr(args, "nproc", None) or 1) * (getattr(args, "nnodes", None) or 1) > 1:
         from backends.jobs.launch import launch
 
+        if not args.resume:  # a wrong config is said once, before any process starts
+            load_config(args.config, args.overrides, preset=args.preset)
         return launch(args)
     if process is not None:
         return _train_as_rank(args, process)
