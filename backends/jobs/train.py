@@ -199,6 +199,8 @@ def run_training(
         if process is not None:  # rank 0 makes the folder; the others get its path
             mine = run if run is not None else RunDir.create(config) if writer else None
             run = RunDir(Path(world_of(engine).broadcast(str(mine.path) if mine else None)))
+            picked = world_of(engine).broadcast(str(checkpoint) if checkpoint else None)
+            checkpoint = Path(picked) if picked else None  # every rank resumes from rank 0's choice
         elif run is None:
             run = RunDir.create(config)
         if writer:
