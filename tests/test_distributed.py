@@ -123,8 +123,9 @@ def test_a_killed_rank_becomes_one_run_failed_event_with_its_rank(tmp_path, caps
     assert failed[0]["step"] == 4 and "pid 12" in failed[0]["message"]
     printed = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert printed == failed  # --json: the same event on stdout
-    stopped = {0: {"outcome": "stopped"}, 1: {"outcome": "stopped"}}
+    stopped = {0: {"outcome": "stopped", "run_dir": str(run)}, 1: {"outcome": "stopped"}}
     assert launch.outcome(_args(), stopped, range(2), {}, 0, None, True) == 130
+    assert f"resume with `tunedesk train --resume {run} --nproc 2`" in capsys.readouterr().err
 
 
 # --- real runs: 2 processes on gloo ----------------------------------------------------------

@@ -213,6 +213,11 @@ def outcome(
         if any(e == "input" for e in ends.values()):
             return EXIT_USER_INPUT  # the ranks printed the message
         if stop_asked or any(e == "stopped" for e in ends.values()):
+            if run_dir:
+                print(
+                    f"stopped at step {last_step(run_dir)}; resume with {resume_command(run_dir, args)}",
+                    file=sys.stderr,
+                )
             return EXIT_STOPPED
         print(f"run failed (crash): torchrun ended with exit {torchrun_exit}; see above", file=sys.stderr)
         return EXIT_RUN_FAILED
@@ -254,7 +259,7 @@ def failure_event(
 ) -> dict[str, Any]:
     """The ``run_failed`` event for ``rank`` (its own, or for a killed rank one made here)."""
     step = last_step(run_dir)
-    resume = f"`tunedesk train --resume {run_dir} --nproc {args.nproc or 1}`" if run_dir else "again"
+    resume = resume_command(run_dir, args) if run_dir else "again"
     own = status.get("failure")
     if own is not None:
         fields = {k: own[k] for k in ("step", "kind", "message", "hint")}
@@ -287,6 +292,14 @@ def failure_event(
         + ("; lower training.batch_size or max_seq_length first" if oom else ""),
         rank=rank,
     )
+
+
+def resume_command(run_dir: str, args: argparse.Namespace) -> str:
+    """The command that resumes ``run_dir`` on the same processes (quoted for a message)."""
+    cmd = f"tunedesk train --resume {run_dir} --nproc {args.nproc or 1}"
+    if (args.nnodes or 1) > 1:
+        cmd += f" --nnodes {args.nnodes} --node-rank {args.node_rank or 0} --master {args.master}"
+    return f"`{cmd}`"
 
 
 def last_step(run_dir: str | None) -> int:

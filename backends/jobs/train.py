@@ -381,7 +381,7 @@ def _train_as_rank(args: argparse.Namespace, process: dist_worker.Process) -> in
         run = _train(args, stop=stop, process=process)
     except RunStopped as exc:
         process.finish("stopped")
-        if process.writer:
+        if process.writer and process.folder is None:  # else the launcher says it, with --nproc
             print(f"stopped: {exc}" if not str(exc).startswith("stopped") else str(exc), file=sys.stderr)
         return EXIT_OK
     except RunFailed as exc:
