@@ -7,7 +7,8 @@ What this process (the launcher) does:
   ``--master`` on several) with ``--max-restarts 0``, OMP threads split between the processes
   unless ``OMP_NUM_THREADS`` is set, and a private folder for the ranks' statuses;
 - SIGINT/SIGTERM: asks every rank to stop (``stop.request``): they stop at the same step, rank 0
-  saves the checkpoint, and this process exits 130; a second signal kills them without one;
+  saves the checkpoint, and this process exits 130; a second signal kills them without one; if
+  this process itself is killed, torchrun gets SIGTERM (Linux: ``PR_SET_PDEATHSIG``) and stops them;
 - when a rank fails or dies, torchrun ends the others (its monitor notices a dead process within
   a second; those still running get SIGTERM and, 30 s later, SIGKILL). The launcher then names the
   rank that went first: one killed without a word (kind ``oom`` when the kernel's out-of-memory
@@ -106,6 +107,16 @@ def worker_env(folder: Path, nproc: int) -> dict[str, str]:
     return env
 
 
+def _end_with_parent() -> None:
+    """In torchrun's process, before it starts (Linux): SIGTERM when this launcher dies, even by
+    SIGKILL (the app's "End now"), so torchrun stops its ranks (they checkpoint and stop; 30 s later
+    it kills them) instead of training on unwatched."""
+    with contextlib.suppress(OSError, AttributeError):
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 def oom_kills() -> int | None:
     """The kernel's out-of-memory kills counted in this process's memory cgroup (cgroup v2
     ``memory.events``, v1 ``memory.oom_control``, key ``oom_kill``), or None where not readable."""
@@ -173,7 +184,9 @@ def launch(args: argparse.Namespace) -> int:
     oom_before = oom_kills()
     gone_at: dict[int, float] = {}
     try:
-        proc = subprocess.Popen(cmd, env=worker_env(folder, nproc), start_new_session=True)
+        proc = subprocess.Popen(
+            cmd, env=worker_env(folder, nproc), start_new_session=True, preexec_fn=_end_with_parent
+        )
         while proc.poll() is None:
             for rank, status in read_statuses(folder, ranks).items():
                 if "outcome" not in status and rank not in gone_at and not pid_alive(int(status["pid"])):
