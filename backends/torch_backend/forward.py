@@ -1,32 +1,30 @@
-"""The module the PyTorch engine's training loss runs through (``LabelledForward``): one place for
-the forward pass at labelled positions, which DDP wraps when a run trains on several processes."""
+"""The module the PyTorch engine's forward pass runs through (``LabelledForward``): one place for
+the forward at labelled positions, which DDP wraps (or FSDP shards) when a run trains on several
+processes: they synchronise what runs through a module's ``forward``."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 from torch import nn
 
 
 class LabelledForward(nn.Module):
-    """The model's forward pass at the labelled positions only: logits [N, V] for the N True
-    entries of ``selected`` [B, T-1] (position t predicting token t + 1). For models in
-    ``FAST_LOSS_MODEL_TYPES`` (``fast``) the output head is applied at those positions only. This
-    is the module DDP wraps on several processes (DDP synchronises what runs through its forward)."""
+    """The peft model's forward pass at the positions ``selected`` (bool, the shape of the
+    inputs' tokens) that carry a target. ``mode``: "hidden" returns the decoder's hidden states
+    there [N, d] (the engine applies the head in chunks, ``head_loss``); "logits" returns the
+    model's logits there [N, V] (the model's own forward, head included).
+    ``inputs``: the keyword arguments of the decoder / model (input ids, position ids, mask...).
+    """
 
-    def __init__(self, model: nn.Module, fast: bool) -> None:
+    def __init__(self, model: nn.Module, mode: str) -> None:
         super().__init__()
         self.model = model
-        self.fast = fast
+        self.mode = mode
 
-    def forward(
-        self, input_ids: torch.Tensor, mask: torch.Tensor, position_ids: torch.Tensor, selected: torch.Tensor
-    ) -> torch.Tensor:
+    def forward(self, selected: torch.Tensor, **inputs: Any) -> torch.Tensor:
         hf_model = self.model.get_base_model()
-        if self.fast:
-            hidden = hf_model.get_decoder()(
-                input_ids=input_ids, attention_mask=mask, position_ids=position_ids, use_cache=False
-            ).last_hidden_state
-            return hf_model.get_output_embeddings()(hidden[:, :-1][selected])
-        return hf_model(
-            input_ids=input_ids, attention_mask=mask, position_ids=position_ids, use_cache=False
-        ).logits[:, :-1][selected]
+        if self.mode == "hidden":
+            return hf_model.get_decoder()(**inputs, use_cache=False).last_hidden_state[selected]
+        return hf_model(**inputs, use_cache=False).logits[selected]
