@@ -43,7 +43,7 @@ from typing import Any
 
 import numpy as np
 
-from backends.data.pipeline import analyze_file, methods_for_format, token_length_stats
+from backends.data.pipeline import analyze_file, methods_for_format, pack_examples, token_length_stats
 from backends.data.templates import load_tokenizer
 from backends.data.types import IGNORE_INDEX, Example, KTOExample, PreferenceExample
 from backends.errors import EXIT_OK, EXIT_USER_INPUT, UserInputError
@@ -111,6 +111,7 @@ def check_file(
         system_prompt=system_prompt,
         literal_special_tokens=literal_special_tokens,
     )
+    examples = pack_examples(examples, report, max_seq_length, "plain") or []
     stats = token_length_stats(report.lengths, max_seq_length)
     histogram = None
     if stats is not None:
