@@ -10,8 +10,8 @@ import yaml
 from backends.config import config_from_dict
 from backends.data import prepare_data
 from backends.data.check import check_file
-from backends.data.pack import pack_documents
-from backends.data.pipeline import analyze_file, pack_examples
+from backends.data.pack import pack_documents, pack_examples
+from backends.data.pipeline import analyze_file
 from backends.data.types import IGNORE_INDEX, Example
 
 

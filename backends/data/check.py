@@ -43,7 +43,8 @@ from typing import Any
 
 import numpy as np
 
-from backends.data.pipeline import analyze_file, methods_for_format, pack_examples, token_length_stats
+from backends.data.pack import pack_examples
+from backends.data.pipeline import analyze_file, methods_for_format, token_length_stats
 from backends.data.templates import load_tokenizer
 from backends.data.types import IGNORE_INDEX, Example, KTOExample, PreferenceExample
 from backends.errors import EXIT_OK, EXIT_USER_INPUT, UserInputError

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from backends.data.types import IGNORE_INDEX, Example
+from backends.data.types import IGNORE_INDEX, DataReport, Example
 
 
 @dataclass
@@ -65,3 +65,18 @@ def pack_documents(documents: list[Example], max_seq_length: int) -> tuple[list[
     targets = sum(1 for e in out for t in e.labels[1:] if t != IGNORE_INDEX)
     stats = PackStats(len(documents), len(ids), len(out), tokens_out, targets)
     return out, stats
+
+
+def pack_examples(examples: list | None, report: DataReport, max_seq_length: int, what: str) -> list | None:
+    """``examples`` packed when they are plain-text documents (``report.packed_text``): joined and
+    cut into full sequences of ``max_seq_length`` (``backends.data.pack``), with a notice naming
+    ``what`` ('training', 'validation'); other examples unchanged."""
+    if not examples or not report.packed_text:
+        return examples
+    packed, stats = pack_documents(examples, max_seq_length)
+    report.notices.append(
+        f"{what} text packed: {stats.documents} documents ({stats.tokens_in:,} tokens) joined with EOS "
+        f"into {stats.sequences} sequences of up to {max_seq_length} tokens, {100 * stats.kept:.1f}% of "
+        "the tokens kept (data.pack_text)"
+    )
+    return packed

@@ -30,7 +30,7 @@ from backends.data.formats import (
     detect_row_format,
     parse_row,
 )
-from backends.data.pack import pack_documents
+from backends.data.pack import pack_examples
 from backends.data.readers import read_file
 from backends.data.render import RenderSpec
 from backends.data.replay import mix_replay, replay_source
@@ -357,21 +357,6 @@ def _find_literal_specials(
             f"{len(report.literal_specials)} row(s) contain special-token strings in their text "
             f"(first: {_where(unit, number)}: {', '.join(found)}): {how}"
         )
-
-
-def pack_examples(examples: list | None, report: DataReport, max_seq_length: int, what: str) -> list | None:
-    """``examples`` packed when they are plain-text documents (``report.packed_text``): joined and
-    cut into full sequences of ``max_seq_length`` (``backends.data.pack``), with a notice naming
-    ``what`` ('training', 'validation'); other examples unchanged."""
-    if not examples or not report.packed_text:
-        return examples
-    packed, stats = pack_documents(examples, max_seq_length)
-    report.notices.append(
-        f"{what} text packed: {stats.documents} documents ({stats.tokens_in:,} tokens) joined with EOS "
-        f"into {stats.sequences} sequences of up to {max_seq_length} tokens, {100 * stats.kept:.1f}% of "
-        "the tokens kept (data.pack_text)"
-    )
-    return packed
 
 
 def no_rows_error(report: DataReport, unit: str | None = None) -> UserInputError:
