@@ -229,4 +229,13 @@ def cli_check(args: argparse.Namespace) -> int:
         print(json.dumps(result, ensure_ascii=False))
     else:
         print(format_report(result))
+    if not result["ok"]:  # the one line a caller (the app) shows: why nothing is usable
+        first = result["problems"][0] if result["problems"] else None
+        why = (
+            f"; first: {first['where']} {first['row']}: {first['field']}: {first['reason']}" if first else ""
+        )
+        print(
+            f"error: {result['file']}: no usable rows: {result['rows_read']} read, all dropped{why}",
+            file=sys.stderr,
+        )
     return EXIT_OK if result["ok"] else EXIT_USER_INPUT
