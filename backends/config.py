@@ -218,6 +218,12 @@ class TrainingConfig(_Strict):
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto", description="Compute precision; 'auto' picks bf16 where the device supports it well."
     )
+    padding_free: bool = Field(
+        True,
+        description="PyTorch: each micro-batch runs as one row of its examples back to back, without "
+        "padding (positions restart per example, attention stays within it). Same loss; off: "
+        "rows padded to the longest.",
+    )
     gradient_checkpointing: bool | None = Field(
         None,
         description="Recompute activations in backward to save memory. Empty: on when the memory "
