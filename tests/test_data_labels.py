@@ -159,7 +159,7 @@ def test_text_rows_get_eos_appended_and_labelled(tmp_path, smollm2_tokenizer):
     tok = smollm2_tokenizer
     text = "table: t\nQ: how many?\nA: SELECT COUNT(*) FROM t"
     path = write_rows(tmp_path, [{"text": text}, {"text": "short one"}])
-    data = prepare_data(config_for(path), tok)
+    data = prepare_data(config_for(path, pack_text=False), tok)  # one row (packing: tests/test_data_pack.py)
     ex = data.train[0]
     assert ex.input_ids == tok(text, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
     assert ex.labels[-1] == tok.eos_token_id  # EOS labelled although it is also the pad token

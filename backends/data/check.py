@@ -26,7 +26,7 @@ reads it from a subprocess). Its keys:
   upper edge). Null when ``token_lengths`` is.
 - ``example``: the first usable row rendered as the model sees it: ``{row, text, spans}`` with
   ``spans`` a list of ``[start, end)`` character offsets into ``text`` of the trained tokens
-  (for DPO: the chosen answer). Null when no row is usable or there is no model.
+  (for DPO: the chosen answer; for packed plain text: the first document, whole). Null when no row is usable or there is no model.
 
 On an error that stops the check (unreadable or mixed-format file, strict mode, a model without
 a chat template), ``--json`` prints ``{"ok": false, "error": {message, file, line, row, field}}``
@@ -112,7 +112,7 @@ def check_file(
         system_prompt=system_prompt,
         literal_special_tokens=literal_special_tokens,
     )
-    examples = pack_examples(examples, report, max_seq_length, "plain") or []
+    pack_examples(examples, report, max_seq_length, "plain")  # its notice; the example stays one row
     stats = token_length_stats(report.lengths, max_seq_length)
     histogram = None
     if stats is not None:
