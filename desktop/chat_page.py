@@ -41,6 +41,7 @@ from backends import paths
 from backends.chat.adapters import chat_runs
 from backends.config import DEFAULT_MODEL
 from backends.model_store_info import list_models
+from desktop.chat_actions import ChatActions
 from desktop.chat_client import ChatClient
 from desktop.chat_compare import ValidationCompare
 from desktop.chat_events import WorkerEvents
@@ -50,7 +51,7 @@ from desktop.chat_views import format_stats as format_stats  # re-exported: test
 from desktop.state import app_settings
 
 
-class ChatPage(SamplingSettings, ValidationCompare, WorkerEvents, QWidget):
+class ChatPage(ChatActions, SamplingSettings, ValidationCompare, WorkerEvents, QWidget):
     """The Chat step: adapter picker, conversation (single or side by side), sampling settings,
     system prompt, Stop, and the validation comparison table. Call ``set_runs_dir`` to choose where
     runs are listed from (the app passes its runs folder)."""
@@ -94,6 +95,9 @@ class ChatPage(SamplingSettings, ValidationCompare, WorkerEvents, QWidget):
         self.refresh_button = QPushButton("Refresh")
         self.refresh_button.setToolTip("List the runs again")
         top.addWidget(self.refresh_button)
+        layout.addLayout(top)
+        # A second row: one row of both pickers and the switch is wider than a 1024-pixel screen.
+        top = QHBoxLayout()
         top.addWidget(QLabel("Base model:"))
         self.model_combo = QComboBox()
         self.model_combo.setMinimumWidth(200)
@@ -104,8 +108,12 @@ class ChatPage(SamplingSettings, ValidationCompare, WorkerEvents, QWidget):
         top.addWidget(self.base_label)
         self.side_by_side = QCheckBox("Side by side: base and tuned")
         self.side_by_side.setToolTip("Send each message to the base model and the tuned one and show both")
+        top.addStretch(1)
         top.addWidget(self.side_by_side)
         layout.addLayout(top)
+        for combo in (self.adapter_combo, self.model_combo):  # long run names elide, not widen
+            combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+            combo.setMinimumContentsLength(20)
         self.status = QLabel("The model loads when you send the first message.")
         self.status.setWordWrap(True)
         layout.addWidget(self.status)
@@ -116,6 +124,7 @@ class ChatPage(SamplingSettings, ValidationCompare, WorkerEvents, QWidget):
         layout.addWidget(self.banner)
 
         self.tabs = QTabWidget()
+        self.tabs.tabBar().setAccessibleName("Chat or compare")
         layout.addWidget(self.tabs, 1)
 
         # Chat tab: panes | settings, then the prompt row.
@@ -130,10 +139,13 @@ class ChatPage(SamplingSettings, ValidationCompare, WorkerEvents, QWidget):
         split.setStretchFactor(1, 3)
         split.setStretchFactor(2, 1)
         chat_layout.addWidget(split, 1)
+        chat_layout.addLayout(self._action_row())  # Regenerate, Copy reply, Save as training data
         row = QHBoxLayout()
         self.prompt = QPlainTextEdit()
         self.prompt.setPlaceholderText("Type a message; Ctrl+Enter sends it")
         self.prompt.setMaximumHeight(90)
+        self.prompt.setTabChangesFocus(True)  # Tab moves on (keyboard use); a message needs no tab
+        self.prompt.setAccessibleName("Your message")
         row.addWidget(self.prompt, 1)
         buttons = QVBoxLayout()
         self.send_button = QPushButton("Send")
@@ -281,9 +293,11 @@ class ChatPage(SamplingSettings, ValidationCompare, WorkerEvents, QWidget):
         self.stop_button.setEnabled(self.busy())
         self.compare_stop_button.setEnabled(bool(self._compare) and self.busy())
         self.adapter_combo.setEnabled(not self.busy())
+        self._update_actions()
 
     def _on_adapter_changed(self, *_: Any) -> None:
         self.new_conversation()
+        self.prefill_system_prompt()
         self._update_mode()
         adapter = self.current_adapter()
         if (
@@ -377,6 +391,7 @@ class ChatPage(SamplingSettings, ValidationCompare, WorkerEvents, QWidget):
             self.stop()
         for pane in self.panes.values():
             pane.clear()
+        self._update_actions()
 
     def showEvent(self, event: QShowEvent) -> None:  # noqa: N802 (Qt override)
         """List the runs again each time the page is shown (a run may have finished meanwhile)."""

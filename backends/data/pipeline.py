@@ -11,6 +11,7 @@ the row (the line for JSONL) and the field.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ import numpy as np
 
 from backends import paths
 from backends.data.encode import Encoder, encode_rows
+from backends.data.folder.skeleton import UNFILLED_REASON, is_unfilled
 from backends.data.formats import (
     CHAT_FORMATS,
     FORMATS,
@@ -28,6 +30,7 @@ from backends.data.formats import (
     detect_row_format,
     parse_row,
 )
+from backends.data.pack import pack_documents
 from backends.data.readers import read_file
 from backends.data.render import RenderSpec
 from backends.data.replay import mix_replay, replay_source
@@ -185,6 +188,7 @@ def analyze_file(
     max_seq_length: int = 1024,
     system_prompt: str | None = None,
     literal_special_tokens: str = "text",
+    pack_text: bool = True,
     progress: Progress | None = None,
 ) -> tuple[list, DataReport, str | None, str]:
     """Read, validate and (with a tokenizer) tokenise one file, without raising for zero rows.
@@ -196,6 +200,8 @@ def analyze_file(
     Raises UserInputError for an unreadable or mixed-format file, a format/method mismatch, a
     missing chat template, or (``strict``) the first dropped row (invalid, too long for
     ``max_seq_length``, or one the template cannot render), naming file and line.
+    ``pack_text``: plain text (format 'text', method 'sft') is packed (``backends.data.pack``):
+    documents joined with EOS and cut into full sequences of ``max_seq_length``, none truncated.
     ``report.literal_specials`` lists the rows whose text spells a special token (e.g. a literal
     ``<|im_end|>``), which ``literal_special_tokens`` ('text' or 'control') decides how to tokenise.
     """
@@ -207,7 +213,12 @@ def analyze_file(
     report = DataReport(file=str(path), format=fmt, rows_read=len(rows))
     valid: list[tuple[int, Any]] = []
     same: list[int] = []
+    unfilled: list[int] = []
     for number, obj in rows:
+        if fmt == "prompt_completion" and is_unfilled(obj):
+            report.problems.append(Problem(str(path), number, "completion", UNFILLED_REASON, rows.unit))
+            unfilled.append(number)
+            continue
         try:
             parsed = parse_row(fmt, obj)  # the renderer adds the system prompt
         except RowError as err:
@@ -231,8 +242,13 @@ def analyze_file(
             p.reason + (f"; and {more} more invalid row(s)" if more else ""),
             hint="strict mode: fix the rows or turn off data.strict to drop them",
         )
-    if report.problems:
-        report.notices.append(f"{len(report.problems)} invalid row(s) dropped")
+    if unfilled:
+        report.notices.append(
+            f"{len(unfilled)} unfilled question-and-answer row(s) (from `data from-folder --mode qa`) "
+            f"dropped until prompt and completion are written (first: {_where(rows.unit, unfilled[0])})"
+        )
+    if len(report.problems) > len(unfilled):
+        report.notices.append(f"{len(report.problems) - len(unfilled)} invalid row(s) dropped")
     if same:
         listed = ", ".join(str(r) for r in same[:10]) + (", ..." if len(same) > 10 else "")
         report.notices.append(
@@ -250,7 +266,9 @@ def analyze_file(
         system_prompt=system_prompt or None,
         special_tokens=literal_special_tokens,
     )
-    encoder = Encoder(tokenizer, spec, train_on=train_on, max_seq_length=max_seq_length)
+    packing = pack_text and fmt == "text" and method == "sft"
+    limit = sys.maxsize if packing else max_seq_length  # packed documents are cut after joining
+    encoder = Encoder(tokenizer, spec, train_on=train_on, max_seq_length=limit)
     _find_literal_specials(encoder, valid, report, rows.unit, literal_special_tokens)
     kind = _kind(fmt)
     if method == "grpo":  # the prompt and its reference answer, tokenised as a rated answer
@@ -294,6 +312,16 @@ def analyze_file(
             f"{len(too_long)} row(s) dropped: no trained token fits within max_seq_length {max_seq_length} "
             f"({rows.unit}s {listed}; each is listed under problems)"
         )
+    if packing and examples:
+        examples, stats = pack_documents(
+            examples, max_seq_length, encoder.bos_id if encoder.adds_bos else None
+        )
+        report.notices.append(
+            f"plain text packed: {stats.documents} documents ({stats.tokens_in:,} tokens) joined with EOS "
+            f"into {stats.sequences} sequences of up to {max_seq_length} tokens, {100 * stats.kept:.1f}% "
+            "of the tokens kept (data.pack_text)"
+        )
+        cut = []
     if cut:
         report.notices.append(
             f"{len(cut)} row(s) longer than max_seq_length {max_seq_length} were cut from the right "
@@ -422,6 +450,7 @@ def prepare_data(config: Any, tokenizer: Any, *, progress: Progress | None = Non
         max_seq_length=config.training.max_seq_length,
         system_prompt=data.system_prompt,
         literal_special_tokens=data.literal_special_tokens,
+        pack_text=data.pack_text,
         progress=progress,
     )
     train, report, template, method = analyze_file(path, tokenizer, **options)

@@ -15,6 +15,7 @@ from PySide6.QtCore import Qt, QTimer, Signal
 from PySide6.QtGui import QColor, QDragEnterEvent, QDropEvent, QPalette
 from PySide6.QtWidgets import (
     QAbstractItemView,
+    QApplication,
     QFileDialog,
     QGridLayout,
     QGroupBox,
@@ -22,17 +23,22 @@ from PySide6.QtWidgets import (
     QHeaderView,
     QLabel,
     QLineEdit,
+    QMenu,
     QProgressBar,
     QPushButton,
     QSplitter,
     QTableWidget,
     QTableWidgetItem,
+    QTabWidget,
     QTextBrowser,
     QVBoxLayout,
     QWidget,
 )
 
+from backends import paths
 from desktop.charts import Chart, series_color
+from desktop.data_columns import ColumnMapping, columns_arg
+from desktop.data_paste import PasteDialog
 from desktop.pages import intro_label
 from desktop.state import AppState, sample_data_path
 from desktop.worker import JsonCommand
@@ -60,6 +66,17 @@ def render_spans(text: str, spans: list[Any], highlight: QColor) -> str:
     return "<pre style='white-space:pre-wrap'>" + "".join(out) + "</pre>"
 
 
+def folder_summary(report: dict[str, Any]) -> str:
+    """One line on a ``data from-folder --json`` report: taken, skipped, secrets, duplicates."""
+    secrets = len(report.get("secrets") or [])
+    dups = int(report.get("duplicates_exact", 0)) + int(report.get("duplicates_near", 0))
+    return (
+        f"From {report.get('root')}: {report.get('chunks')} chunks from {report.get('files_taken')} files; "
+        f"{len(report.get('skipped') or [])} files or folders skipped (ignored, vendored, binary, ...); "
+        f"{secrets} secret(s) removed; {dups} duplicate chunk(s) dropped."
+    )
+
+
 class DataPage(QWidget):
     """Chooses the data file and shows its check report."""
 
@@ -73,6 +90,8 @@ class DataPage(QWidget):
         self.report: dict[str, Any] | None = None
         self.error: str | None = None
         self._check: JsonCommand | None = None
+        self.check_args: list[str] = []  # the last `tunedesk data check` arguments
+        self.folder_report: dict[str, Any] | None = None  # the last `data from-folder --json` report
         self.setAcceptDrops(True)
 
         layout = QVBoxLayout(self)
@@ -86,14 +105,34 @@ class DataPage(QWidget):
         row = QHBoxLayout()
         self.path_edit = QLineEdit()
         self.path_edit.setReadOnly(True)
+        self.path_edit.setAccessibleName("Chosen data file")
         row.addWidget(self.path_edit, 1)
         browse = QPushButton("Choose file…")
         browse.clicked.connect(self._browse)
         row.addWidget(browse)
+        self.paste_button = QPushButton("Paste examples…")
+        self.paste_button.setToolTip("Type or paste questions and answers; they are saved as a data file")
+        self.paste_button.clicked.connect(self.paste_examples)
+        row.addWidget(self.paste_button)
         sample = QPushButton("Use sample data")
         sample.setToolTip(f"The built-in sample: {sample_data_path()}")
         sample.clicked.connect(lambda: self.state.set_data_file(str(sample_data_path())))
         row.addWidget(sample)
+        self.folder_button = QPushButton("Use a folder…")
+        self.folder_button.setToolTip(
+            "Make a dataset from a folder of documents or a code repository (tunedesk data from-folder): "
+            "skips what .gitignore ignores, removes secrets and duplicates"
+        )
+        folder_menu = QMenu(self.folder_button)
+        folder_menu.addAction(
+            "As plain text, to learn its content (continued pre-training)…"
+        ).triggered.connect(lambda: self._choose_folder("text"))
+        folder_menu.addAction("As questions and answers to fill in (qa)…").triggered.connect(
+            lambda: self._choose_folder("qa")
+        )
+        self.folder_button.setMenu(folder_menu)
+        row.addWidget(self.folder_button)
+        self._from_folder: JsonCommand | None = None
         self.recheck = QPushButton("Check again")
         self.recheck.clicked.connect(self.run_check)
         row.addWidget(self.recheck)
@@ -125,7 +164,7 @@ class DataPage(QWidget):
         h.setSectionResizeMode(2, QHeaderView.ResizeMode.Stretch)
         pb.addWidget(self.problems)
         left_layout.addWidget(problems_box, 1)
-        self.histogram = Chart("Token length per row", "tokens", "rows")
+        self.histogram = Chart("Length of each row", "text pieces (tokens)", "rows")
         left_layout.addWidget(self.histogram, 1)
         split.addWidget(left)
         example_box = QGroupBox("Example, as the model sees it (highlighted: trained on)")
@@ -133,7 +172,13 @@ class DataPage(QWidget):
         self.example = QTextBrowser()
         self.example.setOpenLinks(False)
         eb.addWidget(self.example)
-        split.addWidget(example_box)
+        self.right_tabs = QTabWidget()
+        self.right_tabs.addTab(example_box, "Example")
+        self.column_map = ColumnMapping()  # preview of the first rows, column drop-downs
+        self.column_map.mapping_changed.connect(self.state.set_data_columns)
+        self.right_tabs.addTab(self.column_map, "Preview and columns")
+        self.right_tabs.tabBar().setAccessibleName("Example, or preview and columns")
+        split.addWidget(self.right_tabs)
         split.setSizes([500, 500])
         layout.addWidget(split, 1)
 
@@ -150,6 +195,7 @@ class DataPage(QWidget):
         self._debounce.timeout.connect(self.run_check)
         state.data_file_changed.connect(self._on_choice_changed)
         state.model_changed.connect(self._on_choice_changed)
+        state.data_columns_changed.connect(self._on_choice_changed)
         self.path_edit.setText(state.data_file)
 
     # --- choosing ---
@@ -158,6 +204,42 @@ class DataPage(QWidget):
         path, _ = QFileDialog.getOpenFileName(self, "Choose training data", start, DATA_FILTER)
         if path:
             self.state.set_data_file(path)
+
+    def _choose_folder(self, mode: str) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Choose a folder of documents or code")
+        if folder:
+            self.use_folder(folder, mode)
+
+    def use_folder(self, folder: str, mode: str = "text") -> None:
+        """Run ``tunedesk data from-folder FOLDER --mode MODE`` in a child process, writing
+        ``<app data>/datasets/<folder name>[-qa].jsonl``, then choose that file (and check it)."""
+        out = (
+            paths.home()
+            / "datasets"
+            / f"{Path(folder).name or 'folder'}{'-qa' if mode == 'qa' else ''}.jsonl"
+        )
+        args = ["data", "from-folder", folder, "--out", str(out), "--mode", mode, "--json"]
+        self._from_folder = JsonCommand(args, self)
+        self._from_folder.done.connect(self._on_folder_done)
+        self._from_folder.log_line.connect(
+            lambda line: line.strip() and self.summary.setText(html.escape(line.strip()))
+        )
+        self.folder_button.setEnabled(False)
+        self.progress.setVisible(True)
+        self.summary.setText(f"Reading {html.escape(folder)}…")
+        self._from_folder.start()
+
+    def _on_folder_done(self, report: dict[str, Any] | None, error: str) -> None:
+        self.folder_button.setEnabled(True)
+        self.progress.setVisible(False)
+        if report is None:
+            self.summary.setText(
+                f"<span style='color:#d9534f'><b>Cannot use this folder:</b> {html.escape(error)}</span>"
+            )
+            return
+        self.folder_report = report
+        self.state.set_data_file(report["out"])
+        self._on_choice_changed()  # checks the new file at once (the page is visible)
 
     def _on_choice_changed(self, *_: Any) -> None:
         self.path_edit.setText(self.state.data_file)
@@ -184,6 +266,13 @@ class DataPage(QWidget):
             self.max_seq_length = length
             self._on_choice_changed()
 
+    def paste_examples(self) -> PasteDialog:
+        """Open the Paste examples box; its file becomes the data file when accepted."""
+        dialog = PasteDialog(self)
+        dialog.accepted.connect(lambda: dialog.path and self.state.set_data_file(str(dialog.path)))
+        dialog.open()
+        return dialog
+
     # --- checking ---
     def is_checking(self) -> bool:
         """True while a check runs."""
@@ -205,6 +294,9 @@ class DataPage(QWidget):
             return
         args = ["data", "check", path, "--model", self.state.model, "--json"]
         args += ["--max-seq-length", str(self.max_seq_length)]
+        if self.state.data_columns:
+            args += ["--columns", columns_arg(self.state.data_columns)]
+        self.check_args = args
         self._check = JsonCommand(args, self)
         self._check.done.connect(self._on_checked)
         self._check.log_line.connect(
@@ -223,9 +315,13 @@ class DataPage(QWidget):
             )
             self.problems.setRowCount(0)
             self.example.clear()
-            self.histogram.clear_data()
+            self._show_histogram({})  # the bars are plot items, not series: clear_data keeps them
+            self.column_map.show_failure(keep=bool(self.state.data_columns))
         else:
             self.show_report(report)
+            folder = self.folder_report
+            if folder and report.get("file") == folder.get("out"):
+                self.summary.setText(f"{html.escape(folder_summary(folder))}<br>{self.summary.text()}")
         self.check_finished.emit(report)
 
     # --- showing ---
@@ -241,9 +337,13 @@ class DataPage(QWidget):
         ]
         if lengths:
             parts.append(
-                f"tokens per row: min {_int(lengths.get('min'))}, median {_int(lengths.get('median'))}, "
-                f"95th percentile {_int(lengths.get('p95'))}, max {_int(lengths.get('max'))}"
-                + (f"; {lengths.get('over_max')} longer than the limit" if lengths.get("over_max") else "")
+                f"length in text pieces (tokens): shortest {_int(lengths.get('min'))}, middle {_int(lengths.get('median'))}, "
+                f"95 % under {_int(lengths.get('p95'))}, longest {_int(lengths.get('max'))}"
+                + (
+                    f"; {lengths.get('over_max')} longer than the limit (cut to fit)"
+                    if lengths.get("over_max")
+                    else ""
+                )
             )
         notices = [html.escape(str(n)) for n in report.get("notices") or []]
         text = " · ".join(parts)
@@ -267,11 +367,13 @@ class DataPage(QWidget):
             self.problems.setItem(i, 2, QTableWidgetItem(str(p.get("reason", ""))))
 
         self._show_histogram(report.get("histogram") or {})
+        self.column_map.show_check(report)
         example = report.get("example") or {}
         if example.get("text"):
             # A tint of the palette's highlight colour keeps the text readable on light and dark.
-            highlight = self.palette().color(QPalette.ColorRole.Highlight)
-            base = self.palette().color(QPalette.ColorRole.Base)
+            palette = QApplication.palette(self)  # this page's palette() may lag behind a theme switch
+            highlight = palette.color(QPalette.ColorRole.Highlight)
+            base = palette.color(QPalette.ColorRole.Base)
             tint = QColor(
                 (highlight.red() + 2 * base.red()) // 3,
                 (highlight.green() + 2 * base.green()) // 3,
@@ -301,6 +403,11 @@ class DataPage(QWidget):
         )
         if self.max_seq_length <= x1.max() * 1.2:
             self.histogram.plotItem.addItem(line)
+
+    def follow_palette(self) -> None:
+        """Draw the report again in the current colours (the window calls it on a theme switch)."""
+        if self.report is not None:
+            self.show_report(self.report)
 
     def problem_rows(self) -> list[tuple[str, str, str]]:
         """The dropped-rows table as text: (row, field, reason) per line."""

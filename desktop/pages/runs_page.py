@@ -33,7 +33,9 @@ from desktop.next_steps import has_adapter, open_export
 from desktop.pages import intro_label
 from desktop.run_history import RunHistory, delete_run
 from desktop.run_monitor import drift_text, format_duration
+from desktop.runs_tools import RunsTools
 from desktop.state import AppState
+from desktop.train_guard import AVERAGE_LOSS
 from desktop.worker import JsonCommand
 
 COLUMNS = (
@@ -43,8 +45,8 @@ COLUMNS = (
     "Data",
     "Method",
     "Steps",
-    "Train loss",
-    "Val loss",
+    "Final loss (average)",
+    "Validation loss",
     "Drift",
     "Duration",
     "Started",
@@ -85,9 +87,13 @@ class RunsPage(QWidget):
         layout.addWidget(
             intro_label(
                 "Every training run, also those started from the command line. Select several to compare their loss. "
+                "Final loss is the average of the last steps; lower is closer to your data. "
                 "Drift: how much the tuning changed the model's general answers (`tunedesk forgetting`)."
             )
         )
+        self.tools = RunsTools(self.selected_paths)  # find, sort, rename, notes, compare
+        self.tools.changed.connect(self.refresh)
+        layout.addWidget(self.tools)
         split = QSplitter(Qt.Orientation.Vertical)
         self.table = QTableWidget(0, len(COLUMNS))
         self.table.setHorizontalHeaderLabels(COLUMNS)
@@ -96,6 +102,16 @@ class RunsPage(QWidget):
         self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         self.table.verticalHeader().setVisible(False)
         self.table.setSortingEnabled(False)
+        self.table.setTabKeyNavigation(False)  # Tab goes on to the buttons; arrows move between runs
+        self.table.setAccessibleName("Training runs")
+        tips = {
+            "Final loss (average)": f"The {AVERAGE_LOSS} (the Train page's chart shows each step's loss)",
+            "Validation loss": "Loss on rows held out from training: how well it does on data it did not see",
+            "Drift": "How much the tuning changed the model's general answers (forgetting check)",
+        }
+        for i, column in enumerate(COLUMNS):
+            if column in tips:
+                self.table.horizontalHeaderItem(i).setToolTip(tips[column])
         header = self.table.horizontalHeader()
         header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
         header.setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
@@ -164,7 +180,7 @@ class RunsPage(QWidget):
     def refresh(self) -> None:
         """Re-read the run folders (cached per folder) and redraw the table, keeping the selection."""
         selected = set(self.selected_paths())
-        self.rows = self.history.runs(self.parents())
+        self.rows = self.tools.arrange(self.history.runs(self.parents()))
         self.table.blockSignals(True)
         self.table.setRowCount(len(self.rows))
         for i, r in enumerate(self.rows):
@@ -174,7 +190,7 @@ class RunsPage(QWidget):
                 time.strftime("%Y-%m-%d %H:%M", time.localtime(r["started"])) if r.get("started") else "-"
             )
             values = (
-                r["name"],
+                r.get("display_name") or r["name"],
                 r["status"],
                 Path(str(r.get("model") or "-")).name,
                 data,
@@ -190,7 +206,7 @@ class RunsPage(QWidget):
                 item = QTableWidgetItem(str(text))
                 if j == 0:
                     item.setData(Qt.ItemDataRole.UserRole, r["path"])
-                    item.setToolTip(r["path"])
+                    item.setToolTip(r["path"] + (f"\n\n{r['notes']}" if r.get("notes") else ""))
                 if j == 1 and r.get("failure"):
                     item.setToolTip(f"{r['failure'].get('message')}\n{r['failure'].get('hint') or ''}")
                 if j == 8 and r.get("forgetting"):
@@ -239,6 +255,7 @@ class RunsPage(QWidget):
         self.chart.refresh()
         if paths_:
             self.chart.plotItem.vb.enableAutoRange()
+        self.tools.update_buttons(paths_)
         one = len(paths_) == 1
         row = next((r for r in self.rows if paths_ and r["path"] == paths_[0]), None)
         self.show_button.setEnabled(one)
