@@ -26,7 +26,7 @@ reads it from a subprocess). Its keys:
   upper edge). Null when ``token_lengths`` is.
 - ``example``: the first usable row rendered as the model sees it: ``{row, text, spans}`` with
   ``spans`` a list of ``[start, end)`` character offsets into ``text`` of the trained tokens
-  (for DPO: the chosen answer). Null when no row is usable or there is no model.
+  (for DPO: the chosen answer; for packed plain text: the first document, whole). Null when no row is usable or there is no model.
 
 On an error that stops the check (unreadable or mixed-format file, strict mode, a model without
 a chat template), ``--json`` prints ``{"ok": false, "error": {message, file, line, row, field}}``
@@ -43,6 +43,7 @@ from typing import Any
 
 import numpy as np
 
+from backends.data.pack import pack_examples
 from backends.data.pipeline import analyze_file, methods_for_format, token_length_stats
 from backends.data.templates import load_tokenizer
 from backends.data.types import IGNORE_INDEX, Example, KTOExample, PreferenceExample
@@ -111,6 +112,7 @@ def check_file(
         system_prompt=system_prompt,
         literal_special_tokens=literal_special_tokens,
     )
+    pack_examples(examples, report, max_seq_length, "plain")  # its notice; the example stays one row
     stats = token_length_stats(report.lengths, max_seq_length)
     histogram = None
     if stats is not None:
@@ -227,4 +229,13 @@ def cli_check(args: argparse.Namespace) -> int:
         print(json.dumps(result, ensure_ascii=False))
     else:
         print(format_report(result))
+    if not result["ok"]:  # the one line a caller (the app) shows: why nothing is usable
+        first = result["problems"][0] if result["problems"] else None
+        why = (
+            f"; first: {first['where']} {first['row']}: {first['field']}: {first['reason']}" if first else ""
+        )
+        print(
+            f"error: {result['file']}: no usable rows: {result['rows_read']} read, all dropped{why}",
+            file=sys.stderr,
+        )
     return EXIT_OK if result["ok"] else EXIT_USER_INPUT

@@ -7,14 +7,15 @@ This is the grouping of transformers' language-modelling example (``group_texts`
 is kept instead of dropped. As there, attention runs across a document boundary inside a sequence
 (the EOS between them marks it). Every token is a target except BOS (the batcher leaves each
 sequence's first position untrained: nothing precedes it); within a sequence the first token of a
-document is predicted from the EOS before it.
+document is predicted from the EOS before it. The documents are split into training and
+validation before they are packed, so no document is in both.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from backends.data.types import IGNORE_INDEX, Example
+from backends.data.types import IGNORE_INDEX, DataReport, Example
 
 
 @dataclass
@@ -35,21 +36,21 @@ class PackStats:
         return self.tokens_out / self.tokens_in if self.tokens_in else 1.0
 
 
-def pack_documents(
-    documents: list[Example], max_seq_length: int, bos_id: int | None = None
-) -> tuple[list[Example], PackStats]:
-    """``documents`` (untruncated, in order) as sequences of ``max_seq_length`` tokens, the last
-    one shorter; a sequence's ``row`` is the source row of its first token. Labels: the token
-    ids, ``IGNORE_INDEX`` on ``bos_id``. A final piece of a single token (no target) is dropped.
-    Raises ValueError for ``max_seq_length`` below 2."""
+def pack_documents(documents: list[Example], max_seq_length: int) -> tuple[list[Example], PackStats]:
+    """``documents`` (untruncated, in order; their labels as they should be in the joined stream:
+    the ids, ``IGNORE_INDEX`` on a BOS) as sequences of ``max_seq_length`` tokens, the last one
+    shorter; a sequence's ``row`` is the source row of its first token. A final piece of a single
+    token (no target) is dropped. Raises ValueError for ``max_seq_length`` below 2."""
     if max_seq_length < 2:
         raise ValueError("max_seq_length must be at least 2 to pack text")
     ids: list[int] = []
+    labels: list[int] = []
     rows: list[int] = []
     starts: list[int] = []  # stream position where each document starts
     for doc in documents:
         starts.append(len(ids))
         ids += doc.input_ids
+        labels += doc.labels
         rows.append(doc.row)
     out: list[Example] = []
     doc = 0
@@ -59,9 +60,23 @@ def pack_documents(
             break
         while doc + 1 < len(starts) and starts[doc + 1] <= begin:
             doc += 1
-        labels = [IGNORE_INDEX if t == bos_id else t for t in piece]
-        out.append(Example(piece, labels, rows[doc]))
+        out.append(Example(piece, labels[begin : begin + max_seq_length], rows[doc]))
     tokens_out = sum(len(e.input_ids) for e in out)
     targets = sum(1 for e in out for t in e.labels[1:] if t != IGNORE_INDEX)
     stats = PackStats(len(documents), len(ids), len(out), tokens_out, targets)
     return out, stats
+
+
+def pack_examples(examples: list | None, report: DataReport, max_seq_length: int, what: str) -> list | None:
+    """``examples`` packed when they are plain-text documents (``report.packed_text``): joined and
+    cut into full sequences of ``max_seq_length`` (``backends.data.pack``), with a notice naming
+    ``what`` ('training', 'validation'); other examples unchanged."""
+    if not examples or not report.packed_text:
+        return examples
+    packed, stats = pack_documents(examples, max_seq_length)
+    report.notices.append(
+        f"{what} text packed: {stats.documents} documents ({stats.tokens_in:,} tokens) joined with EOS "
+        f"into {stats.sequences} sequences of up to {max_seq_length} tokens, {100 * stats.kept:.1f}% of "
+        "the tokens kept (data.pack_text)"
+    )
+    return packed

@@ -30,7 +30,7 @@ from backends.data.formats import (
     detect_row_format,
     parse_row,
 )
-from backends.data.pack import pack_documents
+from backends.data.pack import pack_examples
 from backends.data.readers import read_file
 from backends.data.render import RenderSpec
 from backends.data.replay import mix_replay, replay_source
@@ -200,8 +200,8 @@ def analyze_file(
     Raises UserInputError for an unreadable or mixed-format file, a format/method mismatch, a
     missing chat template, or (``strict``) the first dropped row (invalid, too long for
     ``max_seq_length``, or one the template cannot render), naming file and line.
-    ``pack_text``: plain text (format 'text', method 'sft') is packed (``backends.data.pack``):
-    documents joined with EOS and cut into full sequences of ``max_seq_length``, none truncated.
+    ``pack_text``: plain text (format 'text', method 'sft') is returned as whole documents, not
+    cut, with ``report.packed_text`` set: ``pack_examples`` joins and cuts them.
     ``report.literal_specials`` lists the rows whose text spells a special token (e.g. a literal
     ``<|im_end|>``), which ``literal_special_tokens`` ('text' or 'control') decides how to tokenise.
     """
@@ -312,16 +312,11 @@ def analyze_file(
             f"{len(too_long)} row(s) dropped: no trained token fits within max_seq_length {max_seq_length} "
             f"({rows.unit}s {listed}; each is listed under problems)"
         )
-    if packing and examples:
-        examples, stats = pack_documents(
-            examples, max_seq_length, encoder.bos_id if encoder.adds_bos else None
-        )
-        report.notices.append(
-            f"plain text packed: {stats.documents} documents ({stats.tokens_in:,} tokens) joined with EOS "
-            f"into {stats.sequences} sequences of up to {max_seq_length} tokens, {100 * stats.kept:.1f}% "
-            "of the tokens kept (data.pack_text)"
-        )
-        cut = []
+    if packing:
+        report.packed_text, cut = True, []
+        for e in examples:  # in the joined stream a document's first token is a target, BOS aside
+            if not encoder.adds_bos:
+                e.labels[0] = e.input_ids[0]
     if cut:
         report.notices.append(
             f"{len(cut)} row(s) longer than max_seq_length {max_seq_length} were cut from the right "
@@ -468,11 +463,15 @@ def prepare_data(config: Any, tokenizer: Any, *, progress: Progress | None = Non
         train, validation = _split(
             train, data.validation_fraction, config.training.seed, report, data.validation_max_rows
         )
+    length = config.training.max_seq_length
+    train = pack_examples(train, report, length, "training")
+    validation = pack_examples(validation, val_report or report, length, "validation")
     if data.replay and method == "sft":
         source = replay_source(data.replay_file)
         general, replay_report, _, _ = analyze_file(source, tokenizer, **{**options, "format": "auto"})
         if not general:
             raise no_rows_error(replay_report)
+        general = pack_examples(general, replay_report, length, "replay")
         train = mix_replay(train, general, data.replay, config.training.seed, report, source)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     return PreparedData(

@@ -128,7 +128,8 @@ class DataReport:
 
     ``problems``: every dropped row (invalid rows and rows whose trained tokens were all cut by
     ``max_seq_length``), in file order. ``lengths``: token length of every row that passed
-    validation, before truncation (for DPO: prompt plus the longer answer).
+    validation, before truncation (for DPO: prompt plus the longer answer). ``packed_text``: the
+    examples are whole plain-text documents, left uncut for ``pipeline.pack_examples``.
     """
 
     file: str
@@ -139,6 +140,7 @@ class DataReport:
     notices: list[str] = field(default_factory=list)
     lengths: list[int] = field(default_factory=list)
     literal_specials: list[tuple[int, list[str]]] = field(default_factory=list)  # (row, strings)
+    packed_text: bool = False
 
     @property
     def rows_dropped(self) -> int:
