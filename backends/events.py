@@ -68,6 +68,9 @@ REQUIRED: dict[str, tuple[str, ...]] = {
     # tunedesk export RUN_DIR --format ... --json (backends/jobs/export/run.py): stages and the result.
     "export_progress": ("stage", "done", "total"),
     "export_finished": ("path", "format", "quant", "bytes"),
+    # tunedesk data check --json (backends/data/check.py), on stderr: how far reading a data file
+    # is. done/total in `unit` ('bytes', or 'rows' for Parquet); rows: rows read so far.
+    "data_progress": ("stage", "done", "total", "unit", "rows"),
 }
 
 # Optional fields of DPO runs (``method: dpo``; see backends/training/dpo.py for the formulas).

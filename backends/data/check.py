@@ -43,7 +43,9 @@ from typing import Any
 
 import numpy as np
 
+from backends.data.columns import parse_columns
 from backends.data.pipeline import analyze_file, methods_for_format, token_length_stats
+from backends.data.progress import DataProgress
 from backends.data.templates import load_tokenizer
 from backends.data.types import IGNORE_INDEX, Example, KTOExample, PreferenceExample
 from backends.errors import EXIT_OK, EXIT_USER_INPUT, UserInputError
@@ -91,6 +93,8 @@ def check_file(
     method: str | None = None,
     tokenizer: Any | None = None,
     literal_special_tokens: str = "text",
+    columns: Any = None,
+    progress: DataProgress | None = None,
 ) -> dict[str, Any]:
     """Check a data file as training would read it; returns the dict described in this module's
     docstring. ``model_dir`` (or an already loaded ``tokenizer``) supplies the tokenizer and chat
@@ -110,6 +114,9 @@ def check_file(
         max_seq_length=max_seq_length,
         system_prompt=system_prompt,
         literal_special_tokens=literal_special_tokens,
+        columns=columns,
+        progress=progress,
+        keep_examples=False,
     )
     stats = token_length_stats(report.lengths, max_seq_length)
     histogram = None
@@ -137,6 +144,8 @@ def check_file(
         "token_lengths": stats,
         "histogram": histogram,
         "example": _example_view(tokenizer, examples[0]) if examples else None,
+        "columns": report.columns,
+        "preview": report.preview,
     }
 
 
@@ -187,6 +196,16 @@ def format_report(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _progress(as_json: bool) -> DataProgress:
+    """Progress on stderr: lines for people, or (``--json``) ``data_progress`` events as JSON lines,
+    so stdout stays the one JSON document."""
+    from backends.events import encode, make_event
+
+    if as_json:
+        return DataProgress(event=lambda f: print(encode(make_event("data_progress", **f)), file=sys.stderr))
+    return DataProgress(say=lambda text: print(text, file=sys.stderr, flush=True))
+
+
 def cli_check(args: argparse.Namespace) -> int:
     """Entry of ``tunedesk data check`` (arguments from ``backends.cli``): prints the report
     (``--json``: the dict) and returns 0 when usable rows remain, 1 otherwise."""
@@ -196,10 +215,11 @@ def cli_check(args: argparse.Namespace) -> int:
     try:
         # A missing or unreadable file is reported before the model is loaded (or imported).
         source = Path(args.file)
-        if not source.is_file():
+        if not (source.is_file() or source.is_dir()):
             raise UserInputError(
                 "no such file" if not source.exists() else "not a file", file=source, field="file"
             )
+        columns = parse_columns(args.columns)
         model_dir = models.resolve_model(
             args.model or DEFAULT_MODEL, progress=lambda m: print(m, file=sys.stderr)
         )
@@ -209,6 +229,8 @@ def cli_check(args: argparse.Namespace) -> int:
             format=args.format,
             max_seq_length=args.max_seq_length,
             strict=args.strict,
+            columns=columns,
+            progress=_progress(args.json),
         )
     except UserInputError as exc:
         if not args.json:

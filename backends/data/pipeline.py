@@ -18,19 +18,14 @@ from typing import Any
 import numpy as np
 
 from backends import paths
-from backends.data.encode import Encoder, encode_rows
-from backends.data.formats import (
-    CHAT_FORMATS,
-    FORMATS,
-    Feedback,
-    Preference,
-    RowError,
-    detect_row_format,
-    parse_row,
-)
-from backends.data.readers import read_file
+from backends.data.columns import report_mapping, source_field
+from backends.data.encode import CHUNK_ROWS, Encoder, encode_rows
+from backends.data.formats import CHAT_FORMATS, Feedback, Preference, RowError, parse_row
+from backends.data.progress import DataProgress, as_progress
+from backends.data.readers import BadRow
 from backends.data.render import RenderSpec
 from backends.data.replay import mix_replay, replay_source
+from backends.data.rowstream import RowList, open_rows, read_rows, row_error, where
 from backends.data.run_prompt import spec_from_config
 from backends.data.templates import CHATML_TEMPLATE, model_template, resolve_chat_template
 from backends.data.types import DataReport, PreparedData, Problem, PromptExample
@@ -41,86 +36,7 @@ Progress = Callable[[str], None]
 # The built-in sample data (written by the demo/trainer part): `messages` rows.
 SAMPLE_DATA = Path("demo") / "support_train.jsonl"
 
-_FORMAT_FIELDS = (
-    "messages (`messages`), sharegpt (`conversations`), alpaca (`instruction`/`output`), "
-    "prompt_completion (`prompt`/`completion`), text (`text`), preference (`prompt` or "
-    "`conversations` with `chosen`/`rejected`), feedback (`prompt`/`completion` or `messages` with "
-    "`label` true/false)"
-)
-
-
-class RowList(list):
-    """Rows of one file as (number, object) pairs; ``unit`` is 'line' (JSONL: numbers are line
-    numbers) or 'row' (1-based rows of a JSON array, CSV or Parquet file)."""
-
-    unit: str = "row"
-
-
-def row_error(
-    file: str | Path, unit: str, row: int, field: str, reason: str, hint: str | None = None
-) -> UserInputError:
-    """A UserInputError for one row: ``FILE:LINE: FIELD: REASON`` for JSONL, ``FILE: row N: FIELD:
-    REASON`` otherwise. The error carries ``.file``, ``.line`` (JSONL), ``.row`` and ``.field``."""
-    err = UserInputError(reason, file=file, line=row if unit == "line" else None, field=field, hint=hint)
-    err.row = row  # type: ignore[attr-defined]
-    if unit != "line":
-        err.args = (f"{file}: row {row}: {field}: {reason}" + (f" ({hint})" if hint else ""),)
-    return err
-
-
-def _where(unit: str, row: int) -> str:
-    return f"line {row}" if unit == "line" else f"row {row}"
-
-
-def read_rows(path: str | Path, format: str = "auto") -> tuple[str, RowList]:
-    """Read a data file and detect its format.
-
-    ``format``: 'auto' (detect from the rows' fields) or one of ``FORMATS`` (taken as given).
-    Returns (format, rows): rows are (number, object) pairs (see ``RowList``).
-    Raises UserInputError when the file cannot be read, has no rows, no row matches a known format,
-    or (auto) rows of different formats are mixed: the error names the first row that differs.
-    """
-    path = Path(path)
-    if format != "auto" and format not in FORMATS:
-        raise UserInputError(
-            f"unknown format {format!r}; use auto or one of {', '.join(FORMATS)}", field="data.format"
-        )
-    kind, raw = read_file(path)
-    rows = RowList(raw)
-    rows.unit = "line" if kind == "jsonl" else "row"
-    if not rows:
-        raise UserInputError("the file has no rows", file=path)
-    if format != "auto":
-        return format, rows
-    detected: str | None = None
-    first = 0
-    for number, obj in rows:
-        fmt = detect_row_format(obj)
-        if fmt is None:
-            continue
-        if detected is None:
-            detected, first = fmt, number
-        elif fmt != detected:
-            raise row_error(
-                path,
-                rows.unit,
-                number,
-                ",".join(sorted(obj)),
-                f"mixed formats: this row is {fmt!r} but {_where(rows.unit, first)} is {detected!r}; "
-                "use one format per file",
-            )
-    if detected is None:
-        number, obj = rows[0]
-        fields = ", ".join(sorted(obj)) if isinstance(obj, dict) else type(obj).__name__
-        raise row_error(
-            path,
-            rows.unit,
-            number,
-            "(row)",
-            f"cannot tell the format: no row has the fields of a known format; this one has: {fields}",
-            hint=f"known formats: {_FORMAT_FIELDS}",
-        )
-    return detected, rows
+__all__ = ["RowList", "analyze_file", "prepare_data", "read_rows", "row_error"]  # re-exported names too
 
 
 def _kind(fmt: str) -> str:
@@ -185,132 +101,206 @@ def analyze_file(
     max_seq_length: int = 1024,
     system_prompt: str | None = None,
     literal_special_tokens: str = "text",
-    progress: Progress | None = None,
+    progress: DataProgress | Progress | None = None,
+    columns: Any = None,
+    keep_examples: bool = True,
 ) -> tuple[list, DataReport, str | None, str]:
-    """Read, validate and (with a tokenizer) tokenise one file, without raising for zero rows.
+    """Read, validate and (with a tokenizer) tokenise one file as a stream, without raising for
+    zero rows.
 
     Returns (examples, report, template, method): ``examples`` are ``Example`` (sft) or
-    ``PreferenceExample`` (dpo) in file order (empty without a tokenizer); ``template`` is the
-    chat template used (None without a tokenizer, or for text data on a model without one);
-    ``method`` is the given one or, for None/'auto', 'dpo' for preference data else 'sft'.
+    ``PreferenceExample`` (dpo) in file order (empty without a tokenizer; with ``keep_examples``
+    False only the first, so memory stays bounded for ``data check`` on a file of several GB);
+    ``template`` is the chat template used (None without a tokenizer, or for text data on a model
+    without one); ``method`` is the given one or, for None/'auto', the format's default.
+    ``columns``: the column mapping ``{role: source column}`` (``backends.data.columns``);
+    ``report.columns`` / ``report.preview`` give the applied mapping and the first rows.
     Raises UserInputError for an unreadable or mixed-format file, a format/method mismatch, a
-    missing chat template, or (``strict``) the first dropped row (invalid, too long for
-    ``max_seq_length``, or one the template cannot render), naming file and line.
+    missing chat template, or (``strict``) the first dropped row (malformed line, invalid, too long
+    for ``max_seq_length``, or one the template cannot render), naming file and line.
     ``report.literal_specials`` lists the rows whose text spells a special token (e.g. a literal
     ``<|im_end|>``), which ``literal_special_tokens`` ('text' or 'control') decides how to tokenise.
     """
     path = Path(path)
-    if progress:
-        progress(f"reading {path}")
-    fmt, rows = read_rows(path, format)
+    progress = as_progress(progress)
+    progress.message(f"reading {path}")
+    stream = open_rows(path, format, columns)
+    fmt, unit, source = stream.format, stream.unit, stream.source
     method = _check_method(path, fmt, method)
-    report = DataReport(file=str(path), format=fmt, rows_read=len(rows))
-    valid: list[tuple[int, Any]] = []
-    same: list[int] = []
-    for number, obj in rows:
-        try:
-            parsed = parse_row(fmt, obj)  # the renderer adds the system prompt
-        except RowError as err:
-            report.problems.append(Problem(str(path), number, err.field, err.reason, rows.unit))
-            continue
-        if isinstance(parsed, Preference) and parsed.chosen.strip() == parsed.rejected.strip():
-            # No preference signal: the DPO loss of such a pair is ln 2 with zero gradient.
-            reason = "identical to chosen: the pair carries no preference; dropped"
-            report.problems.append(Problem(str(path), number, "rejected", reason, rows.unit))
-            same.append(number)
-            continue
-        valid.append((number, parsed))
-    if strict and report.problems:
-        p = report.problems[0]
-        more = len(report.problems) - 1
-        raise row_error(
-            path,
-            rows.unit,
-            p.row,
-            p.field,
-            p.reason + (f"; and {more} more invalid row(s)" if more else ""),
-            hint="strict mode: fix the rows or turn off data.strict to drop them",
+    report = DataReport(file=str(path), format=fmt)
+    report.columns = report_mapping(fmt, stream.columns, stream.preview["columns"])
+    report.preview = stream.preview
+    template = encoder = None
+    if tokenizer is not None:
+        template = template_for(tokenizer, chat_template, fmt)
+        spec = RenderSpec(
+            template,
+            template_choice=chat_template,
+            system_prompt=system_prompt or None,
+            special_tokens=literal_special_tokens,
         )
-    if report.problems:
-        report.notices.append(f"{len(report.problems)} invalid row(s) dropped")
-    if same:
-        listed = ", ".join(str(r) for r in same[:10]) + (", ..." if len(same) > 10 else "")
-        report.notices.append(
-            f"{len(same)} pair(s) with identical chosen and rejected answers dropped: no preference "
-            f"to learn ({rows.unit}s {listed})"
-        )
-    if tokenizer is None or not valid:
-        report.rows_kept = len(valid)
-        return [], report, None, method
+        encoder = Encoder(tokenizer, spec, train_on=train_on, max_seq_length=max_seq_length)
+    state = _Tally(path, unit, source, stream.columns, strict)
+    examples: list = []
+    pending: list[tuple[int, Any]] = []
 
-    template = template_for(tokenizer, chat_template, fmt)
-    spec = RenderSpec(
-        template,
-        template_choice=chat_template,
-        system_prompt=system_prompt or None,
-        special_tokens=literal_special_tokens,
-    )
-    encoder = Encoder(tokenizer, spec, train_on=train_on, max_seq_length=max_seq_length)
-    _find_literal_specials(encoder, valid, report, rows.unit, literal_special_tokens)
-    kind = _kind(fmt)
-    if method == "grpo":  # the prompt and its reference answer, tokenised as a rated answer
-        valid, kind = [(n, Feedback(m[:-1], m[-1]["content"], True)) for n, m in valid], "feedback"
-    results = encode_rows(encoder, kind, valid, progress)
-    if method == "grpo":
-        for r in results:
-            if r.example is not None:
-                r.example = PromptExample(r.example.prompt_ids, r.example.completion_ids, r.row)
-    dropped = next((r for r in results if r.example is None and r.error is not None), None)
-    if strict and dropped is not None:
-        more = sum(1 for r in results if r.example is None) - 1
-        raise row_error(
-            path,
-            rows.unit,
-            dropped.row,
-            dropped.error.field,
-            dropped.error.reason + (f"; and {more} more dropped row(s)" if more else ""),
-            hint="strict mode: fix the rows (or raise training.max_seq_length), or turn off data.strict to drop them",
-        )
-    examples = []
-    cut: list[int] = []
-    too_long: list[int] = []
-    for r in results:
-        if r.length is not None:
-            report.lengths.append(r.length)
-        if r.example is not None:
-            examples.append(r.example)
-            if r.length is not None and r.length > max_seq_length:
-                cut.append(r.row)
+    def flush() -> None:
+        if encoder is not None and pending and not (strict and (state.invalid or state.same)):
+            _encode_chunk(encoder, fmt, method, pending, report, state, examples, keep_examples)
         else:
-            assert r.error is not None
-            report.problems.append(Problem(str(path), r.row, r.error.field, r.error.reason, rows.unit))
-            if r.error.field == "(length)":
-                too_long.append(r.row)
-    report.problems.sort(key=lambda p: p.row)
-    report.rows_kept = len(examples)
-    if too_long:
-        listed = ", ".join(str(r) for r in too_long[:10]) + (", ..." if len(too_long) > 10 else "")
-        report.notices.append(
-            f"{len(too_long)} row(s) dropped: no trained token fits within max_seq_length {max_seq_length} "
-            f"({rows.unit}s {listed}; each is listed under problems)"
-        )
-    if cut:
-        report.notices.append(
-            f"{len(cut)} row(s) longer than max_seq_length {max_seq_length} were cut from the right "
-            f"(first: {_where(rows.unit, cut[0])})"
-        )
-    if encoder.turns_without_stop:
-        report.notices.append(
-            f"{encoder.turns_without_stop} assistant turn(s) end with no special token in this chat "
-            "template, so the model may not learn where to stop"
-        )
+            state.valid += len(pending)
+        pending.clear()
+
+    for number, obj in stream.rows():
+        report.rows_read += 1
+        parsed = state.parse(fmt, number, obj, report)
+        if parsed is not None:
+            pending.append((number, parsed))
+            if len(pending) >= CHUNK_ROWS:
+                flush()
+        progress.reading(path.name, source.done, source.total, source.measure, report.rows_read)
+    flush()
+    progress.reading(path.name, source.done, source.total, source.measure, report.rows_read, final=True)
+    if report.rows_read == 0:
+        raise UserInputError("the file has no rows", file=path)
+    state.finish(report, encoder, max_seq_length, literal_special_tokens)
+    report.rows_kept = state.kept if encoder is not None else state.valid
+    if encoder is None:
+        return [], report, None, method
     return examples, report, template, method
 
 
-def _find_literal_specials(
-    encoder: Encoder, valid: list[tuple[int, Any]], report: DataReport, unit: str, policy: str
+class _Tally:
+    """What ``analyze_file`` counts while streaming: rows kept, dropped and why, for the report."""
+
+    def __init__(self, path: Path, unit: str, source: Any, columns: dict[str, str], strict: bool) -> None:
+        self.path, self.unit, self.source, self.columns, self.strict = path, unit, source, columns, strict
+        self.valid = self.kept = 0
+        self.invalid = 0  # rows dropped by validation (strict: an error at the end)
+        self.same: list[int] = []
+        self.cut: list[int] = []
+        self.too_long: list[int] = []
+        self.strict_drop: Problem | None = None
+        self.drops = 0
+
+    def problem(self, number: int, field: str, reason: str) -> Problem:
+        return Problem(
+            str(self.source.file_of(number)), number, source_field(field, self.columns), reason, self.unit
+        )
+
+    def parse(self, fmt: str, number: int, obj: Any, report: DataReport) -> Any:
+        """The validated row, or None after recording why it is dropped."""
+        if isinstance(obj, BadRow):
+            report.problems.append(self.problem(number, "(line)", obj.reason))
+            self.invalid += 1
+            return None
+        try:
+            parsed = parse_row(fmt, obj)  # the renderer adds the system prompt
+        except RowError as err:
+            report.problems.append(self.problem(number, err.field, err.reason))
+            self.invalid += 1
+            return None
+        if isinstance(parsed, Preference) and parsed.chosen.strip() == parsed.rejected.strip():
+            # No preference signal: the DPO loss of such a pair is ln 2 with zero gradient.
+            reason = "identical to chosen: the pair carries no preference; dropped"
+            report.problems.append(self.problem(number, "rejected", reason))
+            self.same.append(number)
+            return None
+        return parsed
+
+    def finish(self, report: DataReport, encoder: Any, max_seq_length: int, policy: str) -> None:
+        """Raise the strict-mode error, or add the notices about dropped and cut rows."""
+        report.problems.sort(key=lambda p: p.row)
+        if self.strict and (self.invalid or self.same):
+            p = report.problems[0]
+            more = len(report.problems) - 1
+            raise row_error(
+                p.file,
+                self.unit,
+                p.row,
+                p.field,
+                p.reason + (f"; and {more} more invalid row(s)" if more else ""),
+                hint="strict mode: fix the rows or turn off data.strict to drop them",
+            )
+        if self.strict and self.strict_drop is not None:
+            p, more = self.strict_drop, self.drops - 1
+            raise row_error(
+                p.file,
+                self.unit,
+                p.row,
+                p.field,
+                p.reason + (f"; and {more} more dropped row(s)" if more else ""),
+                hint="strict mode: fix the rows (or raise training.max_seq_length), or turn off data.strict to drop them",
+            )
+        if self.invalid + len(self.same):
+            report.notices.append(f"{self.invalid + len(self.same)} invalid row(s) dropped")
+        if self.same:
+            listed = ", ".join(str(r) for r in self.same[:10]) + (", ..." if len(self.same) > 10 else "")
+            report.notices.append(
+                f"{len(self.same)} pair(s) with identical chosen and rejected answers dropped: no "
+                f"preference to learn ({self.unit}s {listed})"
+            )
+        if self.too_long:
+            listed = ", ".join(str(r) for r in self.too_long[:10]) + (
+                ", ..." if len(self.too_long) > 10 else ""
+            )
+            report.notices.append(
+                f"{len(self.too_long)} row(s) dropped: no trained token fits within max_seq_length "
+                f"{max_seq_length} ({self.unit}s {listed}; each is listed under problems)"
+            )
+        if self.cut:
+            report.notices.append(
+                f"{len(self.cut)} row(s) longer than max_seq_length {max_seq_length} were cut from the right "
+                f"(first: {where(self.unit, self.cut[0])})"
+            )
+        if encoder is not None and encoder.turns_without_stop:
+            report.notices.append(
+                f"{encoder.turns_without_stop} assistant turn(s) end with no special token in this chat "
+                "template, so the model may not learn where to stop"
+            )
+        if encoder is not None:
+            _literal_notice(report, self.unit, policy)
+
+
+def _encode_chunk(
+    encoder: Encoder,
+    fmt: str,
+    method: str,
+    rows: list[tuple[int, Any]],
+    report: DataReport,
+    state: _Tally,
+    examples: list,
+    keep: bool,
 ) -> None:
-    """Record rows whose message text spells a special token, with a notice naming the first."""
+    """Tokenise one chunk of validated rows into ``examples`` (all, or with ``keep`` False only
+    the file's first), recording lengths, cut rows and dropped rows in ``report`` / ``state``."""
+    _find_literal_specials(encoder, rows, report)
+    kind = _kind(fmt)
+    if method == "grpo":  # the prompt and its reference answer, tokenised as a rated answer
+        rows, kind = [(n, Feedback(m[:-1], m[-1]["content"], True)) for n, m in rows], "feedback"
+    for r in encode_rows(encoder, kind, rows):
+        if r.length is not None:
+            report.lengths.append(r.length)
+        if r.example is None:
+            assert r.error is not None
+            problem = state.problem(r.row, r.error.field, r.error.reason)
+            report.problems.append(problem)
+            state.drops += 1
+            state.strict_drop = state.strict_drop or problem
+            if r.error.field == "(length)":
+                state.too_long.append(r.row)
+            continue
+        if method == "grpo":
+            r.example = PromptExample(r.example.prompt_ids, r.example.completion_ids, r.row)
+        state.kept += 1
+        if keep or not examples:
+            examples.append(r.example)
+        if r.length is not None and r.length > encoder.max_seq_length:
+            state.cut.append(r.row)
+
+
+def _find_literal_specials(encoder: Encoder, valid: list[tuple[int, Any]], report: DataReport) -> None:
+    """Record rows whose message text spells a special token."""
     for number, parsed in valid:
         if isinstance(parsed, Preference):
             messages = [*parsed.prompt, {"role": "assistant", "content": parsed.chosen}]
@@ -322,6 +312,10 @@ def _find_literal_specials(
         found = encoder.literal_specials(messages)
         if found:
             report.literal_specials.append((number, sorted(set(found))))
+
+
+def _literal_notice(report: DataReport, unit: str, policy: str) -> None:
+    """The notice naming the first row whose text spells a special token."""
     if report.literal_specials:
         number, found = report.literal_specials[0]
         how = (
@@ -332,7 +326,7 @@ def _find_literal_specials(
         )
         report.notices.append(
             f"{len(report.literal_specials)} row(s) contain special-token strings in their text "
-            f"(first: {_where(unit, number)}: {', '.join(found)}): {how}"
+            f"(first: {where(unit, number)}: {', '.join(found)}): {how}"
         )
 
 
@@ -423,6 +417,7 @@ def prepare_data(config: Any, tokenizer: Any, *, progress: Progress | None = Non
         system_prompt=data.system_prompt,
         literal_special_tokens=data.literal_special_tokens,
         progress=progress,
+        columns=data.columns,
     )
     train, report, template, method = analyze_file(path, tokenizer, **options)
     if not train:
@@ -441,7 +436,9 @@ def prepare_data(config: Any, tokenizer: Any, *, progress: Progress | None = Non
         )
     if data.replay and method == "sft":
         source = replay_source(data.replay_file)
-        general, replay_report, _, _ = analyze_file(source, tokenizer, **{**options, "format": "auto"})
+        general, replay_report, _, _ = analyze_file(
+            source, tokenizer, **{**options, "format": "auto", "columns": None}
+        )
         if not general:
             raise no_rows_error(replay_report)
         train = mix_replay(train, general, data.replay, config.training.seed, report, source)

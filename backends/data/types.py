@@ -128,7 +128,9 @@ class DataReport:
 
     ``problems``: every dropped row (invalid rows and rows whose trained tokens were all cut by
     ``max_seq_length``), in file order. ``lengths``: token length of every row that passed
-    validation, before truncation (for DPO: prompt plus the longer answer).
+    validation, before truncation (for DPO: prompt plus the longer answer). ``columns``: the column
+    mapping applied, ``{role: source column}``; ``preview``: the first rows as read,
+    ``{"columns": [...], "rows": [[cell, ...], ...]}`` (``backends.data.columns.preview``).
     """
 
     file: str
@@ -139,6 +141,8 @@ class DataReport:
     notices: list[str] = field(default_factory=list)
     lengths: list[int] = field(default_factory=list)
     literal_specials: list[tuple[int, list[str]]] = field(default_factory=list)  # (row, strings)
+    columns: dict[str, str] = field(default_factory=dict)
+    preview: dict[str, Any] = field(default_factory=lambda: {"columns": [], "rows": []})
 
     @property
     def rows_dropped(self) -> int:
