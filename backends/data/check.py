@@ -46,6 +46,7 @@ import numpy as np
 from backends.data.columns import parse_columns
 from backends.data.pipeline import analyze_file, methods_for_format, token_length_stats
 from backends.data.progress import DataProgress
+from backends.data.readers import text_files
 from backends.data.templates import load_tokenizer
 from backends.data.types import IGNORE_INDEX, Example, KTOExample, PreferenceExample
 from backends.errors import EXIT_OK, EXIT_USER_INPUT, UserInputError
@@ -219,6 +220,8 @@ def cli_check(args: argparse.Namespace) -> int:
             raise UserInputError(
                 "no such file" if not source.exists() else "not a file", file=source, field="file"
             )
+        if source.is_dir() and not text_files(source):
+            raise UserInputError("the folder holds no .txt or .md file", file=source, field="file")
         columns = parse_columns(args.columns)
         model_dir = models.resolve_model(
             args.model or DEFAULT_MODEL, progress=lambda m: print(m, file=sys.stderr)

@@ -122,6 +122,8 @@ def analyze_file(
     ``<|im_end|>``), which ``literal_special_tokens`` ('text' or 'control') decides how to tokenise.
     """
     path = Path(path)
+    if strict and tokenizer is not None:  # an invalid row stops the check before any tokenising
+        analyze_file(path, None, format=format, method=method, strict=True, columns=columns)
     progress = as_progress(progress)
     progress.message(f"reading {path}")
     stream = open_rows(path, format, columns)
