@@ -24,9 +24,18 @@ reads it from a subprocess). Its keys:
 - ``histogram``: ``{bins, counts}``: 20 equal-width bins from the shortest to the longest row;
   ``bins`` are the 21 edges (floats), ``counts`` the rows per bin (the last bin includes its
   upper edge). Null when ``token_lengths`` is.
+- ``columns``: the column mapping applied, ``{role: source column}`` (given with ``--columns``,
+  or detected from common names such as ``question``/``answer``), with the format's own fields
+  present under their own names (``{"prompt": "prompt"}``).
+- ``preview``: the first rows as read (before any mapping): ``{"columns": [source column names],
+  "rows": [[cell strings, each cut to 200 characters], ...]}``, at most 10 rows.
 - ``example``: the first usable row rendered as the model sees it: ``{row, text, spans}`` with
   ``spans`` a list of ``[start, end)`` character offsets into ``text`` of the trained tokens
   (for DPO: the chosen answer). Null when no row is usable or there is no model.
+
+Progress goes to stderr: lines for people, or with ``--json`` ``data_progress`` events (JSON
+lines ``{stage, done, total, unit, rows}``), so stdout stays one JSON document. The file is
+streamed: memory stays bounded for files of several GB.
 
 On an error that stops the check (unreadable or mixed-format file, strict mode, a model without
 a chat template), ``--json`` prints ``{"ok": false, "error": {message, file, line, row, field}}``
@@ -169,6 +178,9 @@ def format_report(result: dict[str, Any]) -> str:
     if result["model"]:
         template = result["chat_template"] or "none"
         lines.append(f"model:   {result['model']} (chat template: {template})")
+    renamed = {role: col for role, col in (result.get("columns") or {}).items() if role != col}
+    if renamed:
+        lines.append("columns: " + ", ".join(f"{role} <- {col}" for role, col in renamed.items()))
     lines.append(
         f"rows:    {result['rows_read']} read, {result['rows_kept']} kept, {result['rows_dropped']} dropped"
     )

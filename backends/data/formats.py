@@ -18,10 +18,20 @@ Formats (names as in ``DataConfig.format``):
   with the rated assistant turn (LLaMA-Factory's KTO form); detected when ``label`` is a boolean
   (or the string "true"/"false", which is then a row problem: it must be a JSON boolean).
 
+Unpaired feedback's ``label`` may also be called ``kto_tag`` (LLaMA-Factory's KTO column).
+
 Chat lists accept either ``role``/``content`` or ``from``/``value`` items. Roles: ``system``;
-``user``/``human``; ``assistant``/``gpt``. A conversation is an optional system message, then
-user and assistant turns alternating, starting with user; for training it must end with an
-assistant turn, a preference prompt must end with a user turn. Required fields that are missing
+``user``/``human``; ``assistant``/``gpt``; ``tool``/``observation`` (a tool's result);
+``function_call`` (ShareGPT: an assistant turn whose value is the call's JSON). An assistant
+message may carry ``tool_calls`` (OpenAI); the row's ``tools`` column lists the tool definitions
+(``backends.data.toolcalls`` gives both one shape, the one chat templates take). A content is a
+string or a list of text parts (``{"type": "text", "text"|"value": ...}``). A conversation is an
+optional system message, then user and assistant turns alternating, starting with user, with tool
+results after an assistant turn that calls tools; for training it must end with an assistant turn,
+a preference prompt must end with a user turn (or a tool result). Multimodal rows (a non-empty
+``images``/``image``/``videos``/``video``/``audios``/``audio`` column, an ``<image>``/``<video>``/
+``<audio>`` placeholder in the text, or a media content part) are refused naming the column or
+field: TuneDesk trains text-only models. Required fields that are missing
 or null, values of the wrong type, empty answers and unknown roles are row problems
 (``RowError``) naming the field path, e.g. ``messages[3].role``. Optional fields (``input``,
 ``system``, ``history``) may be null or absent.

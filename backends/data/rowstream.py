@@ -8,6 +8,7 @@ error naming it (one format per file). ``read_rows`` collects the stream into a 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -153,6 +154,7 @@ def open_rows(path: str | Path, format: str = "auto", columns: Any = None) -> Ro
         mapping = aliases or {}
     fmt = found
     if fmt is None:
+        _single_object(source, head)
         number, obj = next(((n, o) for n, o in head if not isinstance(o, BadRow)), head[0])
         fields = ", ".join(sorted(obj)) if isinstance(obj, dict) else type(obj).__name__
         raise row_error(
@@ -168,6 +170,24 @@ def open_rows(path: str | Path, format: str = "auto", columns: Any = None) -> Ro
     stream = RowStream(source, fmt, mapping, head, it)
     stream._auto = format == "auto"
     return stream
+
+
+def _single_object(source: Source, head: list[Row]) -> None:
+    """Name the mistake of a ``.json`` file holding one (pretty-printed) object, not rows."""
+    if source.path.suffix.lower() != ".json" or not all(isinstance(o, BadRow) for _, o in head):
+        return
+    if source.path.stat().st_size > 64 * 2**20:
+        return
+    try:
+        obj = json.loads(source.path.read_bytes().decode("utf-8-sig"))
+    except (ValueError, UnicodeDecodeError):
+        return
+    if isinstance(obj, dict):
+        raise UserInputError(
+            "expected a JSON array of rows (or one JSON object per line), got a single object",
+            file=source.path,
+            line=1,
+        )
 
 
 def read_rows(path: str | Path, format: str = "auto", columns: Any = None) -> tuple[str, RowList]:
