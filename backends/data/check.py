@@ -216,7 +216,7 @@ def _progress(as_json: bool) -> DataProgress:
 
     if as_json:
         return DataProgress(event=lambda f: print(encode(make_event("data_progress", **f)), file=sys.stderr))
-    return DataProgress(say=lambda text: print(text, file=sys.stderr, flush=True))
+    return DataProgress(say=lambda text: print(text, file=sys.stderr, flush=True), interval=2.0)
 
 
 def cli_check(args: argparse.Namespace) -> int:
