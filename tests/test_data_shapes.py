@@ -230,7 +230,12 @@ def test_columns_option_maps_any_names(tmp_path, tiny_model_dir, capsys):
     path = write_jsonl(tmp_path / "de.jsonl", rows)
     argv = ["data", "check", str(path), "--model", str(tiny_model_dir), "--json"]
     assert main([*argv, "--columns", "prompt=frage,completion=antwort,system=sys"]) == 0
-    result = json.loads(capsys.readouterr().out)
+    captured = capsys.readouterr()
+    result = json.loads(captured.out)
+    # Progress goes to stderr as data_progress events; the last one says the whole file was read.
+    events = [json.loads(line) for line in captured.err.splitlines() if '"data_progress"' in line]
+    size = path.stat().st_size
+    assert events and events[-1]["done"] == events[-1]["total"] == size and events[-1]["rows"] == 3
     assert result["columns"] == {"prompt": "frage", "completion": "antwort", "system": "sys"}
     assert result["rows_kept"] == 2
     # A problem names the user's column, not the role.
@@ -300,3 +305,29 @@ def test_line_separators_inside_json_strings(tmp_path, char):
         path.write_bytes(("\ufeff" + raw_unescaped + "\n" + raw + "\n").encode("utf-8"))
         _, report, _, _ = analyze_file(path, None)
         assert (report.rows_read, report.rows_kept, report.problems) == (2, 2, []), name
+
+
+def test_progress_reports_bytes_read_as_the_file_streams(tmp_path):
+    from backends.data.progress import DataProgress
+
+    path = write_jsonl(tmp_path / "d.jsonl", [{"text": f"row {i} " * 50} for i in range(3000)])
+    events: list[dict] = []
+    lines: list[str] = []
+    check_file(path, progress=DataProgress(say=lines.append, event=events.append, interval=0))
+    size = path.stat().st_size
+    dones = [e["done"] for e in events]
+    assert len(events) > 100 and dones == sorted(dones) and 0 < dones[0] < size
+    assert events[-1] == {"stage": "reading", "done": size, "total": size, "unit": "bytes", "rows": 3000}
+    assert 1.25e6 < size < 1.35e6
+    assert lines[-1] == "reading d.jsonl: 100% (1.3 MB of 1.3 MB), 3,000 rows"
+
+
+def test_csv_feedback_with_a_mapped_rating_column(tmp_path):
+    path = tmp_path / "ratings.csv"
+    path.write_text("q,a,thumbs\nHi?,Hello!,yes\nHi?,Go away.,no\nHi?,Hey.,maybe\n")
+    _, report, _, method = analyze_file(path, None, columns="prompt=q,completion=a,label=thumbs")
+    assert (report.format, method, report.rows_kept) == ("feedback", "kto", 2)
+    (problem,) = report.problems
+    assert (problem.row, problem.field) == (3, "thumbs") and "expected true or false" in problem.reason
+    with pytest.raises(UserInputError, match="method 'kto'"):
+        analyze_file(path, None, method="sft", columns="prompt=q,completion=a,label=thumbs")

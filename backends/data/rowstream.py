@@ -59,6 +59,19 @@ def row_error(
     return err
 
 
+_CSV_TRUE, _CSV_FALSE = ("true", "yes", "1"), ("false", "no", "0")
+
+
+def csv_booleans(obj: Any) -> Any:
+    """A CSV row (all text) with its ``label`` / ``kto_tag`` cell as a boolean where it spells one
+    (true/false, yes/no, 1/0): CSV has no booleans, JSON does."""
+    for key in ("label", "kto_tag"):
+        value = obj.get(key) if isinstance(obj, dict) else None
+        if isinstance(value, str) and value.strip().lower() in _CSV_TRUE + _CSV_FALSE:
+            obj = {**obj, key: value.strip().lower() in _CSV_TRUE}
+    return obj
+
+
 class RowStream:
     """One file's rows: ``format``, ``unit`` ('line' | 'row'), ``columns`` (the mapping applied,
     ``{role: source column}``), ``preview`` (see ``backends.data.columns.preview``), ``source``
@@ -85,8 +98,16 @@ class RowStream:
                 yield number, obj
                 continue
             obj = apply_columns(obj, self.columns)
+            if self.source.kind == "csv":
+                obj = csv_booleans(obj)
             if self._auto:
                 fmt = detect_row_format(obj)
+                if (
+                    self.format == "feedback"
+                    and isinstance(obj, dict)
+                    and ("label" in obj or "kto_tag" in obj)
+                ):
+                    fmt = "feedback"  # a label that is no boolean: that row's validation names it
                 if fmt is not None and first is None and fmt == self.format:
                     first = number
                 elif fmt is not None and fmt != self.format:
@@ -135,7 +156,8 @@ def open_rows(path: str | Path, format: str = "auto", columns: Any = None) -> Ro
             if aliases is None and not mapping:
                 aliases = detect_aliases(obj) if detect_row_format(obj) is None else {}
             if found is None:
-                found = detect_row_format(apply_columns(obj, mapping or aliases or {}))
+                mapped = apply_columns(obj, mapping or aliases or {})
+                found = detect_row_format(csv_booleans(mapped) if source.kind == "csv" else mapped)
         if (len(good) >= PREVIEW_ROWS and found is not None) or len(head) >= LOOKAHEAD_ROWS:
             break
     if not head:
