@@ -59,6 +59,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_data(args: argparse.Namespace) -> int:
+    if args.data_cmd == "from-folder":
+        from backends.data.folder.build import cli_from_folder
+
+        return cli_from_folder(args)
     from backends.data.check import cli_check
 
     return cli_check(args)
@@ -178,6 +182,30 @@ def build_parser() -> argparse.ArgumentParser:
         "(also system=, chosen=, rejected=, messages=, text=, label=, ...); default: detected",
     )
     c.add_argument("--json", action="store_true")
+    c = dsub.add_parser(
+        "from-folder",
+        help="a dataset from a folder of documents or code (.gitignore respected, secrets removed)",
+        description="Walks DIR (a code repository or a documents folder), skips what .gitignore "
+        "ignores, vendored and generated folders, lockfiles and binaries, removes secrets and "
+        "duplicate chunks, and writes token-sized chunks with their file path and section title.",
+    )
+    c.add_argument("dir", metavar="DIR")
+    c.add_argument("--out", required=True, metavar="FILE.jsonl", help="the dataset to write (replaced)")
+    c.add_argument(
+        "--mode",
+        choices=["text", "qa"],
+        default="text",
+        help="text: {text} rows for continued pre-training (default); qa: prompt/completion rows to "
+        "fill in, each with its source chunk as context",
+    )
+    c.add_argument(
+        "--model", default=None, help="count tokens with this model's tokenizer (default: an estimate)"
+    )
+    c.add_argument("--chunk-tokens", type=int, default=None, help="most tokens in a chunk (default 512)")
+    c.add_argument(
+        "--max-file-size", type=int, default=None, help="bytes; larger files are skipped (default 1 MB)"
+    )
+    c.add_argument("--json", action="store_true", help="print the report as one JSON object")
     p.set_defaults(func=_cmd_data)
 
     p = sub.add_parser("hardware", help="OS, CPU, RAM, GPUs and the backend TuneDesk would pick, and why")

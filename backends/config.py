@@ -66,6 +66,12 @@ class DataConfig(_Strict):
     packing: bool = Field(
         False, description="Pack several short rows into one sequence (attention kept within each row)."
     )
+    pack_text: bool = Field(
+        True,
+        description="Plain text (format text, for continued pre-training): documents joined with EOS "
+        "between them and cut into full sequences of training.max_seq_length, so no token is lost "
+        "(off: each row is one sequence, cut at max_seq_length).",
+    )
     system_prompt: str | None = Field(None, description="System prompt added to rows that have none.")
     replay: float = Field(
         0.0,
@@ -231,6 +237,12 @@ class TrainingConfig(_Strict):
     seed: int = Field(42, ge=0, description="Seed of LoRA init, data order and dropout.")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto", description="Compute precision; 'auto' picks bf16 where the device supports it well."
+    )
+    padding_free: bool = Field(
+        True,
+        description="PyTorch: each micro-batch runs as one row of its examples back to back, without "
+        "padding (positions restart per example, attention stays within it). Same loss; off: "
+        "rows padded to the longest.",
     )
     gradient_checkpointing: bool | None = Field(
         None,

@@ -14,6 +14,40 @@ from typing import Any
 _NON_GATED = {"gpt2", "gpt_neox", "gptj", "phi", "falcon", "opt", "bloom", "starcoder2", "mpt"}
 
 
+# Published shapes (the ``config.json`` fields of meta-llama/Llama-3.2-1B and Llama-3.1-8B) for the
+# benchmarks and tests that build random-weight models of these sizes: one copy, imported by all.
+LLAMA_SHAPES: dict[str, dict[str, Any]] = {
+    "llama-3.2-1b": {
+        "model_type": "llama",
+        "hidden_size": 2048,
+        "intermediate_size": 8192,
+        "num_hidden_layers": 16,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 8,
+        "head_dim": 64,
+        "vocab_size": 128256,
+        "max_position_embeddings": 131072,
+        "tie_word_embeddings": True,
+        "rms_norm_eps": 1e-5,
+        "rope_theta": 500000.0,
+    },
+    "llama-3.1-8b": {
+        "model_type": "llama",
+        "hidden_size": 4096,
+        "intermediate_size": 14336,
+        "num_hidden_layers": 32,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 8,
+        "head_dim": 128,
+        "vocab_size": 128256,
+        "max_position_embeddings": 131072,
+        "tie_word_embeddings": False,
+        "rms_norm_eps": 1e-5,
+        "rope_theta": 500000.0,
+    },
+}
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelShape:
     """What the plan needs from ``config.json`` (transformers' field names)."""

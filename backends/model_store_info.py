@@ -160,3 +160,20 @@ def list_models() -> list[dict[str, Any]]:
             }
         )
     return out
+
+
+def gguf_import_estimate(path: str | Path, dtype: str = DEFAULT_DTYPE) -> dict[str, Any] | None:
+    """What importing the GGUF file ``path`` in precision ``dtype`` stores: ``file_bytes`` (the
+    GGUF file), ``params`` (weights counted from its tensor shapes, gguf's ``GGUFReader``) and
+    ``stored_bytes`` (params x bytes per weight of ``dtype``: 2 for bf16/f16, 4 for fp32; the
+    import dequantises to this precision so the model can be trained). None when the file cannot
+    be read as GGUF."""
+    try:
+        from gguf import GGUFReader
+
+        reader = GGUFReader(str(path), "r")
+        params = sum(int(t.n_elements) for t in reader.tensors)
+        size = Path(path).stat().st_size
+    except Exception:  # noqa: BLE001 (any unreadable file: no estimate, the import itself reports why)
+        return None
+    return {"file_bytes": size, "params": params, "stored_bytes": params * DTYPES[dtype][1]}

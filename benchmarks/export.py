@@ -44,43 +44,23 @@ def peak_rss() -> int:
 
 
 RESULT = "EXPORT-RESULT "
-LLAMA_32_1B = {
-    "vocab_size": 128256,
-    "hidden_size": 2048,
-    "intermediate_size": 8192,
-    "num_hidden_layers": 16,
-    "num_attention_heads": 32,
-    "num_key_value_heads": 8,
-    "head_dim": 64,
-    "max_position_embeddings": 4096,
-    "rms_norm_eps": 1e-5,
-    "tie_word_embeddings": True,
-    "rope_theta": 500000.0,
-}
 
 
 def build(work: Path) -> Path:
     """The random base model and a run folder with its LoRA adapter under ``work`` (once)."""
     import torch
     from peft import LoraConfig, get_peft_model
-    from transformers import LlamaConfig, LlamaForCausalLM
 
     from backends import models
+    from backends.model_shape import LLAMA_SHAPES
+    from benchmarks.random_llama import build_random_llama
 
     base, run = work / "llama-3.2-1b-shape", work / "run"
     if (run / "adapter" / "tunedesk.json").is_file():
         return run
     shutil.rmtree(work, ignore_errors=True)
     tok_src = models.resolve_model("SmolLM2-135M-Instruct")
-    config = LlamaConfig(**LLAMA_32_1B, bos_token_id=1, eos_token_id=2, pad_token_id=2)
-    torch.manual_seed(0)
-    torch.set_default_dtype(torch.bfloat16)
-    model = LlamaForCausalLM(config)
-    torch.set_default_dtype(torch.float32)
-    model.save_pretrained(base, safe_serialization=True)
-    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
-        if (tok_src / name).is_file():
-            shutil.copy2(tok_src / name, base / name)
+    model = build_random_llama(base, LLAMA_SHAPES["llama-3.2-1b"], tok_src)
     lora = LoraConfig(
         r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM"
     )

@@ -9,7 +9,8 @@ model learns to answer briefly. One prompt and 4 completions of at most 16 token
 
 Prints the mean reward of the first and last 10 steps of a full run, then runs the same config
 again, stops it after ``--stop-at`` steps (the stop file, as the app's Stop button) and resumes it,
-and prints the largest difference between the resumed run's rewards and the full run's.
+and prints the largest difference between the resumed run's per-step figures (reward, loss, KL,
+completion length, gradient norm) and the full run's.
 
     python benchmarks/grpo_learning.py --steps 20 --stop-at 8
 """
@@ -71,12 +72,18 @@ def config(model: str, data: Path, runs: Path, name: str, steps: int) -> dict:
     }
 
 
-def rewards(run_dir: Path) -> dict[int, float]:
+# The per-step figures a resumed run must repeat exactly.
+COMPARED = ("reward_mean", "loss", "kl", "completion_length", "grad_norm")
+
+
+def step_events(run_dir: Path) -> dict[int, dict]:
     from backends.events import read_events
 
-    return {
-        e["step"]: e["reward_mean"] for e in read_events(run_dir / "events.jsonl") if e["event"] == "step"
-    }
+    return {e["step"]: e for e in read_events(run_dir / "events.jsonl") if e["event"] == "step"}
+
+
+def rewards(run_dir: Path) -> dict[int, float]:
+    return {s: e["reward_mean"] for s, e in step_events(run_dir).items()}
 
 
 def main() -> None:
@@ -120,11 +127,11 @@ def main() -> None:
         pass
     stopped_at = max(rewards(stopped_dir))
     run_training(None, resume_dir=stopped_dir, console=False)
-    resumed = rewards(stopped_dir)
-    diff = max(abs(resumed[s] - full[s]) for s in full)
-    print(
-        f"stopped at step {stopped_at}, resumed to step {max(resumed)}: largest reward difference to the full run {diff:.2e}"
-    )
+    whole, resumed = step_events(runs / "full"), step_events(stopped_dir)
+    print(f"stopped at step {stopped_at}, resumed to step {max(resumed)}")
+    for key in COMPARED:
+        diff = max(abs(resumed[s][key] - whole[s][key]) for s in whole)
+        print(f"  largest {key} difference to the full run over steps 1-{max(whole)}: {diff:.2e}")
 
 
 if __name__ == "__main__":

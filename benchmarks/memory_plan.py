@@ -36,20 +36,6 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 SHARED_DATA = ROOT.parent / "shared" / "data"
 
-LLAMA_1B = {
-    "hidden_size": 2048,
-    "intermediate_size": 8192,
-    "num_hidden_layers": 16,
-    "num_attention_heads": 32,
-    "num_key_value_heads": 8,
-    "head_dim": 64,
-    "vocab_size": 128256,
-    "max_position_embeddings": 131072,
-    "tie_word_embeddings": True,
-    "rms_norm_eps": 1e-5,
-    "rope_theta": 500000.0,
-}
-
 
 def rows(cuda: bool) -> list[tuple[str, str, str, dict]]:
     """(name, model key, backend, config overrides) of every configuration."""
@@ -117,29 +103,12 @@ def build_models(work: Path, keys: set[str]) -> dict[str, Path]:
 
 def build_llama_1b(out: Path, tokenizer_from: Path) -> Path:
     """A LlamaForCausalLM of Llama-3.2-1B's shape with random bf16 weights and SmolLM2's tokenizer
-    (its ids all lie inside the 128256-token vocabulary)."""
-    import shutil
+    (its ids all lie inside the 128256-token vocabulary), built once."""
+    from backends.model_shape import LLAMA_SHAPES
+    from benchmarks.random_llama import build_random_llama
 
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from backends.models import fix_config_for_mlx
-    from tests.tiny_model import TOKENIZER_FILES
-
-    if (out / "config.json").is_file():
-        return out
-    torch.manual_seed(0)
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.bfloat16)
-    try:
-        model = LlamaForCausalLM(LlamaConfig(**LLAMA_1B, bos_token_id=1, eos_token_id=2, pad_token_id=2))
-    finally:
-        torch.set_default_dtype(previous)
-    model.save_pretrained(out, safe_serialization=True)
-    for name in TOKENIZER_FILES:
-        if (tokenizer_from / name).is_file():
-            shutil.copy2(tokenizer_from / name, out / name)
-    fix_config_for_mlx(out / "config.json")
+    if not (out / "config.json").is_file():
+        build_random_llama(out, LLAMA_SHAPES["llama-3.2-1b"], tokenizer_from)
     return out
 
 

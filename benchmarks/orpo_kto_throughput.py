@@ -1,15 +1,24 @@
 """ORPO and KTO throughput of TuneDesk's own steps (the shared loop + PyTorch engine) against TRL's
 ``ORPOTrainer`` (``trl.experimental.orpo``) and ``KTOTrainer`` with PEFT, in one run.
 
-As ``dpo_throughput.py`` (same model, LoRA, AdamW, learning rate, batch size, precision, steps,
-each side in a fresh process, no evaluation or checkpoints), with ``--method``:
+As ``dpo_throughput.py`` (same model, LoRA with the same dropout (TRL's ``disable_dropout`` off),
+AdamW, learning rate, batch size, precision, steps, each side in a fresh process, no evaluation or
+checkpoints), with ``--method``:
 
-- ``orpo``: the first ``--rows`` pairs of ``../shared/data/llamafactory/dpo_en_demo.json``; beta
-  (lambda) 0.1; tokens = the real tokens of the chosen and rejected rows on both sides.
+- ``orpo``: pairs of ``../shared/data/llamafactory/dpo_en_demo.json``; beta (lambda) 0.1; tokens =
+  the real tokens of the chosen and rejected rows on both sides.
 - ``kto``: the same pairs unpaired into LLaMA-Factory's KTO shape (chosen rated true, rejected
-  false; ``--rows`` pairs give twice the rows); beta 0.1, weights 1; the reference is the base
-  model with the adapter disabled, computed every step on both sides; tokens = the real tokens of
-  the rated rows (not of the mismatched KL rows) on both sides.
+  false: a pair gives two rows); beta 0.1, weights 1; the reference is the base model with the
+  adapter disabled, computed every step on both sides; tokens = the real tokens of the rated rows
+  (not of the mismatched KL rows) on both sides.
+
+Same rows, uncut, on both sides: only pairs whose prompt + chosen and prompt + rejected fit
+``--max-seq-length`` (rendered with the model's chat template, with a margin of ``MARGIN`` tokens
+for the two sides' small tokenisation differences) are used, the first ``steps x batch`` rows of
+them, so each side trains every row once and neither truncates (TRL's ORPOTrainer keeps a prompt
+that alone fills ``max_length`` and our pipeline drops it, which made an earlier version of this
+comparison count different tokens). ``--rows`` is then ignored. The table's "tokens of all steps"
+line shows that both sides trained the same tokens.
 
     python benchmarks/orpo_kto_throughput.py --method orpo --steps 6 --skip-steps 1 --max-seq-length 96
     python benchmarks/orpo_kto_throughput.py --method kto --steps 6 --skip-steps 1 --max-seq-length 96
@@ -32,6 +41,7 @@ import peers  # noqa: E402  (benchmarks/peers.py: what the ours-against-TRL benc
 from dpo_throughput import PAIRS, _trl_rows  # noqa: E402
 
 BETA = 0.1
+MARGIN = 8  # tokens kept free below --max-seq-length when choosing the rows that fit
 LEARNING_RATE = 5e-5
 ROLES = {"human": "user", "gpt": "assistant", "system": "system"}
 
@@ -46,6 +56,28 @@ def _unpaired(rows: list[dict]) -> list[dict]:
                 {"messages": [*prompt, {"role": "assistant", "content": row[key]["value"]}], "label": label}
             )
     return out
+
+
+def fitting_pairs(rows: list[dict], tokenizer, max_length: int, needed: int) -> list[dict]:
+    """The first ``needed`` pairs whose prompt + chosen and prompt + rejected, rendered with the
+    chat template, are at most ``max_length - MARGIN`` tokens. Exits when fewer fit."""
+    kept = []
+    for row in rows:
+        prompt = [{"role": ROLES[m["from"]], "content": m["value"]} for m in row["conversations"]]
+        texts = [
+            tokenizer.apply_chat_template(
+                [*prompt, {"role": "assistant", "content": row[k]["value"]}], tokenize=False
+            )
+            for k in ("chosen", "rejected")
+        ]
+        lengths = [len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
+        if max(lengths) <= max_length - MARGIN:
+            kept.append(row)
+        if len(kept) == needed:
+            return kept
+    sys.exit(
+        f"only {len(kept)} pairs fit {max_length - MARGIN} tokens, {needed} needed: raise --max-seq-length"
+    )
 
 
 def run_ours(args, data_file: Path, workdir: Path) -> dict:
@@ -105,6 +137,7 @@ def run_trl(args, data_file: Path, workdir: Path) -> dict:
         **precision_args,
         max_length=args.max_seq_length,
         beta=BETA,
+        disable_dropout=False,
         logging_steps=10,
         save_strategy="no",
         report_to="none",
@@ -159,8 +192,12 @@ def main() -> None:
         return
     peers.home()
     from backends import models
+    from backends.data import load_tokenizer
 
-    models.resolve_model(args.model)
+    tokenizer = load_tokenizer(models.resolve_model(args.model))
+    if args.method == "kto" and args.batch_size % 2:
+        sys.exit("--batch-size must be even for kto (each pair gives two rated rows)")
+    needed = args.steps * args.batch_size // (2 if args.method == "kto" else 1)
     keys = (
         "model",
         "rows",
@@ -174,13 +211,15 @@ def main() -> None:
     )
     with tempfile.TemporaryDirectory(prefix=f"{args.method}-bench-") as tmp:
         workdir = Path(tmp)
-        rows = json.loads(PAIRS.read_text(encoding="utf-8"))[: args.rows]
+        all_pairs = json.loads(PAIRS.read_text(encoding="utf-8"))
+        rows = fitting_pairs(all_pairs, tokenizer, args.max_seq_length, needed)
+        args.rows = len(rows)
         data = rows if args.method == "orpo" else _unpaired(rows)
         (workdir / "rows.json").write_text(json.dumps(data), encoding="utf-8")
         results = peers.run_sides(__file__, args, keys, workdir)
     peers.print_comparison(
-        f"{args.method.upper()}, {Path(args.model).name} LoRA r{args.rank} all-linear, first {args.rows} pairs of "
-        f"dpo_en_demo, {args.batch_size} a step, max {args.max_seq_length} tokens, {args.steps} steps "
+        f"{args.method.upper()}, {Path(args.model).name} LoRA r{args.rank} all-linear, the first {args.rows} "
+        f"pairs of dpo_en_demo that fit uncut, {args.batch_size} rows a step, max {args.max_seq_length} tokens, {args.steps} steps "
         f"(first {args.skip_steps} not timed), {os.cpu_count()} CPU threads",
         results,
     )

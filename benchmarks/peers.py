@@ -3,8 +3,9 @@ the benchmark home, each side in its own child process (so that its peak RSS is 
 timing of both sides, and the result table.
 
 A child prints one line ``RESULT {json}`` with ``tokens`` (non-padding tokens of the timed steps),
-``seconds`` (their wall time), ``steps`` (timed steps), ``loss`` (mean training loss) and
-``peak_rss`` (bytes); the parent runs the sides alternately ``repeats`` times and keeps, per side,
+``tokens_all`` (those of every step, warm-up included: equal on both sides when they trained the
+same rows uncut), ``seconds`` (their wall time), ``steps`` (timed steps), ``loss`` (mean training
+loss) and ``peak_rss`` (bytes); the parent runs the sides alternately ``repeats`` times and keeps, per side,
 the run with the median tokens/s (peak RSS: the highest seen).
 """
 
@@ -47,6 +48,7 @@ def ours_result(run: Any, skip_steps: int) -> dict[str, Any]:
     first, last = steps[skip_steps - 1] if skip_steps else None, steps[-1]
     return {
         "tokens": last["tokens"] - (first["tokens"] if first else 0),
+        "tokens_all": last["tokens"],
         "seconds": last["elapsed"] - (first["elapsed"] if first else 0.0),
         "steps": len(steps) - skip_steps,
         "loss": sum(e["loss"] for e in steps) / len(steps),
@@ -103,6 +105,7 @@ def trl_timed_train(
     times = [start, *step_times]
     return {
         "tokens": sum(step_tokens[skip_steps:]),
+        "tokens_all": sum(step_tokens),
         "seconds": times[-1] - times[skip_steps],
         "steps": len(step_times) - skip_steps,
         "loss": result.training_loss,
@@ -178,6 +181,8 @@ def print_comparison(title: str, results: dict[str, dict[str, Any]]) -> None:
             f"{r['tokens']:8d} {r['loss']:9.4f}"
         )
     ours, trl = results["ours"], results["trl"]
+    if "tokens_all" in ours and "tokens_all" in trl:
+        print(f"tokens of all steps (warm-up included): ours {ours['tokens_all']}, TRL {trl['tokens_all']}")
     speed = (ours["tokens"] / ours["seconds"]) / (trl["tokens"] / trl["seconds"])
     memory = ours["peak_rss"] / trl["peak_rss"]
     print(f"ratio ours/TRL: tokens/s {speed:.2f}x, peak RSS {memory:.2f}x")

@@ -12,11 +12,12 @@ import math
 
 import numpy as np
 import pyqtgraph as pg
-from PySide6.QtCore import QEvent, QTimer
-from PySide6.QtGui import QColor, QPalette
+from PySide6.QtCore import QEvent, Qt, QTimer
+from PySide6.QtGui import QColor, QPalette, QResizeEvent
 from PySide6.QtWidgets import QApplication, QWidget
 
 LONG_SERIES = 10_000  # points; longer series redraw at most once a second
+LEGEND_MIN_WIDTH = 320  # pixels; a narrower chart shows no legend
 
 # Colour-blind-safe pairs (Okabe-Ito), a darker tone for light and a lighter one for dark backgrounds.
 COLORS_LIGHT = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000"]
@@ -137,6 +138,8 @@ class Chart(pg.PlotWidget):
         super().__init__(parent=parent)
         self._title = title
         self._curves: dict[str, tuple[Series, pg.PlotDataItem]] = {}
+        self._labels: dict[str, str] = {}  # series name -> legend words
+        self._palette_colored: list[str] = []  # series drawn in the palette's colours
         self._max_points_per_pixel = max_points_per_pixel
         self.plotItem.showGrid(x=True, y=True, alpha=0.25)
         self.plotItem.setLabel("bottom", x_label, units=x_units)
@@ -145,7 +148,9 @@ class Chart(pg.PlotWidget):
             self.plotItem.getAxis("bottom").enableAutoSIPrefix(False)
         self.plotItem.setMenuEnabled(False)
         self.legend = self.plotItem.addLegend(offset=(-10, 10))
-        self.setMinimumHeight(160)
+        self.setMinimumHeight(120)  # two rows of charts still fit a 640-pixel-high screen
+        self.setAccessibleName(title)
+        self.setFocusPolicy(Qt.FocusPolicy.NoFocus)  # a picture to read, not a stop for the Tab key
         self._timer = QTimer(self)
         self._timer.setSingleShot(True)
         self._refresh_ms = refresh_ms
@@ -162,23 +167,27 @@ class Chart(pg.PlotWidget):
         dashed: bool = False,
         symbol: bool = False,
         unique_x: bool = True,
+        label: str | None = None,
     ) -> Series:
         """A new named series drawn as a line (``symbol``: also a marker at each point;
-        ``unique_x``: see ``Series``)."""
+        ``unique_x``: see ``Series``; ``label``: the legend's words, default ``name``)."""
         series = Series(unique_x=unique_x)
+        if color is None:  # a palette colour: it follows a switch between light and dark
+            self._palette_colored.append(name)
         color = color or series_color(len(self._curves))
         pen = pg.mkPen(color=color, width=2, style=pg.QtCore.Qt.PenStyle.DashLine if dashed else None)
         item = self.plotItem.plot(
             [],
             [],
             pen=pen,
-            name=name,
+            name=label or name,
             symbol="o" if symbol else None,
             symbolSize=6,
             symbolBrush=color,
             symbolPen=None,
         )
         self._curves[name] = (series, item)
+        self._labels[name] = label or name
         return series
 
     def series(self, name: str) -> Series:
@@ -192,6 +201,9 @@ class Chart(pg.PlotWidget):
     def remove_series(self, name: str) -> None:
         """Remove one series and its curve."""
         series, item = self._curves.pop(name)
+        self._labels.pop(name, None)
+        if name in self._palette_colored:
+            self._palette_colored.remove(name)
         self.plotItem.removeItem(item)
         self.legend.removeItem(item)
 
@@ -226,7 +238,7 @@ class Chart(pg.PlotWidget):
         width = max(200, int(vb.width() or self.width() or 600))
         max_points = int(width * self._max_points_per_pixel)
         for name, (series, item) in self._curves.items():
-            self._show_in_legend(name, item, len(series) > 0)
+            self._show_in_legend(self._labels.get(name, name), item, len(series) > 0)
             x, y = series.x, series.y
             if not auto_x and len(x) > max_points:
                 lo = max(0, int(np.searchsorted(x, x0, side="left")) - 1)
@@ -243,8 +255,13 @@ class Chart(pg.PlotWidget):
         elif not shown and listed:
             self.legend.removeItem(item)
 
+    def follow_palette(self) -> None:
+        """Redraw in the application's current palette (light or dark); the window calls it on a
+        theme switch, since a hidden chart may miss the palette-change event."""
+        self._apply_palette()
+
     def _apply_palette(self) -> None:
-        palette = self.palette()
+        palette = QApplication.palette(self)  # a hidden widget's own palette() may lag behind
         self.setBackground(palette.color(QPalette.ColorRole.Base))
         fg = palette.color(QPalette.ColorRole.WindowText)
         for axis in ("left", "bottom"):
@@ -253,6 +270,27 @@ class Chart(pg.PlotWidget):
             ax.setTextPen(pg.mkPen(fg))
         self.plotItem.setTitle(self._title, color=fg.name(), size="11pt")
         self.legend.setLabelTextColor(QColor(fg))
+        behind = QColor(palette.color(QPalette.ColorRole.Base))
+        behind.setAlpha(200)  # the legend stays readable where it covers a curve
+        self.legend.setBrush(behind)
+        colors = COLORS_DARK if is_dark(palette) else COLORS_LIGHT
+        for index, name in enumerate(self._curves):
+            if name in self._palette_colored:
+                item = self._curves[name][1]
+                color = colors[index % len(colors)]
+                pen = pg.mkPen(item.opts["pen"])
+                pen.setColor(QColor(color))
+                item.setPen(pen)
+                item.setSymbolBrush(color)
+        for _sample, label in self.legend.items:  # re-colour the legend's text
+            label.setText(label.text, color=fg.name())
+
+    def resizeEvent(self, event: QResizeEvent) -> None:  # noqa: N802 (Qt override)
+        """Hide the legend where the chart is too narrow for it (it would cover the curves and run
+        past the edge); it shows again when the chart is widened."""
+        super().resizeEvent(event)
+        if hasattr(self, "legend"):
+            self.legend.setVisible(self.width() >= LEGEND_MIN_WIDTH)
 
     def changeEvent(self, event: QEvent) -> None:  # noqa: N802 (Qt override)
         """Follow a system switch between light and dark palettes."""

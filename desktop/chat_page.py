@@ -94,6 +94,9 @@ class ChatPage(SamplingSettings, ValidationCompare, WorkerEvents, QWidget):
         self.refresh_button = QPushButton("Refresh")
         self.refresh_button.setToolTip("List the runs again")
         top.addWidget(self.refresh_button)
+        layout.addLayout(top)
+        # A second row: one row of both pickers and the switch is wider than a 1024-pixel screen.
+        top = QHBoxLayout()
         top.addWidget(QLabel("Base model:"))
         self.model_combo = QComboBox()
         self.model_combo.setMinimumWidth(200)
@@ -104,8 +107,12 @@ class ChatPage(SamplingSettings, ValidationCompare, WorkerEvents, QWidget):
         top.addWidget(self.base_label)
         self.side_by_side = QCheckBox("Side by side: base and tuned")
         self.side_by_side.setToolTip("Send each message to the base model and the tuned one and show both")
+        top.addStretch(1)
         top.addWidget(self.side_by_side)
         layout.addLayout(top)
+        for combo in (self.adapter_combo, self.model_combo):  # long run names elide, not widen
+            combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+            combo.setMinimumContentsLength(20)
         self.status = QLabel("The model loads when you send the first message.")
         self.status.setWordWrap(True)
         layout.addWidget(self.status)
@@ -116,6 +123,7 @@ class ChatPage(SamplingSettings, ValidationCompare, WorkerEvents, QWidget):
         layout.addWidget(self.banner)
 
         self.tabs = QTabWidget()
+        self.tabs.tabBar().setAccessibleName("Chat or compare")
         layout.addWidget(self.tabs, 1)
 
         # Chat tab: panes | settings, then the prompt row.
@@ -134,6 +142,8 @@ class ChatPage(SamplingSettings, ValidationCompare, WorkerEvents, QWidget):
         self.prompt = QPlainTextEdit()
         self.prompt.setPlaceholderText("Type a message; Ctrl+Enter sends it")
         self.prompt.setMaximumHeight(90)
+        self.prompt.setTabChangesFocus(True)  # Tab moves on (keyboard use); a message needs no tab
+        self.prompt.setAccessibleName("Your message")
         row.addWidget(self.prompt, 1)
         buttons = QVBoxLayout()
         self.send_button = QPushButton("Send")

@@ -18,14 +18,16 @@ class SamplingSettings:
         self.system_prompt = QPlainTextEdit()
         self.system_prompt.setPlaceholderText("(none: the chat template's default)")
         self.system_prompt.setMaximumHeight(90)
+        self.system_prompt.setTabChangesFocus(True)  # Tab moves on instead of typing a tab
+        self.system_prompt.setAccessibleName("System prompt")
         self.system_prompt.setToolTip("Sent as the first, system message of every request")
-        form.addRow("System prompt", self.system_prompt)
+        form.addRow("Standing instruction\n(system prompt)", self.system_prompt)
         self.temperature = QDoubleSpinBox()
         self.temperature.setRange(0.0, 2.0)
         self.temperature.setSingleStep(0.1)
         self.temperature.setDecimals(2)
         self.temperature.setToolTip("0 = greedy (always the most likely token); higher = more varied")
-        form.addRow("Temperature", self.temperature)
+        form.addRow("Variety (temperature)", self.temperature)
         self.top_p = QDoubleSpinBox()
         self.top_p.setRange(0.01, 1.0)
         self.top_p.setSingleStep(0.05)
@@ -33,22 +35,24 @@ class SamplingSettings:
         self.top_p.setToolTip(
             "Nucleus sampling: keep the most likely tokens up to this probability (1 = off)"
         )
-        form.addRow("Top-p", self.top_p)
+        form.addRow("Word choice (top-p)", self.top_p)
         self.max_new_tokens = QSpinBox()
         self.max_new_tokens.setRange(1, 32768)
         self.max_new_tokens.setValue(256)
-        self.max_new_tokens.setToolTip("Longest reply, in tokens")
-        form.addRow("Max new tokens", self.max_new_tokens)
+        self.max_new_tokens.setToolTip("Longest reply, in text pieces (tokens: about ¾ of a word each)")
+        form.addRow("Longest reply (tokens)", self.max_new_tokens)
         self.repetition_penalty = QDoubleSpinBox()
         self.repetition_penalty.setRange(0.5, 3.0)
         self.repetition_penalty.setSingleStep(0.05)
         self.repetition_penalty.setValue(1.0)
-        self.repetition_penalty.setToolTip("Penalty on tokens already in the conversation (1 = off)")
-        form.addRow("Repetition penalty", self.repetition_penalty)
+        self.repetition_penalty.setToolTip(
+            "Repetition penalty: makes words already in the conversation less likely (1 = off)"
+        )
+        form.addRow("Avoid repeats", self.repetition_penalty)
         self.seed = QSpinBox()
         self.seed.setRange(0, 2_147_483_647)
         self.seed.setToolTip("Seed of the sampler (no effect when greedy)")
-        form.addRow("Seed", self.seed)
+        form.addRow("Random seed", self.seed)
         return box
 
     # --- settings (remembered between sessions) ---

@@ -79,10 +79,12 @@ class ChatPane(QWidget):
         layout.addWidget(self.view, 1)
         layout.addWidget(self.stats)
         self.messages: list[dict[str, str]] = []
+        self.set_title(title)
 
     def set_title(self, title: str) -> None:
-        """The heading above the conversation."""
+        """The heading above the conversation (also the conversation's accessible name)."""
         self.title.setText(f"<b>{title}</b>")
+        self.view.setAccessibleName(f"Conversation: {title}")
 
     def clear(self) -> None:
         """Start a new conversation."""

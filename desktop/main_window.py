@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from PySide6.QtCore import QSize, QTimer
-from PySide6.QtGui import QCloseEvent, QPaintEvent, QResizeEvent, QShowEvent
+from PySide6.QtGui import QAction, QActionGroup, QCloseEvent, QPaintEvent, QResizeEvent, QShowEvent
 from PySide6.QtWidgets import (
     QFrame,
     QHBoxLayout,
@@ -22,8 +22,10 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from desktop.a11y import enter_presses_buttons, name_controls
 from desktop.hardware_header import HardwareHeader
 from desktop.state import AppState
+from desktop.theme import THEMES, ThemeManager
 from desktop.worker import WorkerProcess
 
 if TYPE_CHECKING:
@@ -89,6 +91,7 @@ class MainWindow(QMainWindow):
         outer.addWidget(self.header)
         body = QHBoxLayout()
         self.nav = QListWidget()
+        self.nav.setAccessibleName("Steps")
         self.nav.setFixedWidth(130)
         self.nav.setIconSize(QSize(16, 16))
         self.stack = QStackedWidget()
@@ -112,26 +115,62 @@ class MainWindow(QMainWindow):
         self.nav.currentRowChanged.connect(self._on_nav)
 
         settings = self.state.settings
+        self.theme = ThemeManager(self)
+        self._build_menu(str(settings.value("view/theme", "system")))
         geometry = settings.value("window/geometry")
         if geometry is None or not self.restoreGeometry(geometry):
             self.resize(1280, 820)
         page = str(settings.value("window/page", "model"))
         self.show_page(page if page in PAGES else "model")
 
+    # --- menu ---
+    def _build_menu(self, theme: str) -> None:
+        view = self.menuBar().addMenu("&View")
+        appearance = view.addMenu("&Appearance")
+        group = QActionGroup(self)
+        self.theme_actions: dict[str, QAction] = {}
+        for key, words in THEMES.items():
+            action = QAction(words, self, checkable=True)
+            action.triggered.connect(lambda _=False, key=key: self.set_theme(key))
+            group.addAction(action)
+            appearance.addAction(action)
+            self.theme_actions[key] = action
+        self.set_theme(theme, save=False)
+
+    def set_theme(self, theme: str, *, save: bool = True) -> None:
+        """Use the appearance ``theme`` ("system", "light" or "dark"), remembered when ``save``."""
+        self.theme.apply(theme)
+        self.theme_actions[self.theme.theme].setChecked(True)
+        for widget in self.findChildren(QWidget):  # charts, built or hidden: redraw in the new colours
+            follow = getattr(widget, "follow_palette", None)
+            if callable(follow):
+                follow()
+        if save:
+            self.state.settings.setValue("view/theme", self.theme.theme)
+
     # --- pages ---
     def page(self, key: str) -> QWidget:
         """The page ``key``, built now if it was not yet."""
         if key not in self._pages:
             page = self._build(key)
+            name_controls(page)
+            enter_presses_buttons(page)
             self._pages[key] = page
             index = PAGES.index(key)
             placeholder = self._placeholders.pop(key)
             current = self.stack.currentIndex()
-            self.stack.insertWidget(index, PageScroll(page))
+            scroll = PageScroll(page)
+            scroll.setAccessibleName(f"{NAV_TITLES[key].split()[-1]} page")  # a Tab stop when it scrolls
+            self.stack.insertWidget(index, scroll)
             self.stack.removeWidget(placeholder)
             placeholder.deleteLater()
             self.stack.setCurrentIndex(current)
         return self._pages[key]
+
+    def page_scroll(self, key: str) -> PageScroll:
+        """The scroll area that shows the page ``key`` (built now if it was not yet)."""
+        self.page(key)
+        return self.stack.widget(PAGES.index(key))  # type: ignore[return-value]
 
     def _build(self, key: str) -> QWidget:
         if key == "model":
@@ -156,6 +195,12 @@ class MainWindow(QMainWindow):
             train_page.max_seq_length_changed.connect(self._sync_max_seq_length)
             train_page.next_steps.chat_requested.connect(self.chat_with)
             self._sync_max_seq_length(train_page.max_seq_length())
+            data_page = self.data_page  # Start is refused while the Data step finds the file unusable
+            data_page.check_finished.connect(
+                lambda report: train_page.set_data_check(report, data_page.error)
+            )
+            if data_page.report is not None or data_page.error:
+                train_page.set_data_check(data_page.report, data_page.error)
             return train_page
         if key == "chat":
             from backends import paths

@@ -28,34 +28,21 @@ from backends.events import read_events
 from backends.runs import RunDir, run_status
 from desktop.charts import Chart
 from desktop.method_charts import MethodCharts
+from desktop.run_words import drift_text, format_duration
+from desktop.run_words import num as _num
+from desktop.train_guard import AVERAGE_LOSS, STEP_LOSS, quick_test_note, run_preset
 from desktop.worker import WorkerResult
 
+__all__ = ["LOG_LINES", "RunMonitor", "drift_text", "format_duration"]
+
 LOG_LINES = 1000
-
-
-def format_duration(seconds: float | None) -> str:
-    """``3725`` -> ``1:02:05``; None -> ``-``."""
-    if seconds is None or seconds != seconds or seconds < 0:
-        return "-"
-    seconds = int(round(seconds))
-    h, rest = divmod(seconds, 3600)
-    m, s = divmod(rest, 60)
-    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
-
-
-def drift_text(e: dict[str, Any]) -> str:
-    """A forgetting event in words: the verdict, the score and, when large, what to try."""
-    text = (
-        f"{e.get('verdict')} change (drift score {_num(e.get('score'), '.3f')}; "
-        f"{e.get('answers_changed')} of {e.get('probes')} probe answers changed)"
-    )
-    if e.get("advice"):
-        text += ". To keep more of it, try: " + "; ".join(e["advice"])
-    return text
-
-
-def _num(value: Any, fmt: str = ".4f") -> str:
-    return "-" if value is None else format(value, fmt)
+# The memory chart's series: key (as tests and events name them) -> legend words.
+MEMORY_SERIES = {
+    "worker RSS": "training process: memory in use (RSS)",
+    "device memory (worker)": "training process: GPU memory",
+    "system RAM used": "whole computer: memory in use",
+    "system VRAM used": "whole computer: GPU memory in use",
+}
 
 
 class RunMonitor(QWidget):
@@ -103,16 +90,20 @@ class RunMonitor(QWidget):
         charts = QWidget()
         grid = QGridLayout(charts)
         grid.setContentsMargins(0, 0, 0, 0)
-        self.loss_chart = Chart("Loss", "step", "loss")
-        self.loss_chart.add_series("train loss")
-        self.loss_chart.add_series("validation loss", symbol=True)
+        self.loss_chart = Chart("Loss (lower is better)", "step", "loss")
+        self.loss_chart.setToolTip("Loss: how far the model's answers are from your data's; lower is closer")
+        self.loss_chart.add_series("train loss", label=STEP_LOSS)
+        self.loss_chart.add_series("validation loss", symbol=True, label="loss on held-out rows (validation)")
         self.lr_chart = Chart("Learning rate", "step", "learning rate")
         self.lr_chart.add_series("learning rate")
         self.speed_chart = Chart("Speed", "step", "tokens/s")
-        self.speed_chart.add_series("tokens/s")
-        self.memory_chart = Chart("Memory", "time since start (s)", "memory", y_units="B")
-        for name in ("worker RSS", "device memory (worker)", "system RAM used", "system VRAM used"):
-            self.memory_chart.add_series(name, unique_x=False)
+        self.speed_chart.add_series("tokens/s", label="tokens per second")
+        self.speed_chart.setToolTip(
+            "Speed: tokens (text pieces, about ¾ of a word each) trained on per second"
+        )
+        self.memory_chart = Chart("Memory in use", "training time (minutes)", "memory", y_units="B")
+        for name, label in MEMORY_SERIES.items():
+            self.memory_chart.add_series(name, unique_x=False, label=label)
         # DPO and ORPO runs: the reward margin and accuracy of each step, validation accuracy.
         self.dpo_chart = Chart("Preference (DPO / ORPO)", "step", "reward margin / accuracy")
         self.dpo_chart.add_series("reward margin")
@@ -137,9 +128,8 @@ class RunMonitor(QWidget):
             self.dpo_chart,
             self.drift_chart,
         ]
-        self.method_charts = MethodCharts()  # ORPO, KTO: each method's own figures
-        for chart in self.method_charts.charts:
-            grid.addWidget(chart, 4, 0, 1, 2)
+        self.method_charts = MethodCharts()  # ORPO, KTO, GRPO: each method's own figures
+        self.method_charts.place(grid, 4)
         self.charts += self.method_charts.charts
 
         self.log = QPlainTextEdit()
@@ -147,9 +137,15 @@ class RunMonitor(QWidget):
         self.log.setMaximumBlockCount(LOG_LINES)
         self.log.setFont(QFontDatabase.systemFont(QFontDatabase.SystemFont.FixedFont))
         self.log.setPlaceholderText("The worker's log appears here.")
+        self.log.setAccessibleName("Training log")
+        self._follow = True  # the log view stays at its newest line
+        bar = self.log.verticalScrollBar()
+        bar.actionTriggered.connect(self._on_log_scrolled)
+        bar.rangeChanged.connect(self._keep_following)  # also when laid out later (a hidden page)
         splitter = QSplitter(Qt.Orientation.Vertical)
         splitter.addWidget(charts)
         splitter.addWidget(self.log)
+        splitter.setChildrenCollapsible(False)  # the page scrolls before a chart is cut
         splitter.setStretchFactor(0, 5)
         splitter.setStretchFactor(1, 1)
         splitter.setSizes([600, 120])
@@ -161,10 +157,11 @@ class RunMonitor(QWidget):
         for chart in self.charts:
             chart.clear_data()
         self.dpo_chart.setVisible(False)
-        self.method_charts.show_for(None)
+        self.method_charts.reset()
         self.drift_chart.setVisible(False)
         self.forgetting: dict[str, Any] | None = None
         self.log.clear()
+        self._follow = True
         self.run_dir = self.method = None
         self.max_steps = None
         self.last_step = 0
@@ -180,10 +177,18 @@ class RunMonitor(QWidget):
         self.title.setText(title or "Starting the training worker…")
 
     def begin_process(self, t0: float | None = None) -> None:
-        """A new worker process starts: the memory chart restarts its clock at ``t0`` (default now)."""
-        self.memory_chart.clear_data()
-        self._t0 = time.time() if t0 is None else t0
+        """A worker process starts at ``t0`` (default now). The memory chart's clock goes on from
+        its last point (a resumed run continues its time axis; after ``reset`` it starts at 0)."""
+        self._continue_clock(time.time() if t0 is None else t0)
         self.final_event = None
+
+    def _continue_clock(self, start: float) -> None:
+        """Count training time from ``start`` on, after the time the memory chart already shows."""
+        shown = [s.last()[0] for s in map(self.memory_chart.series, MEMORY_SERIES) if s.last() is not None]
+        self._t0 = start - 60.0 * max(shown, default=0.0)
+
+    def _minutes(self, when: float) -> float:
+        return (when - (self._t0 or when)) / 60.0
 
     def set_status(self, text: str, *, error: bool = False) -> None:
         """Show a status message under the progress bar (empty: hide it)."""
@@ -196,8 +201,23 @@ class RunMonitor(QWidget):
         self.status.setProperty("error", error)
 
     def add_log(self, line: str) -> None:
-        """Append one line to the log tail."""
+        """Append one line to the log tail; the view follows new lines unless the user has scrolled
+        up to read (``_follow``)."""
         self.log.appendPlainText(line)
+        self._keep_following()
+
+    def _on_log_scrolled(self, *_: object) -> None:
+        # A scroll by the user (wheel, drag, keys): follow again only once back at the bottom.
+        QTimer.singleShot(0, self._update_follow)
+
+    def _update_follow(self) -> None:
+        bar = self.log.verticalScrollBar()
+        self._follow = bar.value() >= bar.maximum() - 2
+
+    def _keep_following(self, *_: object) -> None:
+        if self._follow:
+            bar = self.log.verticalScrollBar()
+            bar.setValue(bar.maximum())
 
     # --- events ---
     def handle_event(self, event: dict[str, Any]) -> None:
@@ -218,7 +238,7 @@ class RunMonitor(QWidget):
             self.progress.setValue(min(self.last_step, self.max_steps))
             self.progress.setFormat("Step %v of %m (%p%)")
         if self._t0 is None:
-            self._t0 = float(e.get("time") or time.time())
+            self._continue_clock(float(e.get("time") or time.time()))
         params = e.get("params_trainable"), e.get("params_total")
         share = (
             f" ({params[0] / params[1]:.2%} of {params[1] / 1e6:.1f}M)" if all(params) and params[1] else ""
@@ -227,7 +247,8 @@ class RunMonitor(QWidget):
             f"{Path(self.run_dir).name if self.run_dir else 'run'}: {e.get('model')} · {e.get('method')} · "
             f"{e.get('backend')} on {e.get('device')} · trainable parameters {_num(params[0], ',')}{share}"
         )
-        self.set_status("Training…")
+        quick = run_preset(self.run_dir) == "quick-test"
+        self.set_status("Training… (a quick test: it checks that everything works)" if quick else "Training…")
 
     def _on_step(self, e: dict[str, Any]) -> None:
         step = int(e["step"])
@@ -240,7 +261,7 @@ class RunMonitor(QWidget):
         self.speed_chart.changed()
         memory = e.get("memory") or {}
         if self._t0 is not None and e.get("time") is not None:
-            t = float(e["time"]) - self._t0
+            t = self._minutes(float(e["time"]))
             self.memory_chart.series("worker RSS").append(t, memory.get("rss"))
             self.memory_chart.series("device memory (worker)").append(t, memory.get("device_allocated"))
             self.memory_chart.changed()
@@ -266,9 +287,9 @@ class RunMonitor(QWidget):
             self.progress.setValue(min(step, self.max_steps))
         self.stats.setText(
             f"Step {step}{f' of {self.max_steps}' if self.max_steps else ''} · "
-            f"epoch {_num(e.get('epoch'), '.2f')} · loss {_num(e.get('loss'))} · "
+            f"passes over the data (epochs) {_num(e.get('epoch'), '.2f')} · {STEP_LOSS} {_num(e.get('loss'))} · "
             f"{_num(e.get('tokens_per_second'), ',.0f')} tokens/s · "
-            f"elapsed {format_duration(e.get('elapsed'))} · ETA {format_duration(e.get('eta'))}"
+            f"time so far {format_duration(e.get('elapsed'))} · time left about {format_duration(e.get('eta'))}"
         )
 
     def _on_eval(self, e: dict[str, Any]) -> None:
@@ -309,11 +330,14 @@ class RunMonitor(QWidget):
             self.progress.setRange(0, 1)
             self.progress.setValue(1)
             self.progress.setFormat("Finished (%p%)")
-        self.set_status(
-            f"Finished at step {e['step']}: train loss {_num(e.get('train_loss'))}, "
+        text = (
+            f"Finished at step {e['step']}: {AVERAGE_LOSS} {_num(e.get('train_loss'))}, "
             f"validation loss {_num(e.get('val_loss'))}. Adapter saved in {e.get('adapter')}"
             + (f"\nGeneral ability: {drift_text(self.forgetting)}" if self.forgetting else "")
         )
+        if run_preset(self.run_dir) == "quick-test":
+            text += "\n" + quick_test_note(int(e["step"]))
+        self.set_status(text)
 
     def _on_run_failed(self, e: dict[str, Any]) -> None:
         self.final_event = e
@@ -325,6 +349,9 @@ class RunMonitor(QWidget):
     def show_result(self, result: WorkerResult) -> None:
         """Show how the worker ended (a crash without a final event is said in plain words)."""
         text = result.error_text()
+        if text and self.run_dir is None:  # it ended before a run began: no "Starting…" left behind
+            self.title.setText("The run did not start.")
+            self.progress.setFormat("Not started")
         if text and (self.final_event is None or self.final_event.get("event") != "run_failed"):
             self.set_status(text, error=True)
         elif result.stop_requested and self.final_event is None:
@@ -336,7 +363,7 @@ class RunMonitor(QWidget):
         """One GUI-side memory sample (``desktop.system_monitor``) while a worker runs."""
         if self._t0 is None:
             return
-        t = sample["time"] - self._t0
+        t = self._minutes(sample["time"])
         self.memory_chart.series("system RAM used").append(t, sample.get("ram_used"))
         self.memory_chart.series("system VRAM used").append(t, sample.get("vram_used"))
         self.memory_chart.changed()
@@ -347,18 +374,17 @@ class RunMonitor(QWidget):
         run_dir = Path(run_dir)
         events = read_events(run_dir / "events.jsonl")
         self.reset(title=run_dir.name)
-        starts = [e for e in events if e.get("event") == "run_started"]
-        self._t0 = float(starts[-1]["time"]) if starts else None
         for event in events:
-            if event.get("event") == "run_started":
-                self.memory_chart.clear_data()
-                self._t0 = float(event["time"])
+            if event.get("event") == "run_started":  # each resume goes on from the time shown
+                self._continue_clock(float(event["time"]))
             self.handle_event(event)
         log = run_dir / "log.txt"
         if log.is_file():
             lines = log.read_text(encoding="utf-8", errors="replace").splitlines()[-200:]
             self.log.setPlainText("\n".join(lines))
             self.log.moveCursor(QTextCursor.MoveOperation.End)
+            self._follow = True
+            self._keep_following()
         if not events:
             self.title.setText(f"{run_dir.name}: no events yet")
         elif run_status(RunDir(run_dir), events) == "running":

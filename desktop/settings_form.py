@@ -31,16 +31,19 @@ from PySide6.QtWidgets import (
 )
 
 from backends.config import field_docs
+from desktop.settings_words import choice_words, plain_words
 
 SECTION_TITLES = {
     "": "General",
     "data": "Data",
-    "lora": "LoRA adapter",
-    "dpo": "DPO (preference tuning)",
-    "orpo": "ORPO (preference tuning, no reference model)",
-    "kto": "KTO (thumbs up / down feedback)",
+    "lora": "The adapter: the small part that learns (LoRA)",
+    "dpo": "Good-vs-bad pairs (DPO)",
+    "orpo": "Good-vs-bad pairs, one pass (ORPO)",
+    "kto": "Thumbs up / down (KTO)",
+    "grpo": "Scored answers (GRPO)",
     "training": "Training",
-    "output": "Output",
+    "forgetting": "What it forgets (general ability check)",
+    "output": "Where results go",
 }
 INT_LIMIT = 2_147_483_647  # QSpinBox holds a C int
 
@@ -125,7 +128,7 @@ class FieldEditor(QWidget):
             if self.optional:
                 box.addItem("(not set)", None)
             for choice in doc["choices"]:
-                box.addItem(str(choice), choice)
+                box.addItem(choice_words(self.key, choice), choice)
             if self.kind == "choice_or_list":
                 box.setEditable(True)
                 box.lineEdit().setPlaceholderText("a choice, or module names separated by commas")
@@ -169,6 +172,9 @@ class FieldEditor(QWidget):
             layout.addWidget(browse)
         self.setToolTip(tooltip_for(doc))
         self.widget.setToolTip(self.toolTip())
+        name, explanation = plain_words(self.key, doc.get("description") or "")
+        self.widget.setAccessibleName(name)
+        self.widget.setAccessibleDescription(explanation)
         self.set_value(doc.get("default"))
 
     @staticmethod
@@ -302,13 +308,29 @@ class SettingsForm(QWidget):
                 box = QGroupBox(SECTION_TITLES.get(section, label_for(section)))
                 form = QFormLayout(box)
                 form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
+                form.setRowWrapPolicy(QFormLayout.RowWrapPolicy.WrapLongRows)  # narrow panels: field below
                 layout.addWidget(box)
                 sections[section] = form
             editor = FieldEditor(doc)
             editor.changed.connect(lambda key=key: self._on_edit(key))
-            label = QLabel(label_for(key))
+            name, explanation = plain_words(key, doc.get("description") or "")
+            term = key.rsplit(".", 1)[-1].replace("_", " ")
+            # Everyday words first, the field's term beside them (for those who know it).
+            label = QLabel(
+                name if term.lower() == name.lower() else f"{name} <span style='color:gray'>({term})</span>"
+            )
             label.setToolTip(editor.toolTip())
-            sections[section].addRow(label, editor)
+            label.setBuddy(editor.widget)
+            field = QWidget()
+            column = QVBoxLayout(field)
+            column.setContentsMargins(0, 0, 0, 0)
+            column.setSpacing(1)
+            column.addWidget(editor)
+            hint = QLabel(explanation)
+            hint.setWordWrap(True)
+            hint.setEnabled(False)  # drawn greyed: a note, not a control
+            column.addWidget(hint)
+            sections[section].addRow(label, field)
             self.editors[key] = editor
         reset = QPushButton("Reset to preset")
         reset.setToolTip("Forget every change made here; the preset's values apply again")

@@ -72,7 +72,7 @@ def test_monitor_shows_a_finished_run(qtbot):
             m.handle_event(make_event("eval", step=step, val_loss=2.9 - step * 0.05))
     qtbot.waitUntil(lambda: m.progress.value() == 10, timeout=2000)  # coalesced update
     assert m.progress.value() == 10 and m.progress.maximum() == 10
-    assert "ETA 0:00" in m.stats.text() and "epoch 1.00" in m.stats.text()
+    assert "time left about 0:00" in m.stats.text() and "(epochs) 1.00" in m.stats.text()
     m.handle_event(
         make_event("run_finished", step=10, adapter="/runs/r1/adapter", train_loss=2.0, val_loss=2.4)
     )
@@ -198,8 +198,8 @@ def test_format_duration():
 def test_monitor_charts_kto_and_orpo_figures(qtbot):
     m = RunMonitor()
     qtbot.addWidget(m)
-    kto = m.method_charts.by_method["kto"]
-    orpo = m.method_charts.by_method["orpo"]
+    (kto,) = m.method_charts.by_method["kto"]
+    (orpo,) = m.method_charts.by_method["orpo"]
     m.handle_event(started_event())
     assert not kto.isVisibleTo(m) and not orpo.isVisibleTo(m)
     m.handle_event(step_event(1, 0.5, kl=0.2, rewards_desirable=0.3, desirable_share=0.5))

@@ -1,24 +1,28 @@
 """GRPO: the built-in rewards, a user's reward file (run only when named; a clear error naming the
 file when it raises), the group advantages, and a run through the shared loop on the tiny Llama:
-the step figures of each reward function, evaluation, and a stop followed by a resume that
-samples and scores exactly the steps of an uninterrupted run (torch's RNG is in the checkpoint)."""
+the step figures of each reward function, evaluation, and a stop (in-process, and SIGTERM to
+`tunedesk train`) followed by a resume that samples and scores exactly the steps of an
+uninterrupted run (torch's RNG is in the checkpoint)."""
 
 from __future__ import annotations
 
 import json
+import signal
 import threading
 import time
 
 import numpy as np
 import pytest
+import yaml
 
 from backends.config import RewardConfig, config_from_dict
 from backends.errors import RunFailed, RunStopped, UserInputError
 from backends.events import GRPO_STEP_FIELDS, read_events
 from backends.jobs import run_training
-from backends.runs import RunDir
+from backends.runs import RunDir, run_status
 from backends.training.grpo import group_advantages
 from backends.training.rewards import RewardError, build_rewards, matches_answer, valid_json
+from tests.test_dpo_torch import _start
 
 
 def test_builtin_rewards():
@@ -93,32 +97,34 @@ def write_prompts(path, n: int = 12):
 
 
 def grpo_config(model_dir, data, runs, name, **grpo):
-    return config_from_dict(
-        {
-            "model": str(model_dir),
-            "method": "grpo",
-            "data": {"train_file": str(data), "validation_fraction": 0.2},
-            "lora": {"rank": 4, "alpha": 8, "dropout": 0.1},
-            "grpo": {
-                "num_generations": 3,
-                "max_completion_length": 6,
-                "rewards": [{"type": "length", "max": 12}, {"type": "regex", "pattern": r"\d"}],
-                **grpo,
-            },
-            "training": {
-                "precision": "fp32",
-                "batch_size": 2,
-                "gradient_accumulation_steps": 2,
-                "max_seq_length": 64,
-                "learning_rate": 1e-2,
-                "seed": 3,
-                "max_steps": 4,
-                "eval_every": 2,
-                "save_every": 0,
-            },
-            "output": {"runs_dir": str(runs), "run_name": name},
-        }
-    )
+    return config_from_dict(grpo_raw(model_dir, data, runs, name, **grpo))
+
+
+def grpo_raw(model_dir, data, runs, name, **grpo) -> dict:
+    return {
+        "model": str(model_dir),
+        "method": "grpo",
+        "data": {"train_file": str(data), "validation_fraction": 0.2},
+        "lora": {"rank": 4, "alpha": 8, "dropout": 0.1},
+        "grpo": {
+            "num_generations": 3,
+            "max_completion_length": 6,
+            "rewards": [{"type": "length", "max": 12}, {"type": "regex", "pattern": r"\d"}],
+            **grpo,
+        },
+        "training": {
+            "precision": "fp32",
+            "batch_size": 2,
+            "gradient_accumulation_steps": 2,
+            "max_seq_length": 64,
+            "learning_rate": 1e-2,
+            "seed": 3,
+            "max_steps": 4,
+            "eval_every": 2,
+            "save_every": 0,
+        },
+        "output": {"runs_dir": str(runs), "run_name": name},
+    }
 
 
 def test_grpo_run_events_stop_and_exact_resume(tiny_model_dir, tmp_path):
@@ -175,3 +181,51 @@ def test_a_raising_reward_file_fails_the_run_naming_the_file(tiny_model_dir, tmp
     assert str(bad) in str(err.value) and "KeyError" in str(err.value)
     failed = RunDir(tmp_path / "runs" / "bad").events()[-1]
     assert failed["event"] == "run_failed" and str(bad) in failed["message"]
+
+
+@pytest.mark.slow
+def test_sigterm_then_resume_continues_the_same_curve(tiny_model_dir, tmp_path):
+    """`tunedesk train` of a GRPO run (LoRA dropout on, 6 steps): SIGTERM after step 2 -> `stopped`,
+    exit 130; `--resume` in a new process samples the same completions and gives every later step
+    exactly the figures of an uninterrupted run: the same rewards per function, completion
+    lengths, loss, KL and gradient norm (equal values, not close ones)."""
+    data = write_prompts(tmp_path / "prompts.jsonl")
+    runs = tmp_path / "runs"
+
+    def raw(name: str) -> dict:
+        r = grpo_raw(tiny_model_dir, data, runs, name)
+        r["training"].update(max_steps=6, eval_every=0)
+        return r
+
+    whole = run_training(config_from_dict(raw("whole")), console=False)
+    expected = {e["step"]: e for e in whole.events() if e["event"] == "step"}
+    assert sorted(expected) == list(range(1, 7))
+    assert len({e["reward_mean"] for e in expected.values()}) > 1  # the curve is not flat
+
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(yaml.safe_dump(raw("term")))
+    proc = _start(["--config", str(cfg)], tmp_path / "term.log")
+    run = RunDir(runs / "term")
+    deadline = time.monotonic() + 300
+    while not any(e["event"] == "step" and e["step"] >= 2 for e in read_events(run.events_path)):
+        assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "term.log").read_text()
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=120)
+    assert proc.returncode == 130, (tmp_path / "term.log").read_text()
+    stopped = run.events()[-1]
+    assert stopped["event"] == "stopped" and 2 <= stopped["step"] < 6 and run_status(run) == "stopped"
+
+    proc = _start(["--resume", str(run.path)], tmp_path / "resume.log")
+    proc.wait(timeout=300)
+    assert proc.returncode == 0, (tmp_path / "resume.log").read_text()
+    events = run.events()
+    resumed = [e for e in events if e["event"] == "run_started"][-1]
+    assert resumed["resumed_from"] == stopped["step"]
+    after = [e for e in events[events.index(resumed) :] if e["event"] == "step"]
+    assert [e["step"] for e in after] == list(range(stopped["step"] + 1, 7))
+    figures = ("loss", "grad_norm", *GRPO_STEP_FIELDS, "reward_mean/length", "reward_std/regex")
+    for e in after:
+        for key in figures:
+            assert e[key] == expected[e["step"]][key], (e["step"], key)
+    assert run_status(run) == "finished"

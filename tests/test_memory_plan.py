@@ -18,18 +18,7 @@ from backends.model_store_info import safetensors_param_count
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# Llama-3.2-1B's published shape (config.json of meta-llama/Llama-3.2-1B).
-LLAMA_1B = {
-    "model_type": "llama",
-    "hidden_size": 2048,
-    "intermediate_size": 8192,
-    "num_hidden_layers": 16,
-    "num_attention_heads": 32,
-    "num_key_value_heads": 8,
-    "head_dim": 64,
-    "vocab_size": 128256,
-    "tie_word_embeddings": True,
-}
+LLAMA_1B = model_shape.LLAMA_SHAPES["llama-3.2-1b"]  # Llama-3.2-1B's published shape
 
 
 def long_rows(path: Path, n: int = 8, words: int = 400) -> Path:

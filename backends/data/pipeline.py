@@ -11,6 +11,7 @@ the row (the line for JSONL) and the field.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -96,6 +97,7 @@ def analyze_file(
     max_seq_length: int = 1024,
     system_prompt: str | None = None,
     literal_special_tokens: str = "text",
+    pack_text: bool = True,
     progress: DataProgress | Progress | None = None,
     columns: Any = None,
     keep_examples: bool = True,
@@ -113,6 +115,8 @@ def analyze_file(
     Raises UserInputError for an unreadable or mixed-format file, a format/method mismatch, a
     missing chat template, or (``strict``) the first dropped row (malformed line, invalid, too long
     for ``max_seq_length``, or one the template cannot render), naming file and line.
+    ``pack_text``: plain text (format 'text', method 'sft') is packed (``backends.data.pack``):
+    documents joined with EOS and cut into full sequences of ``max_seq_length``, none truncated.
     ``report.literal_specials`` lists the rows whose text spells a special token (e.g. a literal
     ``<|im_end|>``), which ``literal_special_tokens`` ('text' or 'control') decides how to tokenise.
     """
@@ -128,6 +132,7 @@ def analyze_file(
     report.columns = report_mapping(fmt, stream.columns, stream.preview["columns"])
     report.preview = stream.preview
     template = encoder = None
+    packing = pack_text and fmt == "text" and method == "sft"
     if tokenizer is not None:
         template = template_for(tokenizer, chat_template, fmt)
         spec = RenderSpec(
@@ -136,8 +141,10 @@ def analyze_file(
             system_prompt=system_prompt or None,
             special_tokens=literal_special_tokens,
         )
-        encoder = Encoder(tokenizer, spec, train_on=train_on, max_seq_length=max_seq_length)
+        limit = sys.maxsize if packing else max_seq_length  # packed documents are cut after joining
+        encoder = Encoder(tokenizer, spec, train_on=train_on, max_seq_length=limit)
     state = Tally(path, unit, source, stream.columns, strict)
+    state.pack_to = max_seq_length if packing else None
     examples: list = []
     pending: list[tuple[int, Any]] = []
 
@@ -164,6 +171,8 @@ def analyze_file(
     report.rows_kept = state.kept if encoder is not None else state.valid
     if encoder is None:
         return [], report, None, method
+    if packing and examples:
+        examples = state.pack(examples, report, encoder.bos_id if encoder.adds_bos else None)
     return examples, report, template, method
 
 
@@ -253,6 +262,7 @@ def prepare_data(config: Any, tokenizer: Any, *, progress: Progress | None = Non
         max_seq_length=config.training.max_seq_length,
         system_prompt=data.system_prompt,
         literal_special_tokens=data.literal_special_tokens,
+        pack_text=data.pack_text,
         progress=progress,
         columns=data.columns,
     )

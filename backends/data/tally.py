@@ -8,7 +8,9 @@ from typing import Any
 
 from backends.data.columns import source_field
 from backends.data.encode import Encoder, encode_rows
+from backends.data.folder.skeleton import UNFILLED_REASON, is_unfilled
 from backends.data.formats import CHAT_FORMATS, Feedback, Preference, RowError, parse_row
+from backends.data.pack import pack_documents
 from backends.data.readers import BadRow
 from backends.data.rowstream import row_error, where
 from backends.data.types import DataReport, Problem, PromptExample
@@ -30,6 +32,9 @@ class Tally:
         self.too_long: list[int] = []
         self.strict_drop: Problem | None = None
         self.drops = 0
+        self.unfilled: list[int] = []
+        self.pack_to: int | None = None  # max_seq_length when plain text is packed
+        self.pack_docs = self.pack_tokens = 0
 
     def problem(self, number: int, field: str, reason: str) -> Problem:
         return Problem(
@@ -41,6 +46,10 @@ class Tally:
         if isinstance(obj, BadRow):
             report.problems.append(self.problem(number, "(line)", obj.reason))
             self.invalid += 1
+            return None
+        if fmt == "prompt_completion" and is_unfilled(obj):
+            report.problems.append(self.problem(number, "completion", UNFILLED_REASON))
+            self.unfilled.append(number)
             return None
         try:
             parsed = parse_row(fmt, obj)  # the renderer adds the system prompt
@@ -59,7 +68,7 @@ class Tally:
     def finish(self, report: DataReport, encoder: Any, max_seq_length: int, policy: str) -> None:
         """Raise the strict-mode error, or add the notices about dropped and cut rows."""
         report.problems.sort(key=lambda p: p.row)
-        if self.strict and (self.invalid or self.same):
+        if self.strict and (self.invalid or self.same or self.unfilled):
             p = report.problems[0]
             more = len(report.problems) - 1
             raise row_error(
@@ -79,6 +88,11 @@ class Tally:
                 p.field,
                 p.reason + (f"; and {more} more dropped row(s)" if more else ""),
                 hint="strict mode: fix the rows (or raise training.max_seq_length), or turn off data.strict to drop them",
+            )
+        if self.unfilled:
+            report.notices.append(
+                f"{len(self.unfilled)} unfilled question-and-answer row(s) (from `data from-folder --mode qa`) "
+                f"dropped until prompt and completion are written (first: {where(self.unit, self.unfilled[0])})"
             )
         if self.invalid + len(self.same):
             report.notices.append(f"{self.invalid + len(self.same)} invalid row(s) dropped")
@@ -108,6 +122,24 @@ class Tally:
             )
         if encoder is not None:
             _literal_notice(report, self.unit, policy)
+
+    def pack(self, examples: list, report: DataReport, bos_id: int | None) -> list:
+        """Plain text packed (``backends.data.pack``) with its notice. ``examples`` are all the
+        documents, or (``data check``) those of the first sequence: the counts then come from the
+        tally (the same cut: full sequences, a final one-token piece dropped)."""
+        assert self.pack_to is not None
+        packed, stats = pack_documents(examples, self.pack_to, bos_id)
+        docs, tokens, size = self.pack_docs, self.pack_tokens, self.pack_to
+        last = tokens % size
+        sequences = tokens // size + (1 if last >= 2 else 0)
+        kept = (tokens - (1 if last == 1 else 0)) / tokens if tokens else 1.0
+        if len(examples) == docs:
+            sequences, kept = stats.sequences, stats.kept
+        report.notices.append(
+            f"plain text packed: {docs} documents ({tokens:,} tokens) joined with EOS into {sequences} "
+            f"sequences of up to {size} tokens, {100 * kept:.1f}% of the tokens kept (data.pack_text)"
+        )
+        return packed
 
 
 def encode_chunk(
@@ -141,8 +173,15 @@ def encode_chunk(
         if method == "grpo":
             r.example = PromptExample(r.example.prompt_ids, r.example.completion_ids, r.row)
         state.kept += 1
-        if keep or not examples:
-            examples.append(r.example)
+        if state.pack_to is not None:
+            state.pack_docs += 1
+            state.pack_tokens += len(r.example.input_ids)
+        if (
+            keep
+            or not examples
+            or (state.pack_to and sum(len(e.input_ids) for e in examples) < state.pack_to)
+        ):
+            examples.append(r.example)  # without keep: what the first (packed) example needs
         if r.length is not None and r.length > encoder.max_seq_length:
             state.cut.append(r.row)
 

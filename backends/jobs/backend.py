@@ -54,7 +54,7 @@ def make_engine(config: RunConfig) -> Engine:
 
         if config.backend != "auto" or config.method in mlx_backend.MLX_METHODS:
             return mlx_backend.create_engine(config)
-        device = None  # auto picked MLX, but this method runs on PyTorch only (ORPO, KTO, GRPO)
+        device = None  # auto picked MLX, but this method runs on PyTorch only (GRPO)
     from backends import torch_backend
 
     return torch_backend.create_engine(config, device)

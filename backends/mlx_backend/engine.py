@@ -31,12 +31,13 @@ of a ``PreferenceBatch`` go through one forward; each row's answer log-probabili
 its labelled tokens (``sequence_log_probs``); the reference is the same model with every LoRA/DoRA
 layer bypassed (``adapters_bypassed``: the wrapped base layers stand in for them during the
 reference forward, so no second copy of the weights exists), unless the loop precomputed it. The
-loss formula is the shared ``backends.training.dpo.sigmoid_dpo_loss``.
+loss formula is the shared ``backends.training.dpo.sigmoid_dpo_loss``. ORPO and KTO the same way
+(``backends.mlx_backend.preference_methods``, formulas in ``backends.training.orpo`` and ``kto``).
+GRPO is not on MLX: ``backends.mlx_backend.GRPO_ON_MLX`` says why.
 """
 
 from __future__ import annotations
 
-import functools
 import math
 from pathlib import Path
 from typing import Any
@@ -59,14 +60,13 @@ from backends.mlx_backend.losses import (
     PAD_MULTIPLE,
     adapters_bypassed,
     batch_rows,
-    dpo_loss,
     loss_sum,
     sequence_log_probs,
 )
+from backends.mlx_backend.preference_methods import METHODS, PreferenceSteps
 from backends.mlx_backend.state_files import OPTIMIZER_FILE as OPTIMIZER_FILE  # re-exported
 from backends.mlx_backend.state_files import RNG_FILE as RNG_FILE  # re-exported
 from backends.mlx_backend.state_files import StateFiles
-from backends.training.dpo import PreferenceStats
 from backends.training.oom import oom_hint
 
 # Share of the recommended GPU working set MLX may use on Apple silicon (the rest stays for macOS).
@@ -231,24 +231,13 @@ class MLXEngine(StateFiles):
         def eval_step(inputs: mx.array, targets: mx.array) -> mx.array:
             return loss_sum(model, inputs, targets)
 
-        dpo = functools.partial(dpo_loss, beta=config.dpo.beta, label_smoothing=config.dpo.label_smoothing)
-        dpo_value_and_grad = nn.value_and_grad(model, dpo)
-
-        def dpo_step(inputs: mx.array, targets: mx.array, reference: mx.array) -> tuple[tuple, dict]:
-            return dpo_value_and_grad(model, inputs, targets, reference)
-
-        def dpo_eval(inputs: mx.array, targets: mx.array, reference: mx.array) -> tuple:
-            return dpo(model, inputs, targets, reference)
-
         self.compiled = self.device == "gpu" if COMPILE is None else COMPILE
         if self.compiled:
             state = [model.state, mx.random.state]
             micro_step = mx.compile(micro_step, inputs=state, outputs=state)
             eval_step = mx.compile(eval_step, inputs=state)
-            dpo_step = mx.compile(dpo_step, inputs=state, outputs=state)
-            dpo_eval = mx.compile(dpo_eval, inputs=state)
         self._micro_step, self._eval_step = micro_step, eval_step
-        self._dpo_step, self._dpo_eval = dpo_step, dpo_eval
+        self._methods = PreferenceSteps(model, config, self._inputs, self._reference, self.compiled)
         notes.insert(
             1,
             f"{'DoRA' if lora.use_dora else 'LoRA'} rank {lora.rank} alpha {lora.alpha:g} (mlx-lm scale "
@@ -291,8 +280,8 @@ class MLXEngine(StateFiles):
         Raises RunFailed("oom") on MLX allocation failures or when the step went over the memory
         limit, RunFailed("data") when the micro-batches hold no label token.
 
-        DPO (``method: dpo``): the sigmoid DPO loss summed over the step's pairs / their number;
-        the result adds the reward means of ``backends.training.dpo.STEP_FIELDS``.
+        DPO, ORPO, KTO (``preference_methods.METHODS``): the method's loss as its module in
+        ``backends.training`` defines it; the result adds the method's ``STEP_FIELDS``.
         """
         assert self.model is not None and self.optimizer is not None, "setup() first"
         n_tokens = sum(b.num_label_tokens for b in micro_batches)
@@ -329,23 +318,13 @@ class MLXEngine(StateFiles):
 
     def loss_and_gradients(self, micro_batches: list[Batch]) -> tuple[float, dict, dict[str, float]]:
         """The step's mean loss, its gradients (a tree like the trainable parameters, before
-        clipping) and the extra metrics (DPO: ``STEP_FIELDS``; SFT: none). SFT: the summed token
-        cross-entropy / the label tokens of all micro-batches; DPO: the summed pair losses / the
-        pairs of all micro-batches."""
+        clipping) and the extra metrics (DPO, ORPO, KTO: the method's ``STEP_FIELDS``, from
+        ``preference_methods.PreferenceSteps``; SFT: none). SFT: the summed token cross-entropy /
+        the label tokens of all micro-batches."""
         assert self.model is not None and self.config is not None, "setup() first"
+        if self.config.method in METHODS:
+            return self._methods.loss_and_gradients(micro_batches)
         grads = None
-        if self.config.method == "dpo":
-            stats = PreferenceStats()
-            for batch in micro_batches:
-                inputs, targets = self._inputs(batch)
-                reference = mx.array(self._reference(batch), dtype=mx.float32)
-                (_, losses, chosen, rejected), g = self._dpo_step(inputs, targets, reference)
-                grads = g if grads is None else tree_map(mx.add, grads, g)
-                mx.eval(grads, losses, chosen, rejected)
-                stats.add(np.array(losses), np.array(chosen), np.array(rejected))
-            extra = stats.metrics()
-            divisor = sum(b.num_pairs for b in micro_batches)
-            return extra.pop("loss"), tree_map(lambda g: g / divisor, grads), extra
         total = mx.array(0.0)
         for batch in micro_batches:
             loss, g = self._micro_step(*self._inputs(batch))
@@ -377,36 +356,29 @@ class MLXEngine(StateFiles):
 
     def eval_loss(self, batches: list[Batch]) -> float:
         """Mean token cross-entropy over ``batches`` without dropout or gradients; NaN when they hold
-        no label token (as the PyTorch engine). DPO: the mean DPO loss per pair."""
+        no label token (as the PyTorch engine). DPO, ORPO, KTO: the method's loss."""
         return self.eval_metrics(batches)["val_loss"]
 
     def eval_metrics(self, batches: list[Batch]) -> dict[str, float]:
-        """{"val_loss": see ``eval_loss``}; DPO adds ``reward_accuracy`` and ``reward_margin``."""
+        """{"val_loss": see ``eval_loss``}; DPO, ORPO and KTO add their ``EVAL_FIELDS``."""
         assert self.model is not None and self.config is not None, "setup() first"
-        dpo = self.config.method == "dpo"
+        preference = self.config.method in METHODS
         n_tokens = sum(b.num_label_tokens for b in batches)
-        if n_tokens == 0 and not dpo:
+        if n_tokens == 0 and not preference:
             return {"val_loss": float("nan")}
-        stats = PreferenceStats()
         total = 0.0
         self.model.eval()
         try:
+            if preference:
+                return self._methods.eval_metrics(batches)
             for batch in batches:
-                inputs, targets = self._inputs(batch)
-                if dpo:
-                    reference = mx.array(self._reference(batch), dtype=mx.float32)
-                    _, losses, chosen, rejected = self._dpo_eval(inputs, targets, reference)
-                    stats.add(np.array(losses), np.array(chosen), np.array(rejected))
-                else:
-                    total += self._eval_step(inputs, targets).item()
+                total += self._eval_step(*self._inputs(batch)).item()
         except (RuntimeError, MemoryError) as exc:
             if is_oom_error(exc):
                 raise self._oom(str(exc)) from exc
             raise
         finally:
             self.model.train()
-        if dpo:
-            return stats.eval_metrics()
         return {"val_loss": total / n_tokens}
 
     def reset_peak_memory(self) -> None:

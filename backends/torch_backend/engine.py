@@ -6,8 +6,11 @@ bf16/fp16 autocast, and exact save/restore of adapter, optimizer and torch RNG s
 The loss is the token-level causal-LM cross-entropy: position t predicts ``labels[t + 1]``
 (labels arrive unshifted, see ``backends.data.types``). For architectures whose logits are just
 ``lm_head(hidden)`` (``FAST_LOSS_MODEL_TYPES``) the head is applied only at positions that carry a
-label, which skips most of the vocabulary projection for completion-only data; other models go
-through their own ``forward`` (same loss, more work).
+label, in chunks (``head_loss``: no [tokens x vocabulary] logits tensor), which skips most of the
+vocabulary projection for completion-only data; other models go through their own ``forward``
+(same loss, more work). For those architectures a micro-batch also runs padding-free
+(``training.padding_free``, ``padding_free``): its examples back to back in one row, attention
+kept within each.
 
 DPO (``method: dpo``): the chosen and rejected rows of a ``PreferenceBatch`` go through one
 forward; each row's answer log-probability is the sum of its labelled tokens' log-probabilities
@@ -21,6 +24,7 @@ through ``backends.torch_backend.preference_methods`` (formulas in ``backends.tr
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import math
 import warnings
 from pathlib import Path
@@ -35,7 +39,7 @@ from backends.config import RunConfig
 from backends.data.types import IGNORE_INDEX, Batch, PreferenceBatch
 from backends.errors import RunFailed
 from backends.lora_targets import peft_target_modules
-from backends.torch_backend import preference_methods, quantize
+from backends.torch_backend import head_loss, padding_free, preference_methods, quantize
 from backends.torch_backend.device import _DTYPES, pick_device, resolve_precision
 from backends.torch_backend.device import cpu_has_fast_bf16 as cpu_has_fast_bf16  # re-exported
 from backends.torch_backend.loading import load_causal_lm
@@ -88,6 +92,7 @@ class TorchEngine(StateFiles):
         self.scaler: torch.amp.GradScaler | None = None
         self._params: list[nn.Parameter] = []
         self._fast_loss = False
+        self._padding_free = False
         self._mps_peak = 0
         self.model_dir: Path | None = None
         self._grpo_runner: Any = None
@@ -117,6 +122,9 @@ class TorchEngine(StateFiles):
             notes.append(
                 f"base quantised to {bits} bits ({'nf4, double quantisation' if bits == 4 else 'LLM.int8()'})"
             )
+        attention = self._attention_for(config, model_dir)
+        if attention:
+            load_kwargs["attn_implementation"] = attention
         base = load_causal_lm(model_dir, _DTYPES[self.precision], **load_kwargs)
         base.config.use_cache = False
         if bits:  # a quantised model is placed by device_map and cannot be moved
@@ -154,12 +162,34 @@ class TorchEngine(StateFiles):
         self.scaler = torch.amp.GradScaler(self.device) if self.precision == "fp16" else None
         model_type = getattr(base.config, "model_type", "")
         self._fast_loss = model_type in FAST_LOSS_MODEL_TYPES
+        self._padding_free = attention is not None
+        if attention:
+            notes.append(f"padding-free batches ({attention} attention)")
         total = sum(p.numel() for p in self.model.parameters())
         trainable = sum(p.numel() for p in self._params)
         method = "DoRA" if config.lora.use_dora else "LoRA"
         target_text = targets if isinstance(targets, str) else ",".join(targets)
         notes.append(f"{method} rank {config.lora.rank} alpha {config.lora.alpha} on {target_text}")
         return {"params_total": total, "params_trainable": trainable, "notes": notes}
+
+    def _attention_for(self, config: RunConfig, model_dir: Path) -> str | None:
+        """The attention implementation for padding-free batches (``backends.torch_backend
+        .padding_free``), or None when they are off: ``training.padding_free`` is false, or the
+        architecture is not one of ``FAST_LOSS_MODEL_TYPES`` (llama-like: position ids honoured)."""
+        from backends.model_shape import read_model_config
+
+        if not config.training.padding_free:
+            return None
+        if read_model_config(model_dir).get("model_type") not in FAST_LOSS_MODEL_TYPES:
+            return None
+        if (
+            self.device == "cuda"
+            and self.precision in ("bf16", "fp16")
+            and importlib.util.find_spec("flash_attn") is not None
+        ):
+            return "flash_attention_2"
+        padding_free.register()
+        return padding_free.VARLEN
 
     # --- loss ------------------------------------------------------------------------------
     def _autocast(self) -> contextlib.AbstractContextManager:
@@ -172,56 +202,81 @@ class TorchEngine(StateFiles):
 
     def loss_sum(self, batch: Batch) -> torch.Tensor:
         """Summed cross-entropy (fp32 scalar) over the batch's label positions (see
-        ``labelled_logits``)."""
-        logits, targets, _ = self.labelled_logits(batch)
-        return F.cross_entropy(logits, targets, reduction="sum")
+        ``labelled_losses``); on CUDA with liger-kernel, its fused linear cross-entropy."""
+        out, targets, _ = self._labelled_outputs(batch)
+        with self._autocast():
+            if self._fast_loss:
+                return head_loss.summed_loss(out, self._head(), targets)
+            return F.cross_entropy(out.float(), targets, reduction="sum")
 
     def sequence_log_probs(self, batch: Batch) -> torch.Tensor:
         """Each row's summed log-probability of its labelled tokens (fp32, shape [R] for R rows):
         for a ``PreferenceBatch``, log p(answer | prompt) of each row (DPO's log pi(y|x))."""
-        logits, targets, rows = self.labelled_logits(batch)
-        token_logps = -F.cross_entropy(logits, targets, reduction="none")
-        out = torch.zeros(batch.input_ids.shape[0], dtype=torch.float32, device=token_logps.device)
-        return out.index_add(0, rows, token_logps)
+        losses, rows = self.labelled_losses(batch)
+        out = torch.zeros(batch.input_ids.shape[0], dtype=torch.float32, device=losses.device)
+        return out.index_add(0, rows, -losses)
 
-    def labelled_logits(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The forward pass at the batch's label positions: (logits fp32 [N, V], targets [N],
-        row index [N]) for the N positions that carry a target.
-
-        Position t predicts ``labels[:, t + 1]``; positions whose target is ``IGNORE_INDEX`` (and,
-        in packed batches, the first token of each segment) carry no loss. Packed batches
-        (``segment_ids``) get a block-diagonal causal mask so rows never attend to each other.
-        """
-        input_ids = self._tensor(batch.input_ids)
-        labels = self._tensor(batch.labels)
-        position_ids = self._tensor(batch.position_ids)
-        targets = labels[:, 1:]
-        if batch.segment_ids is not None:
-            seg = self._tensor(batch.segment_ids)
-            t_len = seg.shape[1]
-            causal = torch.ones(t_len, t_len, dtype=torch.bool, device=seg.device).tril()
-            same = seg[:, :, None] == seg[:, None, :]
-            mask = (same & causal & (seg[:, None, :] > 0))[:, None]
-            # A padding query row (segment 0) attends to nothing; let it see itself to avoid NaN.
-            mask = mask | torch.eye(t_len, dtype=torch.bool, device=seg.device)
-            new_segment = seg[:, 1:] != seg[:, :-1]
-            targets = targets.masked_fill(new_segment, IGNORE_INDEX)
-        else:
-            mask = self._tensor(batch.attention_mask)
-        selected = targets != IGNORE_INDEX
-        hf_model = self.model.get_base_model()
+    def labelled_losses(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """The cross-entropy of each of the N positions that carry a target (fp32 [N], with
+        gradients) and the batch row of each (int64 [N]). Position t predicts ``labels[:, t + 1]``
+        (``padding_free.shifted_targets``). The LM head runs at those positions only, in chunks
+        (``head_loss.token_losses``), so no [tokens x vocabulary] tensor is made."""
+        out, targets, rows = self._labelled_outputs(batch)
         with self._autocast():
             if self._fast_loss:
-                hidden = hf_model.get_decoder()(
-                    input_ids=input_ids, attention_mask=mask, position_ids=position_ids, use_cache=False
-                ).last_hidden_state
-                logits = hf_model.get_output_embeddings()(hidden[:, :-1][selected])
+                return head_loss.token_losses(out, self._head(), targets), rows
+            return F.cross_entropy(out.float(), targets, reduction="none"), rows
+
+    def _head(self) -> nn.Module:
+        return self.model.get_base_model().get_output_embeddings()
+
+    def _labelled_outputs(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The forward pass at the N positions that carry a target: (the decoder's hidden states
+        [N, d] for ``FAST_LOSS_MODEL_TYPES``, else the model's logits [N, V]; targets [N]; row
+        index [N]).
+
+        Padding-free (``training.padding_free``, llama-like models): the batch runs as one row of
+        its real tokens (``padding_free.flatten``). Otherwise rows are padded, and packed rows
+        (``segment_ids``) get a block-diagonal causal mask so examples never attend to each other.
+        """
+        hf_model = self.model.get_base_model()
+        if self._padding_free:
+            flat = padding_free.flatten(batch)
+            inputs: dict[str, Any] = {
+                "input_ids": self._tensor(flat.input_ids),
+                "position_ids": self._tensor(flat.position_ids),
+                "attention_mask": None,
+            }
+            if hf_model.config._attn_implementation == padding_free.VARLEN:
+                inputs[padding_free.SEGMENTS_KW] = flat.segments
+            targets, rows = self._tensor(flat.targets), self._tensor(flat.rows)[None]
+        else:
+            inputs = {
+                "input_ids": self._tensor(batch.input_ids),
+                "position_ids": self._tensor(batch.position_ids),
+                "attention_mask": self._attention_mask(batch),
+            }
+            targets = self._tensor(padding_free.shifted_targets(batch))
+            rows = torch.arange(targets.shape[0], device=targets.device)[:, None].expand_as(targets)
+        selected = targets != IGNORE_INDEX
+        with self._autocast():
+            if self._fast_loss:
+                out = hf_model.get_decoder()(**inputs, use_cache=False).last_hidden_state[selected]
             else:
-                logits = hf_model(
-                    input_ids=input_ids, attention_mask=mask, position_ids=position_ids, use_cache=False
-                ).logits[:, :-1][selected]
-        rows = torch.nonzero(selected, as_tuple=True)[0]
-        return logits.float(), targets[selected], rows
+                out = hf_model(**inputs, use_cache=False).logits[selected]
+        return out, targets[selected], rows[selected]
+
+    def _attention_mask(self, batch: Batch) -> torch.Tensor:
+        """[B, T] padding mask, or for packed rows a block-diagonal causal [B, 1, T, T] bool mask."""
+        if batch.segment_ids is None:
+            return self._tensor(batch.attention_mask)
+        seg = self._tensor(batch.segment_ids)
+        t_len = seg.shape[1]
+        causal = torch.ones(t_len, t_len, dtype=torch.bool, device=seg.device).tril()
+        same = seg[:, :, None] == seg[:, None, :]
+        mask = (same & causal & (seg[:, None, :] > 0))[:, None]
+        # A padding query row (segment 0) attends to nothing; let it see itself to avoid NaN.
+        return mask | torch.eye(t_len, dtype=torch.bool, device=seg.device)
 
     # --- DPO -------------------------------------------------------------------------------
     def reference_log_probs(self, batch: PreferenceBatch) -> np.ndarray:

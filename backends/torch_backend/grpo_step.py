@@ -19,7 +19,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from backends.data.batching import _pad_rows
 from backends.data.types import IGNORE_INDEX, PromptBatch
@@ -108,8 +107,8 @@ class GRPORunner:
             ids = prompt + completion
             rows.append((ids, [IGNORE_INDEX] * len(prompt) + completion, list(range(len(ids))), None))
         batch = _pad_rows(rows, self.pad, list(range(len(rows))))
-        logits, targets, row_index = self.engine.labelled_logits(batch)
-        return -F.cross_entropy(logits, targets, reduction="none"), row_index, batch
+        losses, row_index = self.engine.labelled_losses(batch)
+        return -losses, row_index, batch
 
     def backward(self, micro_batches: list[PromptBatch]) -> dict[str, float]:
         """Sample, score and back-propagate the step's GRPO loss; returns its metrics. Sets each

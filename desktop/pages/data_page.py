@@ -16,6 +16,7 @@ from PySide6.QtCore import Qt, QTimer, Signal
 from PySide6.QtGui import QColor, QDragEnterEvent, QDropEvent, QPalette
 from PySide6.QtWidgets import (
     QAbstractItemView,
+    QApplication,
     QFileDialog,
     QGridLayout,
     QGroupBox,
@@ -23,6 +24,7 @@ from PySide6.QtWidgets import (
     QHeaderView,
     QLabel,
     QLineEdit,
+    QMenu,
     QProgressBar,
     QPushButton,
     QSplitter,
@@ -33,6 +35,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from backends import paths
 from desktop.charts import Chart, series_color
 from desktop.pages import intro_label
 from desktop.state import AppState, sample_data_path
@@ -76,6 +79,17 @@ def render_spans(text: str, spans: list[Any], highlight: QColor) -> str:
     return "<pre style='white-space:pre-wrap'>" + "".join(out) + "</pre>"
 
 
+def folder_summary(report: dict[str, Any]) -> str:
+    """One line on a ``data from-folder --json`` report: taken, skipped, secrets, duplicates."""
+    secrets = len(report.get("secrets") or [])
+    dups = int(report.get("duplicates_exact", 0)) + int(report.get("duplicates_near", 0))
+    return (
+        f"From {report.get('root')}: {report.get('chunks')} chunks from {report.get('files_taken')} files; "
+        f"{len(report.get('skipped') or [])} files or folders skipped (ignored, vendored, binary, ...); "
+        f"{secrets} secret(s) removed; {dups} duplicate chunk(s) dropped."
+    )
+
+
 class DataPage(QWidget):
     """Chooses the data file and shows its check report."""
 
@@ -89,6 +103,7 @@ class DataPage(QWidget):
         self.report: dict[str, Any] | None = None
         self.error: str | None = None
         self._check: JsonCommand | None = None
+        self.folder_report: dict[str, Any] | None = None  # the last `data from-folder --json` report
         self.setAcceptDrops(True)
 
         layout = QVBoxLayout(self)
@@ -102,6 +117,7 @@ class DataPage(QWidget):
         row = QHBoxLayout()
         self.path_edit = QLineEdit()
         self.path_edit.setReadOnly(True)
+        self.path_edit.setAccessibleName("Chosen data file")
         row.addWidget(self.path_edit, 1)
         browse = QPushButton("Choose file…")
         browse.clicked.connect(self._browse)
@@ -110,6 +126,21 @@ class DataPage(QWidget):
         sample.setToolTip(f"The built-in sample: {sample_data_path()}")
         sample.clicked.connect(lambda: self.state.set_data_file(str(sample_data_path())))
         row.addWidget(sample)
+        self.folder_button = QPushButton("Use a folder…")
+        self.folder_button.setToolTip(
+            "Make a dataset from a folder of documents or a code repository (tunedesk data from-folder): "
+            "skips what .gitignore ignores, removes secrets and duplicates"
+        )
+        folder_menu = QMenu(self.folder_button)
+        folder_menu.addAction(
+            "As plain text, to learn its content (continued pre-training)…"
+        ).triggered.connect(lambda: self._choose_folder("text"))
+        folder_menu.addAction("As questions and answers to fill in (qa)…").triggered.connect(
+            lambda: self._choose_folder("qa")
+        )
+        self.folder_button.setMenu(folder_menu)
+        row.addWidget(self.folder_button)
+        self._from_folder: JsonCommand | None = None
         self.recheck = QPushButton("Check again")
         self.recheck.clicked.connect(self.run_check)
         row.addWidget(self.recheck)
@@ -141,7 +172,7 @@ class DataPage(QWidget):
         h.setSectionResizeMode(2, QHeaderView.ResizeMode.Stretch)
         pb.addWidget(self.problems)
         left_layout.addWidget(problems_box, 1)
-        self.histogram = Chart("Token length per row", "tokens", "rows")
+        self.histogram = Chart("Length of each row", "text pieces (tokens)", "rows")
         left_layout.addWidget(self.histogram, 1)
         split.addWidget(left)
         example_box = QGroupBox("Example, as the model sees it (highlighted: trained on)")
@@ -174,6 +205,42 @@ class DataPage(QWidget):
         path, _ = QFileDialog.getOpenFileName(self, "Choose training data", start, DATA_FILTER)
         if path:
             self.state.set_data_file(path)
+
+    def _choose_folder(self, mode: str) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Choose a folder of documents or code")
+        if folder:
+            self.use_folder(folder, mode)
+
+    def use_folder(self, folder: str, mode: str = "text") -> None:
+        """Run ``tunedesk data from-folder FOLDER --mode MODE`` in a child process, writing
+        ``<app data>/datasets/<folder name>[-qa].jsonl``, then choose that file (and check it)."""
+        out = (
+            paths.home()
+            / "datasets"
+            / f"{Path(folder).name or 'folder'}{'-qa' if mode == 'qa' else ''}.jsonl"
+        )
+        args = ["data", "from-folder", folder, "--out", str(out), "--mode", mode, "--json"]
+        self._from_folder = JsonCommand(args, self)
+        self._from_folder.done.connect(self._on_folder_done)
+        self._from_folder.log_line.connect(
+            lambda line: line.strip() and self.summary.setText(html.escape(line.strip()))
+        )
+        self.folder_button.setEnabled(False)
+        self.progress.setVisible(True)
+        self.summary.setText(f"Reading {html.escape(folder)}…")
+        self._from_folder.start()
+
+    def _on_folder_done(self, report: dict[str, Any] | None, error: str) -> None:
+        self.folder_button.setEnabled(True)
+        self.progress.setVisible(False)
+        if report is None:
+            self.summary.setText(
+                f"<span style='color:#d9534f'><b>Cannot use this folder:</b> {html.escape(error)}</span>"
+            )
+            return
+        self.folder_report = report
+        self.state.set_data_file(report["out"])
+        self._on_choice_changed()  # checks the new file at once (the page is visible)
 
     def _on_choice_changed(self, *_: Any) -> None:
         self.path_edit.setText(self.state.data_file)
@@ -239,9 +306,12 @@ class DataPage(QWidget):
             )
             self.problems.setRowCount(0)
             self.example.clear()
-            self.histogram.clear_data()
+            self._show_histogram({})  # the bars are plot items, not series: clear_data keeps them
         else:
             self.show_report(report)
+            folder = self.folder_report
+            if folder and report.get("file") == folder.get("out"):
+                self.summary.setText(f"{html.escape(folder_summary(folder))}<br>{self.summary.text()}")
         self.check_finished.emit(report)
 
     # --- showing ---
@@ -257,9 +327,13 @@ class DataPage(QWidget):
         ]
         if lengths:
             parts.append(
-                f"tokens per row: min {_int(lengths.get('min'))}, median {_int(lengths.get('median'))}, "
-                f"95th percentile {_int(lengths.get('p95'))}, max {_int(lengths.get('max'))}"
-                + (f"; {lengths.get('over_max')} longer than the limit" if lengths.get("over_max") else "")
+                f"length in text pieces (tokens): shortest {_int(lengths.get('min'))}, middle {_int(lengths.get('median'))}, "
+                f"95 % under {_int(lengths.get('p95'))}, longest {_int(lengths.get('max'))}"
+                + (
+                    f"; {lengths.get('over_max')} longer than the limit (cut to fit)"
+                    if lengths.get("over_max")
+                    else ""
+                )
             )
         notices = [html.escape(str(n)) for n in report.get("notices") or []]
         text = " · ".join(parts)
@@ -286,8 +360,9 @@ class DataPage(QWidget):
         example = report.get("example") or {}
         if example.get("text"):
             # A tint of the palette's highlight colour keeps the text readable on light and dark.
-            highlight = self.palette().color(QPalette.ColorRole.Highlight)
-            base = self.palette().color(QPalette.ColorRole.Base)
+            palette = QApplication.palette(self)  # this page's palette() may lag behind a theme switch
+            highlight = palette.color(QPalette.ColorRole.Highlight)
+            base = palette.color(QPalette.ColorRole.Base)
             tint = QColor(
                 (highlight.red() + 2 * base.red()) // 3,
                 (highlight.green() + 2 * base.green()) // 3,
@@ -317,6 +392,11 @@ class DataPage(QWidget):
         )
         if self.max_seq_length <= x1.max() * 1.2:
             self.histogram.plotItem.addItem(line)
+
+    def follow_palette(self) -> None:
+        """Draw the report again in the current colours (the window calls it on a theme switch)."""
+        if self.report is not None:
+            self.show_report(self.report)
 
     def problem_rows(self) -> list[tuple[str, str, str]]:
         """The dropped-rows table as text: (row, field, reason) per line."""

@@ -27,7 +27,12 @@ from PySide6.QtWidgets import (
 
 from backends.config import DEFAULT_MODEL
 from backends.model_shape import find_model_dir
-from backends.model_store_info import DEFAULT_DTYPE, default_model_installed, list_models
+from backends.model_store_info import (
+    DEFAULT_DTYPE,
+    default_model_installed,
+    list_models,
+)
+from desktop.model_words import format_bytes, format_params, size_note
 from desktop.pages import intro_label
 from desktop.plan_panel import fit_badge
 from desktop.state import AppState
@@ -76,29 +81,6 @@ def describe_row(m: dict) -> tuple[str, ...]:
     )
 
 
-def format_params(n: int | None) -> str:
-    """``134515008`` -> ``134.5M``."""
-    if not n:
-        return "-"
-    if n >= 1e9:
-        return f"{n / 1e9:.2f}B"
-    if n >= 1e6:
-        return f"{n / 1e6:.1f}M"
-    return f"{n / 1e3:.1f}K"
-
-
-def format_bytes(n: int | None) -> str:
-    """``1536`` -> ``1.5 KB`` (powers of 1024)."""
-    if n is None:
-        return "-"
-    size = float(n)
-    for unit in ("B", "KB", "MB", "GB"):
-        if size < 1024 or unit == "GB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{size:.1f} TB"
-
-
 def importable(path: Path) -> bool:
     """True for a ``.gguf`` file or a folder with a ``config.json``."""
     return (path.is_file() and path.suffix.lower() == ".gguf") or (path / "config.json").is_file()
@@ -116,6 +98,7 @@ class ModelPage(QWidget):
         self._import: WorkerProcess | None = None  # the running import or removal
         self._job = ""
         self._listed: dict[str, dict] = {}
+        self._import_note = ""  # what the import stores, in sizes (size_note)
         layout = QVBoxLayout(self)
         heading = QLabel("<h2>1. Choose a model</h2>")
         layout.addWidget(heading)
@@ -127,7 +110,8 @@ class ModelPage(QWidget):
         layout.addWidget(
             intro_label(
                 f"The model you fine-tune. {default} Import a GGUF file or a Hugging Face model folder, "
-                "or drop one on this page."
+                "or drop one on this page. A GGUF file is compressed: the import unpacks it so it can be "
+                "trained, which takes more disk space (the page says how much)."
             )
         )
         self.table = QTableWidget(0, len(COLUMNS))
@@ -143,6 +127,9 @@ class ModelPage(QWidget):
         self.table.setColumnWidth(0, 170)
         self.table.setTextElideMode(Qt.TextElideMode.ElideMiddle)
         self.table.setWordWrap(False)
+        # Tab moves on to the buttons (arrow keys move between rows): never trapped in the table.
+        self.table.setTabKeyNavigation(False)
+        self.table.setAccessibleName("Models on this computer")
         tips = {
             "Architecture": "The model family (its transformers class, e.g. LlamaForCausalLM)",
             "Precision": "How the weights are stored: bf16/f16 take 2 bytes per weight, fp32 takes 4",
@@ -321,7 +308,9 @@ class ModelPage(QWidget):
         """Import a GGUF file or HF folder in a child process
         (``tunedesk models import PATH --dtype D``)."""
         args = ["models", "import", path, "--dtype", self.import_dtype()]
-        self._start(args, f"Importing {Path(path).name}…", self._on_import_done, job="import")
+        self._import_note = size_note(path, self.import_dtype())
+        message = f"Importing {Path(path).name}… {self._import_note}".strip()
+        self._start(args, message, self._on_import_done, job="import")
 
     def _start(self, args: list[str], message: str, done: object, job: str = "remove") -> None:
         if self.is_busy():
@@ -342,11 +331,12 @@ class ModelPage(QWidget):
         line = line.strip()
         if not line:
             return
-        self.status.setText(line)
         match = _PROGRESS.search(line)
-        if match:  # "Converting tensors to bf16: 45% (120/272)"
+        if match:  # "Converting tensors to bf16: 45% (120/272)": unpacking (dequantising) the weights
             self.progress.setRange(0, 100)
             self.progress.setValue(int(match.group(1)))
+            line = f"Unpacking the model for training: {match.group(1)}%. {self._import_note}".strip()
+        self.status.setText(line)
 
     def _end(self) -> None:
         self.progress.setVisible(False)
@@ -360,7 +350,7 @@ class ModelPage(QWidget):
         if result.ok:
             lines = [line for line in result.stdout if line.strip()]
             name = Path(lines[-1].strip()).name if lines else None
-            self.status.setText(f"Imported {name}.")
+            self.status.setText(f"Imported {name}. {self._import_note}".strip())
             self.refresh()
             if name:
                 self.select(name)

@@ -34,6 +34,7 @@ from desktop.pages import intro_label
 from desktop.run_history import RunHistory, delete_run
 from desktop.run_monitor import drift_text, format_duration
 from desktop.state import AppState
+from desktop.train_guard import AVERAGE_LOSS
 from desktop.worker import JsonCommand
 
 COLUMNS = (
@@ -43,8 +44,8 @@ COLUMNS = (
     "Data",
     "Method",
     "Steps",
-    "Train loss",
-    "Val loss",
+    "Final loss (average)",
+    "Validation loss",
     "Drift",
     "Duration",
     "Started",
@@ -85,6 +86,7 @@ class RunsPage(QWidget):
         layout.addWidget(
             intro_label(
                 "Every training run, also those started from the command line. Select several to compare their loss. "
+                "Final loss is the average of the last steps; lower is closer to your data. "
                 "Drift: how much the tuning changed the model's general answers (`tunedesk forgetting`)."
             )
         )
@@ -96,6 +98,16 @@ class RunsPage(QWidget):
         self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         self.table.verticalHeader().setVisible(False)
         self.table.setSortingEnabled(False)
+        self.table.setTabKeyNavigation(False)  # Tab goes on to the buttons; arrows move between runs
+        self.table.setAccessibleName("Training runs")
+        tips = {
+            "Final loss (average)": f"The {AVERAGE_LOSS} (the Train page's chart shows each step's loss)",
+            "Validation loss": "Loss on rows held out from training: how well it does on data it did not see",
+            "Drift": "How much the tuning changed the model's general answers (forgetting check)",
+        }
+        for i, column in enumerate(COLUMNS):
+            if column in tips:
+                self.table.horizontalHeaderItem(i).setToolTip(tips[column])
         header = self.table.horizontalHeader()
         header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
         header.setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)

@@ -30,33 +30,16 @@ from PySide6.QtWidgets import (
 
 from backends.config import PRESETS, config_from_dict, field_docs
 from backends.errors import UserInputError
-from backends.runs import RunDir, list_runs, run_status
+from backends.runs import list_runs
 from desktop.next_steps import NextSteps
+from desktop.pages import with_change_button
 from desktop.plan_panel import PlanPanel
 from desktop.run_monitor import RunMonitor
 from desktop.settings_form import FieldEditor, SettingsForm, flatten, unflatten
 from desktop.state import AppState
 from desktop.system_monitor import SystemSampler
+from desktop.train_guard import BASIC_KEYS, PRESET_HELP, data_problem, resolved_preset_values, resumable
 from desktop.worker import WorkerProcess, WorkerResult
-
-# Chosen on the other pages or in the basic settings above the advanced form.
-BASIC_KEYS = ("preset", "model", "method", "data.train_file")
-PRESET_HELP = {
-    "quick-test": "A few steps to check that everything works (minutes).",
-    "balanced": "One pass over the data, LoRA on every linear layer: the usual choice.",
-    "quality": "Three passes, a larger adapter and a lower learning rate: slower, often better.",
-}
-
-
-def resolved_preset_values(preset: str) -> dict[str, Any]:
-    """Every config value (flat dotted keys) that the preset gives on top of the defaults."""
-    return flatten(config_from_dict({"preset": preset}).model_dump(mode="json"))
-
-
-def resumable(run_dir: str | Path) -> bool:
-    """True when a run is stopped or failed (not running, not finished) and has a checkpoint."""
-    run = RunDir(Path(run_dir))
-    return run_status(run) in ("stopped", "failed") and run.latest_checkpoint() is not None
 
 
 class TrainPage(QWidget):
@@ -81,6 +64,8 @@ class TrainPage(QWidget):
         self._resuming = False
         self._close_after_stop = False
         self._last_length: int | None = None
+        self._data_problem: str | None = None  # why the Data step found the file unusable
+        self._change_buttons: list[QPushButton] = []
         self.sampler = SystemSampler(self)
 
         outer = QHBoxLayout(self)
@@ -105,16 +90,21 @@ class TrainPage(QWidget):
                 self.preset_box.count() - 1, PRESET_HELP.get(name, ""), Qt.ItemDataRole.ToolTipRole
             )
         self.preset_box.currentIndexChanged.connect(self._on_preset)
-        basics.addRow("Preset", self.preset_box)
+        basics.addRow("Ready-made settings\n(preset)", self.preset_box)
         self.preset_help = QLabel()
         self.preset_help.setWordWrap(True)
         self.preset_help.setEnabled(False)
         basics.addRow("", self.preset_help)
         method_doc = next(d for d in field_docs() if d["key"] == "method")
         self.method_editor = FieldEditor(method_doc)
-        basics.addRow("Method", self.method_editor)
+        basics.addRow("How to teach\n(method)", self.method_editor)
         left_layout.addLayout(basics)
 
+        self.data_error = QLabel("")
+        self.data_error.setWordWrap(True)
+        self.data_error.setStyleSheet("color: #d9534f")
+        self.data_error.setVisible(False)
+        left_layout.addWidget(self.data_error)
         self.config_error = QLabel("")
         self.config_error.setWordWrap(True)
         self.config_error.setStyleSheet("color: #d9534f")
@@ -174,6 +164,7 @@ class TrainPage(QWidget):
         self.form.set_overrides(state.saved_overrides())
         state.model_changed.connect(self._update_choices)
         state.data_file_changed.connect(self._update_choices)
+        state.data_file_changed.connect(lambda *_: self.set_data_check(None, None))
         state.model_changed.connect(self.refresh_plan)
         self.method_editor.changed.connect(self.refresh_plan)
         self._update_choices()
@@ -184,13 +175,8 @@ class TrainPage(QWidget):
 
     # --- settings ---
     def _with_link(self, label: QLabel, page: str) -> QWidget:
-        box = QWidget()
-        row = QHBoxLayout(box)
-        row.setContentsMargins(0, 0, 0, 0)
-        row.addWidget(label, 1)
-        change = QPushButton("Change…")
-        change.clicked.connect(lambda: self.show_page.emit(page))
-        row.addWidget(change)
+        box, change = with_change_button(label, page, lambda: self.show_page.emit(page))
+        self._change_buttons.append(change)
         return box
 
     def _update_choices(self, *_: Any) -> None:
@@ -284,6 +270,10 @@ class TrainPage(QWidget):
         if self.is_running():
             return False
         self.config_error.setVisible(False)
+        if self._data_problem:
+            self.config_error.setText("Start needs usable data: choose another file or fix this one first.")
+            self.config_error.setVisible(True)
+            return False
         try:
             raw = self.build_config()
         except UserInputError as exc:
@@ -364,10 +354,30 @@ class TrainPage(QWidget):
         if self._close_after_stop and self.window() is not None:
             self.window().close()
 
+    def set_data_check(self, report: dict[str, Any] | None, error: str | None) -> None:
+        """The Data step's check of the chosen file (``data check --json``: its report, or None with
+        the error): unusable data blocks Start, with the reason shown above the buttons."""
+        self._data_problem = data_problem(report, error)
+        self.data_error.setText(
+            f"The Data step found this file unusable: {self._data_problem}" if self._data_problem else ""
+        )
+        self.data_error.setVisible(bool(self._data_problem))
+        self._update_buttons()
+
     def _update_buttons(self) -> None:
         running = self.is_running()
         self.next_steps.set_run(None if running else self.monitor.run_dir)
-        self.start_button.setEnabled(not running)
+        self.start_button.setEnabled(not running and not self._data_problem)
+        # A run's settings are fixed once it starts: the form shows them, greyed, until it ends.
+        for widget in (
+            self.preset_box,
+            self.method_editor,
+            self.form,
+            self.plan_panel,
+            *self._change_buttons,
+        ):
+            widget.setEnabled(not running)
+        self.advanced_toggle.setToolTip("Locked while the run trains" if running else "")
         self.stop_button.setEnabled(running)
         self.resume_button.setEnabled(
             not running and bool(self.monitor.run_dir) and resumable(self.monitor.run_dir or "")
