@@ -195,9 +195,17 @@ def test_txt_and_md_files_and_folders_are_plain_text(tmp_path, smollm2_tokenizer
     (notes / ".hidden.txt").write_text("secret")
     result = check_file(notes, tokenizer=smollm2_tokenizer)
     assert (result["format"], result["rows_read"], result["rows_kept"]) == ("text", 2, 2)
-    doc = "# Release notes\n\nVersion 2 adds dark mode.\n"
-    assert result["example"]["text"] == doc + IM_END  # the file, then EOS
-    assert trained(result) == [doc[1:] + IM_END]  # every token but the first (no target before it)
+    # Packed (data.pack_text): each file, then EOS, in one sequence of trained tokens (the batcher
+    # leaves the first position untrained: nothing precedes it).
+    text = (
+        "# Release notes\n\nVersion 2 adds dark mode.\n"
+        + IM_END
+        + "Line one.\u2028Still line one.\n"
+        + IM_END
+    )
+    assert result["example"]["text"] == text
+    assert trained(result) == [text]
+    assert any("plain text packed: 2 documents" in n for n in result["notices"])
     single = check_file(notes / "sub" / "b.txt")
     assert single["format"] == "text" and single["rows_kept"] == 1
     assert single["preview"]["rows"] == [["Line one.\u2028Still line one.\n"]]
