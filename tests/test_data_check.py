@@ -50,7 +50,11 @@ def test_real_public_files_pass_data_check(capsys, shared_data, smollm2_dir, nam
     assert sum(result["histogram"]["counts"]) == rows and len(result["histogram"]["bins"]) == 21
     example = result["example"]
     trained = [example["text"][s:e] for s, e in example["spans"]]
-    assert trained and all(t.endswith(IM_END) for t in trained)
+    if fmt == "text":  # packed: documents joined with EOS, cut into sequences of max_seq_length
+        assert len(trained) == 1 and trained[0].count(IM_END) >= 1
+        assert any("plain text packed: 1000 documents" in n for n in result["notices"])
+    else:
+        assert trained and all(t.endswith(IM_END) for t in trained)
 
 
 @pytest.mark.slow

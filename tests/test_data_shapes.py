@@ -276,6 +276,10 @@ def test_data_columns_in_the_config_trains(tmp_path, tiny_model_dir):
     assert "atlas" in tok.decode(prepared.train[0].input_ids)
     with pytest.raises(ValueError, match="unknown role"):
         RunConfig(data={"columns": {"answer": "x"}})
+    from backends.config import apply_overrides  # --set data.columns=... on tunedesk train
+
+    raw = apply_overrides({}, ["data.columns=prompt=question,completion=answer"])
+    assert RunConfig(**raw).data.columns == {"prompt": "question", "completion": "answer"}
 
 
 def test_identity_mapping_reported_for_known_formats(shared_data):
