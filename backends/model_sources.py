@@ -222,14 +222,51 @@ def _resolve_lmstudio(rest: str) -> tuple[Path, str]:
     )
 
 
+def _refuse_offline(repo: str, what: str) -> None:
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        raise UserInputError(
+            f"cannot {what} {repo}: HF_HUB_OFFLINE is set", hint="unset HF_HUB_OFFLINE to allow downloads"
+        )
+
+
+def hub_files(repo: str, revision: str | None = None) -> tuple[list[dict[str, Any]], Path]:
+    """What a download of ``repo`` would fetch, without fetching the weights: the files matching
+    ``DOWNLOAD_PATTERNS`` as ``{"path", "size"}`` (bytes, from the Hub's file list), and the local
+    path of its ``config.json`` (fetched into the HF cache: a few KB, enough for the memory plan).
+    Raises UserInputError when offline, or when the Hub does not know the repository."""
+    _refuse_offline(repo, "look up")
+    from fnmatch import fnmatch
+
+    from huggingface_hub import HfApi, hf_hub_download
+    from huggingface_hub.errors import HfHubHTTPError
+
+    try:
+        tree = list(HfApi().list_repo_tree(repo, recursive=True, revision=revision))
+        config = hf_hub_download(repo, "config.json", revision=revision, cache_dir=hf_cache_dir())
+    except HfHubHTTPError as exc:
+        if getattr(exc.response, "status_code", None) in (401, 404):
+            raise UserInputError(
+                f"the Hugging Face Hub has no model {repo} (or it is private or gated)",
+                hint="check the name on huggingface.co (ORG/NAME)",
+            ) from None
+        raise UserInputError(f"cannot look up {repo}: {exc}", hint="check the connection") from None
+    except (OSError, ValueError, KeyError, TypeError) as exc:  # no connection, a malformed answer
+        raise UserInputError(
+            f"cannot look up {repo}: {exc}", hint="check the name and the connection"
+        ) from None
+    files = [
+        {"path": f.path, "size": int(f.size)}
+        for f in tree
+        if getattr(f, "size", None) is not None and any(fnmatch(f.path, p) for p in DOWNLOAD_PATTERNS)
+    ]
+    return files, Path(config)
+
+
 def download_snapshot(repo: str, revision: str | None = None) -> Path:
     """Fetch ``repo``'s safetensors weights, config and tokenizer from the Hub into the HF cache with
     huggingface_hub (progress bars on stderr; an interrupted download resumes); returns the
     snapshot folder. Raises UserInputError when offline (``HF_HUB_OFFLINE``) or the Hub refuses."""
-    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
-        raise UserInputError(
-            f"cannot download {repo}: HF_HUB_OFFLINE is set", hint="unset HF_HUB_OFFLINE to allow downloads"
-        )
+    _refuse_offline(repo, "download")
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError
 

@@ -47,6 +47,11 @@ def add_models_parser(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
     m = msub.add_parser("find", help="models in the Hugging Face cache, LM Studio and Ollama folders")
     m.add_argument("--json", action="store_true")
+    m = msub.add_parser(
+        "info", help="hf:ORG/NAME before a download: its size and whether it fits here (online)"
+    )
+    m.add_argument("ref", help="hf:ORG/NAME[@REVISION]")
+    m.add_argument("--json", action="store_true")
 
 
 def _mb(n: int | None) -> str:
@@ -79,6 +84,8 @@ def run_models(args: argparse.Namespace) -> int:
         return EXIT_OK
     if args.models_cmd == "remove":
         return _remove(args.name, args.yes)
+    if args.models_cmd == "info":
+        return _info(args.ref, args.json)
     if args.models_cmd == "find":
         found = model_sources.find_models()
         if args.json:
@@ -127,4 +134,30 @@ def _remove(name: str, yes: bool) -> int:
             return EXIT_DECLINED
     done = models.remove_model(name)
     print(f"removed {done['name']}: {done['path']}, {done['freed']:,} bytes freed")
+    return EXIT_OK
+
+
+def _info(ref: str, as_json: bool) -> int:
+    """``models info hf:ORG/NAME``: download size and the memory plan with default settings, from
+    the Hub's file list and the model's config.json (no weights fetched)."""
+    from backends import model_shape, model_sources, plan
+    from backends.config import config_from_dict
+
+    scheme, _, rest = ref.partition(":")
+    repo, _, revision = rest.partition("@")
+    if scheme != "hf" or not repo:
+        raise UserInputError(f"not a Hugging Face reference: {ref!r}", hint="hf:ORG/NAME")
+    files, config_path = model_sources.hub_files(repo, revision or None)
+    try:
+        model_config = model_shape.read_model_config(config_path.parent)
+        result = plan.plan_memory(config_from_dict({"model": f"hf:{repo}"}), model_config)
+    except ValueError as exc:
+        raise UserInputError(str(exc), file=config_path, field="model") from None
+    size = sum(f["size"] for f in files)
+    answer = {"ref": f"hf:{repo}", "download_bytes": size, "files": len(files), "plan": result.to_json()}
+    if as_json:
+        print(json.dumps(answer, indent=2))
+    else:
+        print(f"{answer['ref']}: {_mb(size)} to download in {len(files)} files")
+        print(f"memory plan (default settings): {result.verdict}, peak {_mb(result.peak)}")
     return EXIT_OK

@@ -80,4 +80,8 @@ def run_app(argv: list[str]) -> int:
             print(path)
         return 0 if written else 1
     window.show()
+    if not report:
+        from desktop.tour import start_tour_once
+
+        start_tour_once(window)  # once per profile; skippable
     return app.exec()

@@ -41,6 +41,7 @@ from backends import paths
 from backends.chat.adapters import chat_runs
 from backends.config import DEFAULT_MODEL
 from backends.model_store_info import list_models
+from desktop.chat_actions import ChatActions
 from desktop.chat_client import ChatClient
 from desktop.chat_compare import ValidationCompare
 from desktop.chat_events import WorkerEvents
@@ -50,7 +51,7 @@ from desktop.chat_views import format_stats as format_stats  # re-exported: test
 from desktop.state import app_settings
 
 
-class ChatPage(SamplingSettings, ValidationCompare, WorkerEvents, QWidget):
+class ChatPage(ChatActions, SamplingSettings, ValidationCompare, WorkerEvents, QWidget):
     """The Chat step: adapter picker, conversation (single or side by side), sampling settings,
     system prompt, Stop, and the validation comparison table. Call ``set_runs_dir`` to choose where
     runs are listed from (the app passes its runs folder)."""
@@ -138,6 +139,7 @@ class ChatPage(SamplingSettings, ValidationCompare, WorkerEvents, QWidget):
         split.setStretchFactor(1, 3)
         split.setStretchFactor(2, 1)
         chat_layout.addWidget(split, 1)
+        chat_layout.addLayout(self._action_row())  # Regenerate, Copy reply, Save as training data
         row = QHBoxLayout()
         self.prompt = QPlainTextEdit()
         self.prompt.setPlaceholderText("Type a message; Ctrl+Enter sends it")
@@ -291,9 +293,11 @@ class ChatPage(SamplingSettings, ValidationCompare, WorkerEvents, QWidget):
         self.stop_button.setEnabled(self.busy())
         self.compare_stop_button.setEnabled(bool(self._compare) and self.busy())
         self.adapter_combo.setEnabled(not self.busy())
+        self._update_actions()
 
     def _on_adapter_changed(self, *_: Any) -> None:
         self.new_conversation()
+        self.prefill_system_prompt()
         self._update_mode()
         adapter = self.current_adapter()
         if (
@@ -387,6 +391,7 @@ class ChatPage(SamplingSettings, ValidationCompare, WorkerEvents, QWidget):
             self.stop()
         for pane in self.panes.values():
             pane.clear()
+        self._update_actions()
 
     def showEvent(self, event: QShowEvent) -> None:  # noqa: N802 (Qt override)
         """List the runs again each time the page is shown (a run may have finished meanwhile)."""

@@ -35,6 +35,7 @@ class AppState(QObject):
 
     model_changed = Signal(str)
     data_file_changed = Signal(str)
+    data_columns_changed = Signal(object)  # the mapping dict
 
     def __init__(self, parent: QObject | None = None) -> None:
         super().__init__(parent)
@@ -44,6 +45,7 @@ class AppState(QObject):
         self._data_file = str(self.settings.value("choices/data_file", default_data))
         if self._data_file != default_data and not Path(self._data_file).is_file():
             self._data_file = default_data  # the remembered file is gone
+        self._data_columns = self._saved_columns()
         self.preset = str(self.settings.value("choices/preset", DEFAULT_PRESET))
         self.method = str(self.settings.value("choices/method", "sft"))
 
@@ -69,7 +71,30 @@ class AppState(QObject):
         if path != self._data_file:
             self._data_file = path
             self.settings.setValue("choices/data_file", path)
+            self._data_columns = {}  # another file: its columns are detected afresh
+            self.settings.setValue("choices/data_columns", "{}")
             self.data_file_changed.emit(path)
+
+    @property
+    def data_columns(self) -> dict[str, str]:
+        """The column mapping chosen on the Data page, role -> the file's column ({}: detected).
+        Goes into the run config as ``data.columns``."""
+        return dict(self._data_columns)
+
+    def set_data_columns(self, mapping: dict[str, str]) -> None:
+        """Choose the column mapping of the current data file."""
+        mapping = {str(k): str(v) for k, v in mapping.items() if v}
+        if mapping != self._data_columns:
+            self._data_columns = mapping
+            self.settings.setValue("choices/data_columns", json.dumps(mapping))
+            self.data_columns_changed.emit(dict(mapping))
+
+    def _saved_columns(self) -> dict[str, str]:
+        try:
+            value = json.loads(str(self.settings.value("choices/data_columns", "{}")))
+        except (TypeError, ValueError):
+            return {}
+        return {str(k): str(v) for k, v in value.items()} if isinstance(value, dict) else {}
 
     def save_train_choices(self, preset: str, method: str, overrides: dict[str, Any]) -> None:
         """Remember the Train page's preset, method and advanced overrides."""

@@ -30,6 +30,7 @@ from PySide6.QtWidgets import (
     QSplitter,
     QTableWidget,
     QTableWidgetItem,
+    QTabWidget,
     QTextBrowser,
     QVBoxLayout,
     QWidget,
@@ -37,6 +38,8 @@ from PySide6.QtWidgets import (
 
 from backends import paths
 from desktop.charts import Chart, series_color
+from desktop.data_columns import ColumnMapping, columns_arg
+from desktop.data_paste import PasteDialog
 from desktop.pages import intro_label
 from desktop.state import AppState, sample_data_path
 from desktop.worker import JsonCommand
@@ -103,6 +106,7 @@ class DataPage(QWidget):
         self.report: dict[str, Any] | None = None
         self.error: str | None = None
         self._check: JsonCommand | None = None
+        self.check_args: list[str] = []  # the last `tunedesk data check` arguments
         self.folder_report: dict[str, Any] | None = None  # the last `data from-folder --json` report
         self.setAcceptDrops(True)
 
@@ -122,6 +126,10 @@ class DataPage(QWidget):
         browse = QPushButton("Choose file…")
         browse.clicked.connect(self._browse)
         row.addWidget(browse)
+        self.paste_button = QPushButton("Paste examples…")
+        self.paste_button.setToolTip("Type or paste questions and answers; they are saved as a data file")
+        self.paste_button.clicked.connect(self.paste_examples)
+        row.addWidget(self.paste_button)
         sample = QPushButton("Use sample data")
         sample.setToolTip(f"The built-in sample: {sample_data_path()}")
         sample.clicked.connect(lambda: self.state.set_data_file(str(sample_data_path())))
@@ -180,7 +188,13 @@ class DataPage(QWidget):
         self.example = QTextBrowser()
         self.example.setOpenLinks(False)
         eb.addWidget(self.example)
-        split.addWidget(example_box)
+        self.right_tabs = QTabWidget()
+        self.right_tabs.addTab(example_box, "Example")
+        self.column_map = ColumnMapping()  # preview of the first rows, column drop-downs
+        self.column_map.mapping_changed.connect(self.state.set_data_columns)
+        self.right_tabs.addTab(self.column_map, "Preview and columns")
+        self.right_tabs.tabBar().setAccessibleName("Example, or preview and columns")
+        split.addWidget(self.right_tabs)
         split.setSizes([500, 500])
         layout.addWidget(split, 1)
 
@@ -197,6 +211,7 @@ class DataPage(QWidget):
         self._debounce.timeout.connect(self.run_check)
         state.data_file_changed.connect(self._on_choice_changed)
         state.model_changed.connect(self._on_choice_changed)
+        state.data_columns_changed.connect(self._on_choice_changed)
         self.path_edit.setText(state.data_file)
 
     # --- choosing ---
@@ -267,6 +282,13 @@ class DataPage(QWidget):
             self.max_seq_length = length
             self._on_choice_changed()
 
+    def paste_examples(self) -> PasteDialog:
+        """Open the Paste examples box; its file becomes the data file when accepted."""
+        dialog = PasteDialog(self)
+        dialog.accepted.connect(lambda: dialog.path and self.state.set_data_file(str(dialog.path)))
+        dialog.open()
+        return dialog
+
     # --- checking ---
     def is_checking(self) -> bool:
         """True while a check runs."""
@@ -288,6 +310,9 @@ class DataPage(QWidget):
             return
         args = ["data", "check", path, "--model", self.state.model, "--json"]
         args += ["--max-seq-length", str(self.max_seq_length)]
+        if self.state.data_columns:
+            args += ["--columns", columns_arg(self.state.data_columns)]
+        self.check_args = args
         self._check = JsonCommand(args, self)
         self._check.done.connect(self._on_checked)
         self._check.log_line.connect(
@@ -307,6 +332,7 @@ class DataPage(QWidget):
             self.problems.setRowCount(0)
             self.example.clear()
             self._show_histogram({})  # the bars are plot items, not series: clear_data keeps them
+            self.column_map.show_failure(keep=bool(self.state.data_columns))
         else:
             self.show_report(report)
             folder = self.folder_report
@@ -357,6 +383,7 @@ class DataPage(QWidget):
             self.problems.setItem(i, 2, QTableWidgetItem(str(p.get("reason", ""))))
 
         self._show_histogram(report.get("histogram") or {})
+        self.column_map.show_check(report)
         example = report.get("example") or {}
         if example.get("text"):
             # A tint of the palette's highlight colour keeps the text readable on light and dark.

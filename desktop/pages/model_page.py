@@ -21,6 +21,7 @@ from PySide6.QtWidgets import (
     QPushButton,
     QTableWidget,
     QTableWidgetItem,
+    QTabWidget,
     QVBoxLayout,
     QWidget,
 )
@@ -32,6 +33,7 @@ from backends.model_store_info import (
     default_model_installed,
     list_models,
 )
+from desktop.model_finder import ModelFinder
 from desktop.model_words import format_bytes, format_params, size_note
 from desktop.pages import intro_label
 from desktop.plan_panel import fit_badge
@@ -141,7 +143,14 @@ class ModelPage(QWidget):
             if column in tips:
                 self.table.horizontalHeaderItem(i).setToolTip(tips[column])
         self.table.itemSelectionChanged.connect(self._on_select)
-        layout.addWidget(self.table, 1)
+        self.finder = ModelFinder(self.import_dtype)  # found in other tools' folders; downloads
+        self.finder.import_requested.connect(self._import_found)
+        self.finder.downloaded.connect(self._on_downloaded)
+        self.tabs = QTabWidget()
+        self.tabs.addTab(self.table, "Your models")
+        self.tabs.addTab(self.finder, "Find and download")
+        self.tabs.tabBar().setAccessibleName("Your models, or find and download")
+        layout.addWidget(self.tabs, 1)
 
         buttons = QHBoxLayout()
         self.import_file_button = QPushButton("Import GGUF file…")
@@ -246,6 +255,16 @@ class ModelPage(QWidget):
             self.state.set_model(name)
             self.selected.setText(f"Selected: <b>{name}</b>")
         self._update_remove()
+
+    def _import_found(self, ref: str) -> None:
+        self.tabs.setCurrentIndex(0)
+        self.import_path(ref)
+
+    def _on_downloaded(self, name: str) -> None:
+        self.refresh()
+        if name:
+            self.select(name)
+            self.tabs.setCurrentIndex(0)
 
     # --- removing ---
     def _confirm_remove(self) -> None:

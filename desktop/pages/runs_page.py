@@ -33,6 +33,7 @@ from desktop.next_steps import has_adapter, open_export
 from desktop.pages import intro_label
 from desktop.run_history import RunHistory, delete_run
 from desktop.run_monitor import drift_text, format_duration
+from desktop.runs_tools import RunsTools
 from desktop.state import AppState
 from desktop.train_guard import AVERAGE_LOSS
 from desktop.worker import JsonCommand
@@ -90,6 +91,9 @@ class RunsPage(QWidget):
                 "Drift: how much the tuning changed the model's general answers (`tunedesk forgetting`)."
             )
         )
+        self.tools = RunsTools(self.selected_paths)  # find, sort, rename, notes, compare
+        self.tools.changed.connect(self.refresh)
+        layout.addWidget(self.tools)
         split = QSplitter(Qt.Orientation.Vertical)
         self.table = QTableWidget(0, len(COLUMNS))
         self.table.setHorizontalHeaderLabels(COLUMNS)
@@ -176,7 +180,7 @@ class RunsPage(QWidget):
     def refresh(self) -> None:
         """Re-read the run folders (cached per folder) and redraw the table, keeping the selection."""
         selected = set(self.selected_paths())
-        self.rows = self.history.runs(self.parents())
+        self.rows = self.tools.arrange(self.history.runs(self.parents()))
         self.table.blockSignals(True)
         self.table.setRowCount(len(self.rows))
         for i, r in enumerate(self.rows):
@@ -186,7 +190,7 @@ class RunsPage(QWidget):
                 time.strftime("%Y-%m-%d %H:%M", time.localtime(r["started"])) if r.get("started") else "-"
             )
             values = (
-                r["name"],
+                r.get("display_name") or r["name"],
                 r["status"],
                 Path(str(r.get("model") or "-")).name,
                 data,
@@ -202,7 +206,7 @@ class RunsPage(QWidget):
                 item = QTableWidgetItem(str(text))
                 if j == 0:
                     item.setData(Qt.ItemDataRole.UserRole, r["path"])
-                    item.setToolTip(r["path"])
+                    item.setToolTip(r["path"] + (f"\n\n{r['notes']}" if r.get("notes") else ""))
                 if j == 1 and r.get("failure"):
                     item.setToolTip(f"{r['failure'].get('message')}\n{r['failure'].get('hint') or ''}")
                 if j == 8 and r.get("forgetting"):
@@ -251,6 +255,7 @@ class RunsPage(QWidget):
         self.chart.refresh()
         if paths_:
             self.chart.plotItem.vb.enableAutoRange()
+        self.tools.update_buttons(paths_)
         one = len(paths_) == 1
         row = next((r for r in self.rows if paths_ and r["path"] == paths_[0]), None)
         self.show_button.setEnabled(one)

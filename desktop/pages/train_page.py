@@ -238,6 +238,8 @@ class TrainPage(QWidget):
         raw["method"] = self.method_editor.value()
         if self.state.data_file:
             raw.setdefault("data", {})["train_file"] = self.state.data_file
+        if self.state.data_columns:  # the Data page's column mapping
+            raw.setdefault("data", {})["columns"] = self.state.data_columns
         config_from_dict(raw, source="the run settings")  # raises UserInputError naming the field
         return raw
 
@@ -254,6 +256,8 @@ class TrainPage(QWidget):
             self.state.set_model(str(raw["model"]))
         if values.get("data.train_file"):
             self.state.set_data_file(str(values["data.train_file"]))
+        if isinstance((raw.get("data") or {}).get("columns"), dict):
+            self.state.set_data_columns(raw["data"]["columns"])
         base = resolved_preset_values(self.preset_box.currentData())
         self.form.reset()
         for key, value in values.items():
