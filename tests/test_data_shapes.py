@@ -343,3 +343,13 @@ def test_csv_feedback_with_a_mapped_rating_column(tmp_path):
     assert (problem.row, problem.field) == (3, "thumbs") and "expected true or false" in problem.reason
     with pytest.raises(UserInputError, match="method 'kto'"):
         analyze_file(path, None, method="sft", columns="prompt=q,completion=a,label=thumbs")
+
+
+def test_the_data_page_shows_progress_events_in_words():
+    from desktop.pages.data_page import progress_text
+
+    event = {"v": 1, "event": "data_progress", "stage": "reading", "done": 450, "total": 1000}
+    assert (
+        progress_text(json.dumps({**event, "unit": "bytes", "rows": 12345})) == "Reading… 45% (12,345 rows)"
+    )
+    assert progress_text("importing the model…") == "importing the model…"
