@@ -160,6 +160,19 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="with --resume: continue although config.yaml changed since the checkpoint (noted in the events)",
     )
+    p.add_argument(
+        "--nproc",
+        type=int,
+        default=None,
+        metavar="N",
+        help="train on N processes on this machine (one per GPU; on the CPU, gloo) through torchrun; "
+        "training.batch_size is per process",
+    )
+    p.add_argument("--nnodes", type=int, default=None, metavar="M", help="with --nproc: machines taking part")
+    p.add_argument("--node-rank", type=int, default=None, metavar="R", help="this machine's number, 0..M-1")
+    p.add_argument(
+        "--master", default=None, metavar="HOST:PORT", help="address of machine 0 that the others reach"
+    )
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("data", help="inspect a dataset")

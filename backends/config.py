@@ -260,6 +260,16 @@ class TrainingConfig(_Strict):
         "of the optimizer memory).",
     )
     max_grad_norm: float = Field(1.0, ge=0, description="Gradient clipping norm (0: off).")
+    distributed: Literal["ddp", "fsdp"] = Field(
+        "ddp",
+        description="With --nproc (several GPUs): 'ddp' keeps the whole model on every GPU; 'fsdp' "
+        "shards the weights over them, for a model one GPU cannot hold (PyTorch, SFT).",
+    )
+    fsdp_cpu_offload: bool = Field(
+        False,
+        description="With distributed: fsdp, keep the weight shards in CPU memory between uses "
+        "(less GPU memory, slower; CUDA only).",
+    )
     weight_decay: float = Field(0.0, ge=0, lt=1, description="AdamW weight decay.")
     eval_every: int = Field(50, ge=0, description="Validation every N steps (0: only at the end).")
     save_every: int = Field(

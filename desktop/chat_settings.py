@@ -6,7 +6,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from PySide6.QtWidgets import QDoubleSpinBox, QFormLayout, QGroupBox, QPlainTextEdit, QSpinBox, QWidget
+from PySide6.QtWidgets import (
+    QDoubleSpinBox,
+    QFormLayout,
+    QGroupBox,
+    QPlainTextEdit,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
 
 
 class SamplingSettings:
@@ -14,7 +22,11 @@ class SamplingSettings:
 
     def _settings_box(self) -> QWidget:
         box = QGroupBox("Settings")
-        form = QFormLayout(box)
+        box.setMaximumWidth(420)  # on a wide screen the conversation gets the room
+        column = QVBoxLayout(box)
+        form = QFormLayout()
+        column.addLayout(form)
+        column.addStretch(1)  # the rows stay together at the top of a tall box
         self.system_prompt = QPlainTextEdit()
         self.system_prompt.setPlaceholderText("(none: the chat template's default)")
         self.system_prompt.setMaximumHeight(90)

@@ -194,6 +194,9 @@ class MainWindow(QMainWindow):
             train_page.run_ended.connect(self._refresh_runs)
             train_page.max_seq_length_changed.connect(self._sync_max_seq_length)
             train_page.next_steps.chat_requested.connect(self.chat_with)
+            self.header.ready.connect(train_page.gpu_choice.set_report)  # the GPUs row
+            if self.header.info is not None:
+                train_page.gpu_choice.set_report(self.header.info)
             self._sync_max_seq_length(train_page.max_seq_length())
             data_page = self.data_page  # Start is refused while the Data step finds the file unusable
             data_page.check_finished.connect(

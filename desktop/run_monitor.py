@@ -28,7 +28,7 @@ from backends.events import read_events
 from backends.runs import RunDir, run_status
 from desktop.charts import Chart
 from desktop.method_charts import MethodCharts
-from desktop.run_words import drift_text, format_duration
+from desktop.run_words import MEMORY_SERIES, drift_text, format_duration
 from desktop.run_words import num as _num
 from desktop.train_guard import AVERAGE_LOSS, STEP_LOSS, quick_test_note, run_preset
 from desktop.worker import WorkerResult
@@ -36,13 +36,6 @@ from desktop.worker import WorkerResult
 __all__ = ["LOG_LINES", "RunMonitor", "drift_text", "format_duration"]
 
 LOG_LINES = 1000
-# The memory chart's series: key (as tests and events name them) -> legend words.
-MEMORY_SERIES = {
-    "worker RSS": "training process: memory in use (RSS)",
-    "device memory (worker)": "training process: GPU memory",
-    "system RAM used": "whole computer: memory in use",
-    "system VRAM used": "whole computer: GPU memory in use",
-}
 
 
 class RunMonitor(QWidget):

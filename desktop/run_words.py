@@ -5,6 +5,14 @@ from __future__ import annotations
 
 from typing import Any
 
+# The memory chart's series: key (as tests and events name them) -> legend words.
+MEMORY_SERIES = {
+    "worker RSS": "training process: memory in use (RSS)",
+    "device memory (worker)": "training process: GPU memory",
+    "system RAM used": "whole computer: memory in use",
+    "system VRAM used": "whole computer: GPU memory in use",
+}
+
 
 def format_duration(seconds: float | None) -> str:
     """``3725`` -> ``1:02:05``; None -> ``-``."""

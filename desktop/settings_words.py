@@ -47,6 +47,10 @@ PLAIN: dict[str, tuple[str, str]] = {
         "Standing instruction",
         "Text put before each conversation that has none (system prompt).",
     ),
+    "data.pack_text": (
+        "Join plain text",
+        "Plain text is joined and cut into full pieces, so no text is lost.",
+    ),
     "data.replay": (
         "Mix in general examples",
         "Share of general examples that help it keep what it knew (0: none).",
@@ -131,6 +135,10 @@ PLAIN: dict[str, tuple[str, str]] = {
         "Caps a sudden big step that could break training (0: off).",
     ),
     "training.weight_decay": ("Keep changes small", "Gently pulls the adapter towards zero (0: off)."),
+    "training.padding_free": (
+        "Skip padding",
+        "Runs examples back to back without filler: same result, faster.",
+    ),
     "training.eval_every": (
         "Check progress every",
         "Steps between checks on the set-aside rows (0: only at the end).",

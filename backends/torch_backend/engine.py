@@ -37,11 +37,12 @@ from torch import nn
 
 from backends.config import RunConfig
 from backends.data.types import IGNORE_INDEX, Batch, PreferenceBatch
-from backends.errors import RunFailed
+from backends.errors import RunFailed, UserInputError
 from backends.lora_targets import peft_target_modules
 from backends.torch_backend import head_loss, padding_free, preference_methods, quantize
 from backends.torch_backend.device import _DTYPES, pick_device, resolve_precision
 from backends.torch_backend.device import cpu_has_fast_bf16 as cpu_has_fast_bf16  # re-exported
+from backends.torch_backend.forward import LabelledForward
 from backends.torch_backend.loading import load_causal_lm
 from backends.torch_backend.state_files import StateFiles
 from backends.training import measure
@@ -78,13 +79,20 @@ def _is_oom(exc: BaseException) -> bool:
 class TorchEngine(StateFiles):
     """LoRA/DoRA fine-tuning of a transformers causal LM with PyTorch (see module docstring).
 
-    ``device``: "cuda", "mps" or "cpu" (default: ``pick_device()``).
+    ``device``: "cuda", "mps" or "cpu" (default: ``pick_device()``). ``world``: the run's
+    processes when this is one of several (``backends.torch_backend.distributed``), else None.
     """
 
     name = "torch"
 
-    def __init__(self, device: str | None = None) -> None:
+    def __init__(self, device: str | None = None, world: Any = None) -> None:
         self.device = device or pick_device()
+        self.world = world
+        self._forward: nn.Module | None = None
+        self._ddp: nn.Module | None = None
+        self._fsdp = False  # training.distributed: fsdp on several processes
+        self._gathered: dict[str, Any] | None = None  # FSDP: whole adapter/optimizer for rank 0
+        self._hidden_out = False  # the forward returns hidden states (the head runs in head_loss)
         self.precision = "fp32"
         self.config: RunConfig | None = None
         self.model: Any = None  # peft.PeftModel
@@ -118,7 +126,8 @@ class TorchEngine(StateFiles):
         if bits:
             notes += quantize.check_quantization(bits, self.device)
             load_kwargs["quantization_config"] = quantize.quantization_config(bits, _DTYPES[self.precision])
-            load_kwargs["device_map"] = self.device
+            # One GPU per process: the current one (torch.cuda.set_device), not always the first.
+            load_kwargs["device_map"] = {"": torch.cuda.current_device()} if self.world else self.device
             notes.append(
                 f"base quantised to {bits} bits ({'nf4, double quantisation' if bits == 4 else 'LLM.int8()'})"
             )
@@ -127,9 +136,10 @@ class TorchEngine(StateFiles):
             load_kwargs["attn_implementation"] = attention
         base = load_causal_lm(model_dir, _DTYPES[self.precision], **load_kwargs)
         base.config.use_cache = False
+        self._fsdp = self.world is not None and t.distributed == "fsdp"
         if bits:  # a quantised model is placed by device_map and cannot be moved
             quantize.detach_from_file(base)
-        else:
+        elif not self._fsdp:  # FSDP moves each process's shards to the device itself
             base.to(self.device)
         targets = peft_target_modules(linear_layer_paths(base), config.lora.target_modules)
         if t.gradient_checkpointing:
@@ -155,13 +165,17 @@ class TorchEngine(StateFiles):
             warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
             self.model = get_peft_model(base, lora)  # adapters in fp32 (peft's autocast_adapter_dtype)
         self.model.train()
+        model_type = getattr(base.config, "model_type", "")
+        self._fast_loss = model_type in FAST_LOSS_MODEL_TYPES
+        # FSDP: the head runs inside the sharded module (its weights exist whole only there).
+        self._hidden_out = self._fast_loss and not self._fsdp
+        self._forward = LabelledForward(self.model, "hidden" if self._hidden_out else "logits")
+        notes += self._distribute(base, t)
         self._params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = quantize.make_optimizer(
             t.optimizer, self._params, self.device, lr=t.learning_rate, weight_decay=t.weight_decay
         )
         self.scaler = torch.amp.GradScaler(self.device) if self.precision == "fp16" else None
-        model_type = getattr(base.config, "model_type", "")
-        self._fast_loss = model_type in FAST_LOSS_MODEL_TYPES
         self._padding_free = attention is not None
         if attention:
             notes.append(f"padding-free batches ({attention} attention)")
@@ -171,6 +185,27 @@ class TorchEngine(StateFiles):
         target_text = targets if isinstance(targets, str) else ",".join(targets)
         notes.append(f"{method} rank {config.lora.rank} alpha {config.lora.alpha} on {target_text}")
         return {"params_total": total, "params_trainable": trainable, "notes": notes}
+
+    def _distribute(self, base: nn.Module, t: Any) -> list[str]:
+        """On several processes: DDP around the loss module, or FSDP shards of it
+        (``training.distributed``); each process then draws its own dropout masks. Returns notes."""
+        if self.world is None:
+            return []
+        if self._fsdp:
+            from backends.torch_backend import fsdp
+
+            layers = list(getattr(base.get_decoder(), "layers", []))
+            fsdp.shard(self._forward, layers, self.world, t.fsdp_cpu_offload)
+            note = f"FSDP over {self.world.size} processes ({len(layers)} layers sharded)"
+        else:
+            from backends.torch_backend import distributed
+
+            self._ddp = distributed.wrap(self._forward, self.world)
+            note = f"DDP over {self.world.size} processes ({'NCCL' if self.device == 'cuda' else 'gloo'})"
+        # Every process drew the same LoRA init (DDP sends rank 0's to all anyway); from here each
+        # draws its own dropout masks, kept per rank in the checkpoints.
+        torch.manual_seed(t.seed + self.world.rank)
+        return [note]
 
     def _attention_for(self, config: RunConfig, model_dir: Path) -> str | None:
         """The attention implementation for padding-free batches (``backends.torch_backend
@@ -205,7 +240,7 @@ class TorchEngine(StateFiles):
         ``labelled_losses``); on CUDA with liger-kernel, its fused linear cross-entropy."""
         out, targets, _ = self._labelled_outputs(batch)
         with self._autocast():
-            if self._fast_loss:
+            if self._hidden_out:
                 return head_loss.summed_loss(out, self._head(), targets)
             return F.cross_entropy(out.float(), targets, reduction="sum")
 
@@ -223,7 +258,7 @@ class TorchEngine(StateFiles):
         (``head_loss.token_losses``), so no [tokens x vocabulary] tensor is made."""
         out, targets, rows = self._labelled_outputs(batch)
         with self._autocast():
-            if self._fast_loss:
+            if self._hidden_out:
                 return head_loss.token_losses(out, self._head(), targets), rows
             return F.cross_entropy(out.float(), targets, reduction="none"), rows
 
@@ -259,11 +294,12 @@ class TorchEngine(StateFiles):
             targets = self._tensor(padding_free.shifted_targets(batch))
             rows = torch.arange(targets.shape[0], device=targets.device)[:, None].expand_as(targets)
         selected = targets != IGNORE_INDEX
+        assert self._forward is not None
+        # Training steps go through DDP (gradient synchronisation); evaluation and the reference
+        # pass (no gradient) run locally. FSDP's module is the sharded one itself.
+        forward = self._ddp if self._ddp is not None and torch.is_grad_enabled() else self._forward
         with self._autocast():
-            if self._fast_loss:
-                out = hf_model.get_decoder()(**inputs, use_cache=False).last_hidden_state[selected]
-            else:
-                out = hf_model(**inputs, use_cache=False).logits[selected]
+            out = forward(selected, **inputs)
         return out, targets[selected], rows[selected]
 
     def _attention_mask(self, batch: Batch) -> torch.Tensor:
@@ -330,6 +366,8 @@ class TorchEngine(StateFiles):
         """
         assert self.model is not None and self.optimizer is not None and self.config is not None
         total_labels = sum(int(b.num_label_tokens) for b in micro_batches)
+        if self.world is not None:  # the loss is per label token of the GLOBAL batch
+            total_labels = int(self.world.totals([float(total_labels)])[0])
         if total_labels <= 0:
             rows = sorted({r for b in micro_batches for r in b.rows})
             raise RunFailed(
@@ -352,16 +390,31 @@ class TorchEngine(StateFiles):
                 mean_loss = extra.pop("loss")
             else:
                 loss_total = 0.0
-                for batch in micro_batches:
-                    loss = self.loss_sum(batch)
-                    self._backward(loss / total_labels)
+                # DDP and FSDP average the processes' gradients: scale by their number so the sum
+                # of the global batch's token losses / its label tokens is what is differentiated.
+                scale = self.world.size if self.world is not None else 1
+                for i, batch in enumerate(micro_batches):
+                    with self._no_sync(last=i == len(micro_batches) - 1):
+                        loss = self.loss_sum(batch)
+                        self._backward(loss * scale / total_labels)
                     loss_total += float(loss.detach())
+                if self.world is not None:
+                    loss_total = self.world.totals([loss_total])[0]
                 mean_loss = loss_total / total_labels
         except Exception as exc:
             self._raise_if_oom(exc)
             raise
         result = self._update(mean_loss)
         return {**result, **extra}
+
+    def _no_sync(self, last: bool) -> contextlib.AbstractContextManager:
+        """No gradient synchronisation for every micro-batch but the step's last (gradient
+        accumulation: the gradients are averaged once, in the last backward)."""
+        if self._fsdp:
+            self._forward.set_requires_gradient_sync(last)  # type: ignore[union-attr]
+        if self._ddp is None or last:
+            return contextlib.nullcontext()
+        return self._ddp.no_sync()
 
     def _grpo(self) -> Any:
         """The run's GRPO state (``grpo_step.GRPORunner``), made on first use."""
@@ -394,7 +447,8 @@ class TorchEngine(StateFiles):
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
         max_norm = self.config.training.max_grad_norm or float("inf")
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(self._params, max_norm))
+        norm = torch.nn.utils.clip_grad_norm_(self._params, max_norm)
+        grad_norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)  # FSDP: a DTensor
         if self.scaler is not None:
             # With loss scaling an overflow is normal early on: the scaler skips that update itself
             # and lowers the scale; report it as skipped, not as a failure.
@@ -517,5 +571,18 @@ class TorchEngine(StateFiles):
 
 def create_engine(config: RunConfig, device: str | None = None) -> TorchEngine:
     """The backend factory ``backends.jobs.make_engine`` calls: a TorchEngine on ``device``, else
-    the best available one (``pick_device``); nothing is loaded until ``setup``."""
-    return TorchEngine(pick_device(device))
+    the best available one (``pick_device``); nothing is loaded until ``setup``. In a process
+    started by torchrun (``distributed.is_distributed``) it joins the process group first.
+    Raises UserInputError for a method other than SFT on several processes."""
+    from backends.torch_backend import distributed
+
+    device = pick_device(device)
+    if not distributed.is_distributed():
+        return TorchEngine(device)
+    if config.method != "sft":
+        raise UserInputError(
+            f"method {config.method} trains on one process only; several processes (--nproc) run SFT",
+            field="method",
+            hint="drop --nproc, or use method: sft",
+        )
+    return TorchEngine(device, distributed.join(device))

@@ -13,6 +13,7 @@ from pathlib import Path
 from backends.config import dump_config
 from backends.durable import disk_full_message, folder_bytes, is_disk_full
 from backends.runs import atomic_write_text
+from backends.training.distributed import read_rank_state, write_rank_states
 from backends.training.divergence import DivergenceMonitor
 from backends.training.state import (
     STATE_FILE,
@@ -35,15 +36,24 @@ class Checkpoints:
     # --- checkpoints -----------------------------------------------------------------------
     def save_checkpoint(self) -> Path:
         """Write ``checkpoints/step-<N>`` atomically (engine state + ``trainer_state.json``), emit
-        ``checkpoint`` and keep only the newest ``keep_checkpoints``."""
+        ``checkpoint`` and keep only the newest ``keep_checkpoints``. On several processes every
+        one calls this at the same step: each sends its own RNG states and data position
+        (``rank_state``), rank 0 writes them all as ``rank-<R>.json`` with the rest."""
         s = self.state
         s.python_rng = _python_rng_state()
         s.numpy_rng = _numpy_rng_state()
         s.divergence = self.divergence.to_dict()
         path = self.run.checkpoints_dir / f"step-{s.step}"
+        ranks = self.world.gather(self.rank_state()) if self.world.size > 1 else None
+        self._gather_engine_state()
+        if self.world.rank != 0:
+            self._last_checkpoint_step = s.step
+            return path
         with self._disk_full_is_a_failure(path):
             with self.run.new_checkpoint(s.step) as tmp:
                 self.engine.save_state(tmp)
+                if ranks is not None:
+                    write_rank_states(tmp, ranks)
                 if self.reference is not None:
                     self.reference.save(tmp)
                 atomic_write_text(tmp / STATE_FILE, s.to_json())
@@ -68,10 +78,40 @@ class Checkpoints:
             kept = f"; the last checkpoint ({latest}) is intact" if latest is not None else ""
             raise self._fail("disk", disk_full_message(target, needed) + kept, DISK_HINT) from exc
 
+    def _gather_engine_state(self) -> None:
+        """Every process, before rank 0 writes: an engine whose state is sharded over the processes
+        (FSDP) gathers it here (``engine.gather_state``, a collective; others have none)."""
+        gather = getattr(self.engine, "gather_state", None)
+        if gather is not None and self.world.size > 1:
+            gather()
+
+    def rank_state(self) -> dict:
+        """This process's own part of a checkpoint: rank, data position, Python, NumPy and the
+        engine's RNG states (``engine.rng_state()``, where the engine has it)."""
+        s = self.state
+        rng = getattr(self.engine, "rng_state", None)
+        return {
+            "rank": self.world.rank,
+            "step": s.step,
+            "epoch": s.epoch,
+            "batch_index": s.batch_index,
+            "python_rng": _python_rng_state(),
+            "numpy_rng": _numpy_rng_state(),
+            "engine_rng": rng() if rng is not None else None,
+        }
+
     def restore(self, checkpoint: Path) -> None:
-        """Load engine and loop state from a complete checkpoint folder."""
+        """Load engine and loop state from a complete checkpoint folder; on several processes,
+        each restores its own ``rank-<R>.json`` over the shared state. Raises UserInputError for a
+        checkpoint of another number of processes."""
         state = LoopState.from_file(checkpoint / STATE_FILE)
+        mine = read_rank_state(checkpoint, self.world.rank, self.world.size, state.world_size)
         self.engine.load_state(checkpoint)
+        if mine:
+            state.python_rng, state.numpy_rng = mine["python_rng"], mine["numpy_rng"]
+            state.epoch, state.batch_index = mine["epoch"], mine["batch_index"]
+            if mine.get("engine_rng") is not None:
+                self.engine.set_rng_state(mine["engine_rng"])
         if state.python_rng is not None:
             _set_python_rng_state(state.python_rng)
         if state.numpy_rng is not None:
@@ -92,7 +132,7 @@ class Checkpoints:
         """Remove the checkpoints taken while the loss was already diverging, so the newest one
         (what ``--resume`` and the message name) is the last good one; returns that in words."""
         first_bad = self.divergence.window_start_step
-        for step, path in self.run.checkpoints():
+        for step, path in self.run.checkpoints() if self.world.rank == 0 else []:
             if first_bad is not None and step >= first_bad:
                 shutil.rmtree(path, ignore_errors=True)
         latest = self.run.latest_checkpoint()

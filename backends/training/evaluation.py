@@ -11,6 +11,8 @@ from backends.data.types import Batch, PreferenceBatch
 from backends.errors import RunFailed
 from backends.events import optional_fields
 
+WEIGHT = "_weight"  # the summed weights travel with the summed metrics between processes
+
 
 class Evaluation:
     """Validation and the DPO reference for ``TrainingLoop``."""
@@ -66,7 +68,8 @@ class Evaluation:
         """One validation pass, a batch at a time so that a stop request (signal or stop file)
         is honoured between batches: the run then stops with a checkpoint of the current step.
         Per-batch metrics are combined as the engine would over all batches: SFT ``val_loss``
-        weighted by label tokens, DPO metrics by pairs."""
+        weighted by label tokens, DPO metrics by pairs; on several processes each evaluates its
+        share of every batch and the weighted sums are added up over them."""
         batches = self._validation_batches()
         # Say so: on a slow CPU a validation pass can take minutes with no step events.
         self.sink.emit(
@@ -80,6 +83,7 @@ class Evaluation:
         for batch in batches:
             if self._stop_requested():
                 self._stop()
+            batch = self._share([batch])[0]  # on several processes: this one's rows of it
             weight = float(batch.num_pairs if isinstance(batch, PreferenceBatch) else batch.num_label_tokens)
             if weight <= 0:
                 continue
@@ -90,11 +94,14 @@ class Evaluation:
             weight_total += weight
             for key, value in metrics.items():
                 sums[key] = sums.get(key, 0.0) + weight * float(value)
+        if self.world.size > 1:
+            sums = self.world.sum({**sums, WEIGHT: weight_total})
+            weight_total = sums.pop(WEIGHT)
         means = {k: v / weight_total for k, v in sums.items()} if weight_total else {}
         val = means.get("val_loss", float("nan"))
         self.state.val_loss = val if math.isfinite(val) else None
         extra = optional_fields("eval", means)
         self.sink.emit("eval", step=self.state.step, val_loss=val, **extra)
-        if self.forgetting is not None:
+        if self.forgetting is not None and self.world.rank == 0:
             self.forgetting.at_eval(self.state.step, self.sink)
         return val

@@ -60,12 +60,14 @@ from pathlib import Path
 from typing import Any
 
 from backends.config import RunConfig
+from backends.data.shard import shard_batch
 from backends.data.types import Batch, PreparedData
 from backends.durable import clean_leftovers
 from backends.errors import RunFailed, RunStopped, UserInputError
 from backends.events import EventSink, optional_fields
 from backends.runs import RunDir, atomic_dir, atomic_write_text
 from backends.training.checkpoints import Checkpoints
+from backends.training.distributed import world_of
 from backends.training.divergence import HINT as DIVERGED_HINT
 from backends.training.divergence import DivergenceMonitor
 from backends.training.dpo import ReferenceCache
@@ -130,6 +132,7 @@ class TrainingLoop(Checkpoints, Evaluation):
         self.pad_token_id = pad_token_id
         self.forgetting = forgetting  # backends.forgetting.hook.ForgettingHook, or None
         self.state = LoopState()
+        self.world = world_of(engine)  # several processes (--nproc): backends.training.distributed
         self.vocab_size = vocab_size
         self.divergence = DivergenceMonitor(vocab_size)
         self._epoch_cache: tuple[int, list[Batch]] | None = None
@@ -173,13 +176,14 @@ class TrainingLoop(Checkpoints, Evaluation):
         return self.state.epoch + self.state.batch_index / n
 
     def _make_batches(self, examples: list, *, epoch: int = 0, packing: bool = False) -> list[Batch]:
-        """``examples`` in the run's batch size and order for ``epoch`` (the batcher's seeded
-        order); the defaults (epoch 0, unpacked) are for validation and the DPO reference
-        precomputation."""
+        """``examples`` in the run's global batch size (``training.batch_size`` x processes) and
+        order for ``epoch`` (the batcher's seeded order); the defaults (epoch 0, unpacked) are for
+        validation and the DPO reference precomputation. Each process trains on its share of every
+        batch (``_share``)."""
         t = self.config.training
         return self.batcher(
             examples,
-            batch_size=t.batch_size,
+            batch_size=t.batch_size * self.world.size,
             pad_token_id=self.pad_token_id,
             seed=t.seed,
             epoch=epoch,
@@ -187,9 +191,20 @@ class TrainingLoop(Checkpoints, Evaluation):
             max_seq_length=t.max_seq_length,
         )
 
+    def _share(self, batches: list[Batch]) -> list[Batch]:
+        """This process's rows of each global micro-batch (``backends.data.shard``)."""
+        return [shard_batch(b, self.world.rank, self.world.size) for b in batches]
+
     def _stop_requested(self) -> bool:
-        """A stop was asked: by a signal (or the caller's event), or by a stop file in the run folder."""
-        return self.stop.is_set() or (self.run.path / STOP_FILE).exists()
+        """A stop was asked: by a signal (or the caller's event), or by a stop file in the run
+        folder; on several processes, on any of them (every process must call this at the same
+        points: it is a collective there)."""
+        return self.world.any(self.stop.is_set() or (self.run.path / STOP_FILE).exists())
+
+    @property
+    def writer(self) -> bool:
+        """This process writes the run folder (rank 0 of several; always on one process)."""
+        return self.world.rank == 0
 
     # --- events ----------------------------------------------------------------------------
     def _log(self, level: str, message: str) -> None:
@@ -215,15 +230,18 @@ class TrainingLoop(Checkpoints, Evaluation):
         ``run_failed`` emitted and earlier checkpoints kept.
         """
         resumed_from = None
-        self.run.prune_checkpoints(self.config.training.keep_checkpoints)  # and stale temp folders
-        clean_leftovers(self.run.path, ("adapter",))  # of a final save that was killed
-        with contextlib.suppress(FileNotFoundError):
-            (self.run.path / STOP_FILE).unlink()  # a stop request of an earlier session
+        if self.writer:
+            self.run.prune_checkpoints(self.config.training.keep_checkpoints)  # and stale temp folders
+            clean_leftovers(self.run.path, ("adapter",))  # of a final save that was killed
+            with contextlib.suppress(FileNotFoundError):
+                (self.run.path / STOP_FILE).unlink()  # a stop request of an earlier session
+        self.world.barrier()  # no process sees the old stop file
         if resume_from is not None:
             self.restore(resume_from)
             resumed_from = self.state.step
         self.state.max_steps = self.max_steps
         self.state.data_fingerprint = self.fingerprint
+        self.state.world_size = self.world.size
         if hasattr(self.engine, "reset_peak_memory"):
             self.engine.reset_peak_memory()  # memory_peak is the training phase's (measure.py)
         self.sink.emit(
@@ -288,7 +306,7 @@ class TrainingLoop(Checkpoints, Evaluation):
             )
             step_start = time.monotonic()
             try:
-                result = self.engine.train_step(micro, lr)
+                result = self.engine.train_step(self._share(micro), lr)
             except RunFailed as exc:
                 raise self._fail(exc.kind, exc.message, exc.hint) from exc
             step_time = max(time.monotonic() - step_start, 1e-9)
@@ -344,16 +362,37 @@ class TrainingLoop(Checkpoints, Evaluation):
 
     def _stop(self) -> None:
         path = self.run.checkpoints_dir / f"step-{self.state.step}"
-        if self._last_checkpoint_step != self.state.step or not path.is_dir():
+        # Rank 0 decides (it writes the checkpoints); saving is a collective on several processes.
+        if self.world.broadcast(self._last_checkpoint_step != self.state.step or not path.is_dir()):
             path = self.save_checkpoint()
         self.sink.emit("stopped", step=self.state.step, checkpoint=str(path))
-        with contextlib.suppress(FileNotFoundError):
-            (self.run.path / STOP_FILE).unlink()
+        if self.writer:
+            with contextlib.suppress(FileNotFoundError):
+                (self.run.path / STOP_FILE).unlink()
         raise RunStopped(
             f"stopped at step {self.state.step}; resume with `tunedesk train --resume {self.run.path}`"
         )
 
     def _finish(self) -> dict[str, Any]:
+        s = self.state
+        self._gather_engine_state()
+        if self.writer:
+            self._save_adapter()
+            if self.forgetting is not None:
+                self.forgetting.at_end(self.run, self.sink, step=s.step, tokens=s.tokens, elapsed=s.elapsed)
+        train_loss = sum(s.recent_losses) / len(s.recent_losses) if s.recent_losses else None
+        return self.sink.emit(
+            "run_finished",
+            step=s.step,
+            adapter=str(self.run.adapter_dir),
+            train_loss=train_loss,
+            val_loss=s.val_loss,
+            tokens=s.tokens,
+            elapsed=round(s.elapsed, 3),
+            memory_peak=measured_peak(self.engine.memory()),
+        )
+
+    def _save_adapter(self) -> None:
         s = self.state
         with self._disk_full_is_a_failure(self.run.adapter_dir), atomic_dir(self.run.adapter_dir) as tmp:
             self.engine.save_adapter(tmp)
@@ -369,16 +408,3 @@ class TrainingLoop(Checkpoints, Evaluation):
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             }
             atomic_write_text(tmp / "tunedesk.json", json.dumps(info, indent=2) + "\n")
-        if self.forgetting is not None:
-            self.forgetting.at_end(self.run, self.sink, step=s.step, tokens=s.tokens, elapsed=s.elapsed)
-        train_loss = sum(s.recent_losses) / len(s.recent_losses) if s.recent_losses else None
-        return self.sink.emit(
-            "run_finished",
-            step=s.step,
-            adapter=str(self.run.adapter_dir),
-            train_loss=train_loss,
-            val_loss=s.val_loss,
-            tokens=s.tokens,
-            elapsed=round(s.elapsed, 3),
-            memory_peak=measured_peak(self.engine.memory()),
-        )

@@ -40,6 +40,7 @@ class LoopState:
     python_rng: Any = None
     numpy_rng: Any = None
     divergence: dict[str, Any] | None = None  # DivergenceMonitor.to_dict()
+    world_size: int = 1  # processes that trained it (--nproc); each one's own state: rank-<R>.json
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1)

@@ -114,7 +114,13 @@ class RunsPage(QWidget):
                 self.table.horizontalHeaderItem(i).setToolTip(tips[column])
         header = self.table.horizontalHeader()
         header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
-        header.setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
+        # A stretched name column kept the width of a wide window after a shrink (Qt), hiding the
+        # others: a fixed, resizable width with the long names elided in the middle instead.
+        header.setSectionResizeMode(0, QHeaderView.ResizeMode.Interactive)
+        header.setStretchLastSection(True)
+        self.table.setColumnWidth(0, 230)
+        self.table.setTextElideMode(Qt.TextElideMode.ElideMiddle)
+        self.table.setWordWrap(False)
         self.table.itemSelectionChanged.connect(self._on_selection)
         self.table.doubleClicked.connect(lambda *_: self._show_selected())
         split.addWidget(self.table)

@@ -30,7 +30,9 @@ from PySide6.QtWidgets import (
 
 from backends.config import PRESETS, config_from_dict, field_docs
 from backends.errors import UserInputError
-from backends.runs import list_runs
+from backends.runs import RunDir, list_runs
+from backends.training.distributed import checkpoint_world_size
+from desktop.gpu_choice import GpuChoice
 from desktop.next_steps import NextSteps
 from desktop.pages import with_change_button
 from desktop.plan_panel import PlanPanel
@@ -58,6 +60,7 @@ class TrainPage(QWidget):
 
     def __init__(self, state: AppState, parent: QWidget | None = None) -> None:
         super().__init__(parent)
+        self.gpu_choice_label = QLabel("GPUs to use\n(--nproc)")
         self.state = state
         self.worker: WorkerProcess | None = None
         self._config_file: str | None = None
@@ -98,6 +101,10 @@ class TrainPage(QWidget):
         method_doc = next(d for d in field_docs() if d["key"] == "method")
         self.method_editor = FieldEditor(method_doc)
         basics.addRow("How to teach\n(method)", self.method_editor)
+        self.gpu_choice = GpuChoice()  # shown only with more than one GPU (the window's hardware report)
+        basics.addRow(self.gpu_choice_label, self.gpu_choice)
+        self.gpu_choice_label.setVisible(False)
+        self.gpu_choice.offered.connect(self.gpu_choice_label.setVisible)
         left_layout.addLayout(basics)
 
         self.data_error = QLabel("")
@@ -293,7 +300,7 @@ class TrainPage(QWidget):
         self._config_file = path
         self._resuming = False
         self.monitor.reset()
-        self._launch(["train", "--config", path, "--json"])
+        self._launch(["train", "--config", path, "--json", *self.gpu_choice.launch_args()])
         return True
 
     def resume(self, run_dir: str | None = None) -> bool:
@@ -304,7 +311,9 @@ class TrainPage(QWidget):
         self.monitor.load_run(run_dir)
         self.monitor.set_status("Resuming from the last checkpoint…")
         self._resuming = True
-        self._launch(["train", "--resume", str(run_dir), "--json"])
+        # The same number of processes as the checkpoint was written by (its data position counts them).
+        n = checkpoint_world_size(RunDir(Path(run_dir)).latest_checkpoint())
+        self._launch(["train", "--resume", str(run_dir), "--json", *(["--nproc", str(n)] if n > 1 else [])])
         return True
 
     def _launch(self, args: list[str]) -> None:
