@@ -219,7 +219,7 @@ def main() -> None:
         results = peers.run_sides(__file__, args, keys, workdir)
     peers.print_comparison(
         f"{args.method.upper()}, {Path(args.model).name} LoRA r{args.rank} all-linear, the first {args.rows} "
-        f"pairs of dpo_en_demo that fit uncut, {args.batch_size} rows a step, max {args.max_seq_length} tokens, {args.steps} steps "
+        f"pairs of dpo_en_demo that fit uncut, {args.batch_size} {'pairs' if args.method == 'orpo' else 'rated rows'} a step, max {args.max_seq_length} tokens, {args.steps} steps "
         f"(first {args.skip_steps} not timed), {os.cpu_count()} CPU threads",
         results,
     )

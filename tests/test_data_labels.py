@@ -159,7 +159,7 @@ def test_text_rows_get_eos_appended_and_labelled(tmp_path, smollm2_tokenizer):
     tok = smollm2_tokenizer
     text = "table: t\nQ: how many?\nA: SELECT COUNT(*) FROM t"
     path = write_rows(tmp_path, [{"text": text}, {"text": "short one"}])
-    data = prepare_data(config_for(path), tok)
+    data = prepare_data(config_for(path, pack_text=False), tok)  # one row (packing: tests/test_data_pack.py)
     ex = data.train[0]
     assert ex.input_ids == tok(text, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
     assert ex.labels[-1] == tok.eos_token_id  # EOS labelled although it is also the pad token
@@ -377,9 +377,8 @@ def test_validation_split_is_seeded_and_never_empty(tmp_path):
     tok = toy_tokenizer(False)
     rows = [{"text": f"Hello {i}"} for i in range(20)]
     path = write_rows(tmp_path, rows)
-    cfg = RunConfig.model_validate(
-        {"data": {"train_file": str(path), "validation_fraction": 0.1}, "training": {"seed": 3}}
-    )
+    data = {"train_file": str(path), "validation_fraction": 0.1, "pack_text": False}  # rows, not packed
+    cfg = RunConfig.model_validate({"data": data, "training": {"seed": 3}})
     a, b = prepare_data(cfg, tok), prepare_data(cfg, tok)
     assert [e.row for e in a.validation] == [e.row for e in b.validation] and len(a.validation) == 2
     assert sorted(e.row for e in a.train + a.validation) == list(range(1, 21))
@@ -387,32 +386,41 @@ def test_validation_split_is_seeded_and_never_empty(tmp_path):
         cfg.model_copy(update={"training": cfg.training.model_copy(update={"seed": 4})}), tok
     )
     assert [e.row for e in other.validation] != [e.row for e in a.validation]
-    tiny = prepare_data(config_for(write_rows(tmp_path, rows[:1], "one.jsonl"), validation_fraction=0.5), tok)
+    tiny = prepare_data(
+        config_for(write_rows(tmp_path, rows[:1], "one.jsonl"), validation_fraction=0.5, pack_text=False), tok
+    )
     assert tiny.validation is None and any("validation is off" in n for n in tiny.report.notices)
     small = prepare_data(
-        config_for(write_rows(tmp_path, rows[:3], "three.jsonl"), validation_fraction=0.01), tok
+        config_for(write_rows(tmp_path, rows[:3], "three.jsonl"), validation_fraction=0.01, pack_text=False),
+        tok,
     )
     assert len(small.validation) == 1 and len(small.train) == 2
-    off = prepare_data(config_for(path), tok)
+    off = prepare_data(config_for(path, pack_text=False), tok)
     assert off.validation is None and any("validation is off" in n for n in off.report.notices)
     val_file = write_rows(tmp_path, rows[:4], "val.jsonl")
-    sep = prepare_data(config_for(path, validation_file=str(val_file)), tok)
+    sep = prepare_data(config_for(path, validation_file=str(val_file), pack_text=False), tok)
     assert len(sep.train) == 20 and [e.row for e in sep.validation] == [1, 2, 3, 4]
 
 
 def test_validation_is_capped_by_validation_max_rows(tmp_path):
     """A held-out share above ``data.validation_max_rows`` is cut to it and the rest trains; a
-    validation file is sampled down to it in file order; 0 lifts the cap."""
+    validation file is sampled down to it in file order; 0 lifts the cap. (Rows, so unpacked.)"""
     tok = toy_tokenizer(False)
     path = write_rows(tmp_path, [{"text": f"Hello {i}"} for i in range(40)])
-    capped = prepare_data(config_for(path, validation_fraction=0.5, validation_max_rows=3), tok)
+    capped = prepare_data(
+        config_for(path, validation_fraction=0.5, validation_max_rows=3, pack_text=False), tok
+    )
     assert len(capped.validation) == 3 and len(capped.train) == 37
     assert sorted(e.row for e in capped.train + capped.validation) == list(range(1, 41))
     assert any("at most data.validation_max_rows 3" in n for n in capped.report.notices)
-    uncapped = prepare_data(config_for(path, validation_fraction=0.5, validation_max_rows=0), tok)
+    uncapped = prepare_data(
+        config_for(path, validation_fraction=0.5, validation_max_rows=0, pack_text=False), tok
+    )
     assert len(uncapped.validation) == 20 and len(uncapped.train) == 20
     val_file = write_rows(tmp_path, [{"text": f"Held {i}"} for i in range(10)], "val.jsonl")
-    sampled = prepare_data(config_for(path, validation_file=str(val_file), validation_max_rows=4), tok)
+    sampled = prepare_data(
+        config_for(path, validation_file=str(val_file), validation_max_rows=4, pack_text=False), tok
+    )
     rows = [e.row for e in sampled.validation]
     assert len(rows) == 4 and rows == sorted(rows) and set(rows) <= set(range(1, 11))
     assert len(sampled.train) == 40

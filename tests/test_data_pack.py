@@ -10,7 +10,7 @@ import yaml
 from backends.config import config_from_dict
 from backends.data import prepare_data
 from backends.data.check import check_file
-from backends.data.pack import pack_documents
+from backends.data.pack import pack_documents, pack_examples
 from backends.data.pipeline import analyze_file
 from backends.data.types import IGNORE_INDEX, Example
 
@@ -21,7 +21,7 @@ def test_pack_documents_cuts_the_joined_stream_into_full_sequences():
         Example([1, 20, 2], [IGNORE_INDEX, 20, 2], 5),
     ]
     docs.append(Example([1, 30, 31, 32, 2], [IGNORE_INDEX, 30, 31, 32, 2], 9))
-    packed, stats = pack_documents(docs, 5, bos_id=1)
+    packed, stats = pack_documents(docs, 5)
     assert [e.input_ids for e in packed] == [[1, 10, 11, 2, 1], [20, 2, 1, 30, 31], [32, 2]]
     assert [e.row for e in packed] == [1, 5, 9]  # the row of each sequence's first token
     assert packed[0].labels == [IGNORE_INDEX, 10, 11, 2, IGNORE_INDEX]
@@ -48,7 +48,9 @@ def test_packing_keeps_every_token_of_wikisql_and_of_long_documents(shared_data,
     long_file.write_text("".join(json.dumps({"text": t}) + "\n" for t in long_texts))
     for path, docs, length in ((source, texts, 64), (long_file, long_texts, 1024)):
         stream = reference_stream(smollm2_tokenizer, docs)
-        packed, report, _, _ = analyze_file(path, smollm2_tokenizer, max_seq_length=length)
+        documents, report, _, _ = analyze_file(path, smollm2_tokenizer, max_seq_length=length)
+        assert report.packed_text and len(documents) == len(docs)
+        packed = pack_examples(documents, report, length, "training")
         joined = [t for e in packed for t in e.input_ids]
         assert joined == stream  # every token, in order, EOS between documents
         kept = len(joined) / len(stream)
@@ -58,7 +60,7 @@ def test_packing_keeps_every_token_of_wikisql_and_of_long_documents(shared_data,
         )
         targets = sum(1 for e in packed for t in e.labels[1:] if t != IGNORE_INDEX)
         assert targets == len(stream) - len(packed)  # only each sequence's first position is untrained
-        assert any(n.startswith(f"plain text packed: {len(docs)} documents") for n in report.notices)
+        assert any(n.startswith(f"training text packed: {len(docs)} documents") for n in report.notices)
         cut, _, _, _ = analyze_file(path, smollm2_tokenizer, max_seq_length=length, pack_text=False)
         cut_kept = sum(len(e.input_ids) for e in cut) / len(stream)
         print(f"{path.name} at {length}: packed keeps {kept:.2%} of tokens, cut per document {cut_kept:.2%}")
@@ -77,14 +79,48 @@ def test_prepare_data_packs_text_by_default_and_data_check_says_so(
     sequences = data.train + data.validation
     assert (
         all(len(e.input_ids) <= 128 for e in sequences)
-        and sum(len(e.input_ids) == 128 for e in sequences) >= len(sequences) - 1
+        and sum(len(e.input_ids) == 128 for e in sequences) >= len(sequences) - 2  # one short a split
     )
     raw["data"]["pack_text"] = False
     unpacked = prepare_data(config_from_dict(raw), smollm2_tokenizer)
     assert len(unpacked.train) + len(unpacked.validation) == 100 > len(sequences)
     result = check_file(source, smollm2_dir, max_seq_length=128)
-    assert any("plain text packed: 100 documents" in n for n in result["notices"])
+    assert any(n.startswith("plain text packed: 100 documents") for n in result["notices"])
     assert (
         yaml.safe_load(yaml.safe_dump(config_from_dict(raw).model_dump(mode="json")))["data"]["pack_text"]
         is False
     )
+
+
+def test_text_is_split_into_training_and_validation_documents_before_packing(tmp_path):
+    """No document is in both splits: validation holds whole documents, each split packed alone."""
+    from tests.test_data_labels import toy_tokenizer
+
+    path = tmp_path / "docs.jsonl"
+    path.write_text("".join(json.dumps({"text": f"Hello {i} " * (i % 5 + 1)}) + "\n" for i in range(40)))
+    raw = {"data": {"train_file": str(path), "validation_fraction": 0.25}, "training": {"max_seq_length": 16}}
+    data = prepare_data(config_from_dict(raw), toy_tokenizer(False))
+    documents, _, _, _ = analyze_file(path, toy_tokenizer(False), max_seq_length=16)
+    assert all(len(e.input_ids) <= 16 for e in data.train + data.validation)
+    tokens = sum(len(e.input_ids) for e in data.train + data.validation)
+    assert tokens == sum(len(d.input_ids) for d in documents)  # every token, in one split or the other
+    notes = " | ".join(data.report.notices)
+    assert "validation: 10 of 40 rows held out" in notes
+    assert "training text packed: 30 documents" in notes and "validation text packed: 10 documents" in notes
+
+
+def test_data_check_packing_notice_from_counts_matches_packing_every_document(tmp_path):
+    """``data check`` keeps only the first document (bounded memory); its packing notice, counted
+    from the tally, says what packing all the documents says."""
+    from tests.test_data_labels import toy_tokenizer
+
+    path = tmp_path / "docs.jsonl"
+    path.write_text("".join(json.dumps({"text": f"Hello {i} " * (i % 7 + 1)}) + "\n" for i in range(30)))
+    for length in (5, 16, 17):
+        documents, report, _, _ = analyze_file(path, toy_tokenizer(False), max_seq_length=length)
+        pack_examples(documents, report, length, "plain")
+        result = check_file(path, tokenizer=toy_tokenizer(False), max_seq_length=length)
+        assert [n for n in result["notices"] if "text packed" in n] == [report.notices[-1]]
+        assert result["example"]["row"] == 1 and report.notices[-1].startswith(
+            "plain text packed: 30 documents"
+        )

@@ -195,14 +195,9 @@ def test_txt_and_md_files_and_folders_are_plain_text(tmp_path, smollm2_tokenizer
     (notes / ".hidden.txt").write_text("secret")
     result = check_file(notes, tokenizer=smollm2_tokenizer)
     assert (result["format"], result["rows_read"], result["rows_kept"]) == ("text", 2, 2)
-    # Packed (data.pack_text): each file, then EOS, in one sequence of trained tokens (the batcher
-    # leaves the first position untrained: nothing precedes it).
-    text = (
-        "# Release notes\n\nVersion 2 adds dark mode.\n"
-        + IM_END
-        + "Line one.\u2028Still line one.\n"
-        + IM_END
-    )
+    # Packed (data.pack_text): the example is the first file, whole, then EOS, every token trained
+    # (in the joined stream a document's first token is predicted from the EOS before it).
+    text = "# Release notes\n\nVersion 2 adds dark mode.\n" + IM_END
     assert result["example"]["text"] == text
     assert trained(result) == [text]
     assert any("plain text packed: 2 documents" in n for n in result["notices"])

@@ -12,7 +12,9 @@ from desktop.state import AppState
 TIMEOUT_MS = 180_000
 
 
-def test_use_a_folder_makes_the_dataset_in_a_child_and_chooses_it(qtbot, tmp_path, tunedesk_home):
+def test_use_a_folder_makes_the_dataset_in_a_child_and_chooses_it(
+    qtbot, tmp_path, tunedesk_home, tiny_model_dir
+):
     folder = tmp_path / "handbook"
     folder.mkdir()
     (folder / "intro.md").write_text("# Handbook\n\nHow we answer customers: kindly, briefly, with a fix.\n")
@@ -33,6 +35,12 @@ def test_use_a_folder_makes_the_dataset_in_a_child_and_chooses_it(qtbot, tmp_pat
         {"path": "photo.jpg", "reason": "not_text", "detail": "not a document or source file (.jpg)"}
     ]
     assert folder_summary(page.folder_report).startswith(f"From {folder}: 2 chunks from 2 files; 1 files")
+    state.set_model(str(tiny_model_dir))
+    page.run_check()  # (the window runs it when the page is shown): both rows are still empty
+    qtbot.waitUntil(lambda: page.error is not None or page.report is not None, timeout=TIMEOUT_MS)
+    assert page.error.startswith(
+        f"{out}: no usable rows: 2 read, all dropped; first: line 1: completion: unfilled"
+    )
 
     page.use_folder(str(tmp_path / "missing"), "text")
     qtbot.waitUntil(lambda: page.folder_button.isEnabled(), timeout=TIMEOUT_MS)

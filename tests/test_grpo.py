@@ -192,8 +192,13 @@ def test_sigterm_then_resume_continues_the_same_curve(tiny_model_dir, tmp_path):
     data = write_prompts(tmp_path / "prompts.jsonl")
     runs = tmp_path / "runs"
 
+    # A reward that varies between the tiny model's random completions (the built-ins give it all
+    # zeros), so the advantages and the policy gradient are not zero.
+    scorer = tmp_path / "scorer.py"
+    scorer.write_text("def reward(prompt, completion, answer):\n    return (len(completion) % 4) / 3\n")
+
     def raw(name: str) -> dict:
-        r = grpo_raw(tiny_model_dir, data, runs, name)
+        r = grpo_raw(tiny_model_dir, data, runs, name, rewards=[{"type": "python", "file": str(scorer)}])
         r["training"].update(max_steps=6, eval_every=0)
         return r
 
@@ -201,6 +206,7 @@ def test_sigterm_then_resume_continues_the_same_curve(tiny_model_dir, tmp_path):
     expected = {e["step"]: e for e in whole.events() if e["event"] == "step"}
     assert sorted(expected) == list(range(1, 7))
     assert len({e["reward_mean"] for e in expected.values()}) > 1  # the curve is not flat
+    assert all(e["reward_std"] > 0 for e in expected.values())
 
     cfg = tmp_path / "run.yaml"
     cfg.write_text(yaml.safe_dump(raw("term")))
@@ -224,7 +230,7 @@ def test_sigterm_then_resume_continues_the_same_curve(tiny_model_dir, tmp_path):
     assert resumed["resumed_from"] == stopped["step"]
     after = [e for e in events[events.index(resumed) :] if e["event"] == "step"]
     assert [e["step"] for e in after] == list(range(stopped["step"] + 1, 7))
-    figures = ("loss", "grad_norm", *GRPO_STEP_FIELDS, "reward_mean/length", "reward_std/regex")
+    figures = ("loss", "grad_norm", *GRPO_STEP_FIELDS, "reward_mean/scorer", "reward_std/scorer")
     for e in after:
         for key in figures:
             assert e[key] == expected[e["step"]][key], (e["step"], key)

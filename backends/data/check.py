@@ -31,7 +31,8 @@ reads it from a subprocess). Its keys:
   "rows": [[cell strings, each cut to 200 characters], ...]}``, at most 10 rows.
 - ``example``: the first usable row rendered as the model sees it: ``{row, text, spans}`` with
   ``spans`` a list of ``[start, end)`` character offsets into ``text`` of the trained tokens
-  (for DPO: the chosen answer). Null when no row is usable or there is no model.
+  (for DPO: the chosen answer; for packed plain text: the first document, whole). Null when no
+  row is usable or there is no model.
 
 Progress goes to stderr: lines for people, or with ``--json`` ``data_progress`` events (JSON
 lines ``{stage, done, total, unit, rows}``), so stdout stays one JSON document. The file is
@@ -53,6 +54,7 @@ from typing import Any
 import numpy as np
 
 from backends.data.columns import parse_columns
+from backends.data.pack import pack_examples
 from backends.data.pipeline import analyze_file, methods_for_format, token_length_stats
 from backends.data.progress import DataProgress
 from backends.data.readers import text_files
@@ -128,6 +130,8 @@ def check_file(
         progress=progress,
         keep_examples=False,
     )
+    # Its notice, from the counts (only the first document is kept); the example stays that document.
+    pack_examples(examples, report, max_seq_length, "plain", counts_only=True)
     stats = token_length_stats(report.lengths, max_seq_length)
     histogram = None
     if stats is not None:
@@ -264,4 +268,13 @@ def cli_check(args: argparse.Namespace) -> int:
         print(json.dumps(result, ensure_ascii=False))
     else:
         print(format_report(result))
+    if not result["ok"]:  # the one line a caller (the app) shows: why nothing is usable
+        first = result["problems"][0] if result["problems"] else None
+        why = (
+            f"; first: {first['where']} {first['row']}: {first['field']}: {first['reason']}" if first else ""
+        )
+        print(
+            f"error: {result['file']}: no usable rows: {result['rows_read']} read, all dropped{why}",
+            file=sys.stderr,
+        )
     return EXIT_OK if result["ok"] else EXIT_USER_INPUT

@@ -21,6 +21,7 @@ import numpy as np
 from backends import paths
 from backends.data.columns import report_mapping
 from backends.data.encode import CHUNK_ROWS, Encoder
+from backends.data.pack import pack_examples
 from backends.data.progress import DataProgress, as_progress
 from backends.data.render import RenderSpec
 from backends.data.replay import mix_replay, replay_source
@@ -115,8 +116,8 @@ def analyze_file(
     Raises UserInputError for an unreadable or mixed-format file, a format/method mismatch, a
     missing chat template, or (``strict``) the first dropped row (malformed line, invalid, too long
     for ``max_seq_length``, or one the template cannot render), naming file and line.
-    ``pack_text``: plain text (format 'text', method 'sft') is packed (``backends.data.pack``):
-    documents joined with EOS and cut into full sequences of ``max_seq_length``, none truncated.
+    ``pack_text``: plain text (format 'text', method 'sft') is returned as whole documents, not
+    cut, with ``report.packed_text`` set: ``pack_examples`` joins and cuts them.
     ``report.literal_specials`` lists the rows whose text spells a special token (e.g. a literal
     ``<|im_end|>``), which ``literal_special_tokens`` ('text' or 'control') decides how to tokenise.
     """
@@ -171,8 +172,11 @@ def analyze_file(
     report.rows_kept = state.kept if encoder is not None else state.valid
     if encoder is None:
         return [], report, None, method
-    if packing and examples:
-        examples = state.pack(examples, report, encoder.bos_id if encoder.adds_bos else None)
+    if packing:  # whole documents, uncut (no "cut" notice): pack_examples joins and cuts them
+        report.packed_text, report.packed_tokens = True, state.pack_tokens
+        for e in examples:  # in the joined stream a document's first token is a target, BOS aside
+            if not encoder.adds_bos:
+                e.labels[0] = e.input_ids[0]
     return examples, report, template, method
 
 
@@ -281,6 +285,9 @@ def prepare_data(config: Any, tokenizer: Any, *, progress: Progress | None = Non
         train, validation = _split(
             train, data.validation_fraction, config.training.seed, report, data.validation_max_rows
         )
+    length = config.training.max_seq_length
+    train = pack_examples(train, report, length, "training")
+    validation = pack_examples(validation, val_report or report, length, "validation")
     if data.replay and method == "sft":
         source = replay_source(data.replay_file)
         general, replay_report, _, _ = analyze_file(
@@ -288,6 +295,7 @@ def prepare_data(config: Any, tokenizer: Any, *, progress: Progress | None = Non
         )
         if not general:
             raise no_rows_error(replay_report)
+        general = pack_examples(general, replay_report, length, "replay")
         train = mix_replay(train, general, data.replay, config.training.seed, report, source)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     return PreparedData(

@@ -10,7 +10,6 @@ from backends.data.columns import source_field
 from backends.data.encode import Encoder, encode_rows
 from backends.data.folder.skeleton import UNFILLED_REASON, is_unfilled
 from backends.data.formats import CHAT_FORMATS, Feedback, Preference, RowError, parse_row
-from backends.data.pack import pack_documents
 from backends.data.readers import BadRow
 from backends.data.rowstream import row_error, where
 from backends.data.types import DataReport, Problem, PromptExample
@@ -34,7 +33,7 @@ class Tally:
         self.drops = 0
         self.unfilled: list[int] = []
         self.pack_to: int | None = None  # max_seq_length when plain text is packed
-        self.pack_docs = self.pack_tokens = 0
+        self.pack_tokens = 0  # then the kept documents' tokens (the packing notice of data check)
 
     def problem(self, number: int, field: str, reason: str) -> Problem:
         return Problem(
@@ -123,24 +122,6 @@ class Tally:
         if encoder is not None:
             _literal_notice(report, self.unit, policy)
 
-    def pack(self, examples: list, report: DataReport, bos_id: int | None) -> list:
-        """Plain text packed (``backends.data.pack``) with its notice. ``examples`` are all the
-        documents, or (``data check``) those of the first sequence: the counts then come from the
-        tally (the same cut: full sequences, a final one-token piece dropped)."""
-        assert self.pack_to is not None
-        packed, stats = pack_documents(examples, self.pack_to, bos_id)
-        docs, tokens, size = self.pack_docs, self.pack_tokens, self.pack_to
-        last = tokens % size
-        sequences = tokens // size + (1 if last >= 2 else 0)
-        kept = (tokens - (1 if last == 1 else 0)) / tokens if tokens else 1.0
-        if len(examples) == docs:
-            sequences, kept = stats.sequences, stats.kept
-        report.notices.append(
-            f"plain text packed: {docs} documents ({tokens:,} tokens) joined with EOS into {sequences} "
-            f"sequences of up to {size} tokens, {100 * kept:.1f}% of the tokens kept (data.pack_text)"
-        )
-        return packed
-
 
 def encode_chunk(
     encoder: Encoder,
@@ -174,14 +155,9 @@ def encode_chunk(
             r.example = PromptExample(r.example.prompt_ids, r.example.completion_ids, r.row)
         state.kept += 1
         if state.pack_to is not None:
-            state.pack_docs += 1
             state.pack_tokens += len(r.example.input_ids)
-        if (
-            keep
-            or not examples
-            or (state.pack_to and sum(len(e.input_ids) for e in examples) < state.pack_to)
-        ):
-            examples.append(r.example)  # without keep: what the first (packed) example needs
+        if keep or not examples:
+            examples.append(r.example)  # without keep: the first only (data check's example)
         if r.length is not None and r.length > encoder.max_seq_length:
             state.cut.append(r.row)
 

@@ -36,10 +36,9 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from backends import paths
 from desktop.charts import Chart, series_color
 from desktop.data_columns import ColumnMapping, columns_arg
-from desktop.data_paste import PasteDialog
+from desktop.data_paste import PasteDialog, datasets_dir
 from desktop.pages import intro_label
 from desktop.state import AppState, sample_data_path
 from desktop.worker import JsonCommand
@@ -229,11 +228,7 @@ class DataPage(QWidget):
     def use_folder(self, folder: str, mode: str = "text") -> None:
         """Run ``tunedesk data from-folder FOLDER --mode MODE`` in a child process, writing
         ``<app data>/datasets/<folder name>[-qa].jsonl``, then choose that file (and check it)."""
-        out = (
-            paths.home()
-            / "datasets"
-            / f"{Path(folder).name or 'folder'}{'-qa' if mode == 'qa' else ''}.jsonl"
-        )
+        out = datasets_dir() / f"{Path(folder).name or 'folder'}{'-qa' if mode == 'qa' else ''}.jsonl"
         args = ["data", "from-folder", folder, "--out", str(out), "--mode", mode, "--json"]
         self._from_folder = JsonCommand(args, self)
         self._from_folder.done.connect(self._on_folder_done)
