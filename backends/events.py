@@ -71,6 +71,9 @@ REQUIRED: dict[str, tuple[str, ...]] = {
     # ... or, when it fails or is stopped, its last event: kind (input, stopped, or a run_failed kind),
     # message, hint, and the exit code the command returns.
     "export_failed": ("kind", "message", "hint", "exit_code"),
+    # tunedesk data check --json (backends/data/check.py), on stderr: how far reading a data file
+    # is. done/total in `unit` ('bytes', or 'rows' for Parquet); rows: rows read so far.
+    "data_progress": ("stage", "done", "total", "unit", "rows"),
 }
 
 # Optional fields of DPO runs (``method: dpo``; see backends/training/dpo.py for the formulas).
