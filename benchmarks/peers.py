@@ -55,10 +55,12 @@ def ours_result(run: Any, skip_steps: int) -> dict[str, Any]:
     }
 
 
-def trl_model(model_dir: Path, rank: int, precision: str = "auto") -> tuple[Any, Any, dict[str, Any]]:
+def trl_model(
+    model_dir: Path, rank: int, precision: str = "auto", targets: str = "all-linear"
+) -> tuple[Any, Any, dict[str, Any]]:
     """(the base model in ``precision`` as our engine resolves it on this device (``auto``: what
-    ours picks), the LoRA config both sides use: rank, alpha 2 x rank, dropout 0.05, every linear
-    layer; the TrainingArguments for that precision: ``bf16``, ``fp16``, and ``use_cpu`` on the
+    ours picks), the LoRA config both sides use: rank, alpha 2 x rank, dropout 0.05, ``targets``
+    (every linear layer, or ``attention``: the q/k/v/o projections); the TrainingArguments for that precision: ``bf16``, ``fp16``, and ``use_cpu`` on the
     CPU, which transformers requires for bf16 there)."""
     import torch
     from peft import LoraConfig
@@ -71,7 +73,11 @@ def trl_model(model_dir: Path, rank: int, precision: str = "auto") -> tuple[Any,
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[resolved]
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, use_safetensors=True)
     lora = LoraConfig(
-        r=rank, lora_alpha=2 * rank, lora_dropout=0.05, target_modules="all-linear", task_type="CAUSAL_LM"
+        r=rank,
+        lora_alpha=2 * rank,
+        lora_dropout=0.05,
+        target_modules=["q_proj", "k_proj", "v_proj", "o_proj"] if targets == "attention" else targets,
+        task_type="CAUSAL_LM",
     )
     args = {"bf16": resolved == "bf16", "fp16": resolved == "fp16", "use_cpu": device == "cpu"}
     return model, lora, args

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -47,6 +48,9 @@ for path in (ROOT, Path(__file__).resolve().parent):
 
 import peers  # noqa: E402  (benchmarks/peers.py: what the ours-against-TRL benchmarks share)
 
+# The bf16 matmul peak issue 22 quotes for "these 2 cores" (a Xeon with AMX); print_utilisation
+# also divides by the peak measured in the same run, which is what this machine can reach now.
+NOMINAL_BF16_GFLOPS = 2000.0
 ALPACA = ROOT.parent / "shared" / "data" / "llamafactory" / "alpaca_en_demo.json"
 
 
@@ -62,7 +66,7 @@ def _config(args: argparse.Namespace, data_file: Path, runs_dir: Path):
                 "rank": args.rank,
                 "alpha": 2 * args.rank,
                 "dropout": 0.05,
-                "target_modules": "all-linear",
+                "target_modules": args.targets,
             },
             "training": {
                 "learning_rate": 2e-4,
@@ -120,7 +124,7 @@ def run_trl(args: argparse.Namespace, data_file: Path, workdir: Path) -> dict:
         by_row = {e.row: e for e in data.train}
         examples = [by_row[r] for b in batches for r in b.rows]
     dataset = Dataset.from_list([{"input_ids": e.input_ids, "labels": e.labels} for e in examples])
-    model, lora, precision_args = peers.trl_model(model_dir, args.rank, args.precision)
+    model, lora, precision_args = peers.trl_model(model_dir, args.rank, args.precision, args.targets)
     sft = SFTConfig(
         output_dir=str(workdir / "trl"),
         max_steps=args.steps or -1,
@@ -164,6 +168,12 @@ def main() -> None:
         "--repeats", type=int, default=1, help="runs per side (alternating); the median is shown"
     )
     parser.add_argument(
+        "--targets", choices=["all-linear", "attention"], default="all-linear", help="LoRA target modules"
+    )
+    parser.add_argument(
+        "--fp32-beside", action="store_true", help="then the same comparison in fp32, printed beside"
+    )
+    parser.add_argument(
         "--trl-order",
         choices=["ours", "random"],
         default="random",
@@ -188,20 +198,85 @@ def main() -> None:
         "rank",
         "trl_order",
         "precision",
+        "targets",
     )
+    precisions = [args.precision] + (["fp32"] if args.fp32_beside and args.precision != "fp32" else [])
+    load_before = os.getloadavg()
+    tables = []
     with tempfile.TemporaryDirectory(prefix="train-bench-") as tmp:
         workdir = Path(tmp)
         rows = json.loads(ALPACA.read_text(encoding="utf-8"))[: args.rows]
         (workdir / "alpaca_first_rows.json").write_text(json.dumps(rows), encoding="utf-8")
-        results = peers.run_sides(__file__, args, keys, workdir, args.repeats)
-    peers.print_comparison(
-        f"SmolLM2 LoRA r{args.rank} all-linear, first {args.rows} Alpaca rows, batch {args.batch_size}, "
-        f"max {args.max_seq_length} tokens, {results['ours']['steps'] + args.skip_steps} steps "
-        f"(first {args.skip_steps} not timed), "
-        f"TRL rows per step: {args.trl_order}, precision {args.precision}, {torch_threads()} torch threads, "
-        f"median of {args.repeats} run(s) per side",
-        results,
+        for precision in precisions:
+            args.precision = precision
+            tables.append((precision, peers.run_sides(__file__, args, keys, workdir, args.repeats)))
+    params = model_params(args.model)
+    peaks = measured_peaks()
+    for precision, results in tables:
+        peers.print_comparison(
+            f"SmolLM2 LoRA r{args.rank} {args.targets}, first {args.rows} Alpaca rows, batch {args.batch_size}, "
+            f"max {args.max_seq_length} tokens, {results['ours']['steps'] + args.skip_steps} steps "
+            f"(first {args.skip_steps} not timed), "
+            f"TRL rows per step: {args.trl_order}, precision {precision}, {torch_threads()} torch threads, "
+            f"median of {args.repeats} run(s) per side",
+            results,
+        )
+        print_utilisation(results, params, peaks, precision)
+        print()
+    load_after = os.getloadavg()
+    print(
+        f"load average (1 min) before/after: {load_before[0]:.1f} / {load_after[0]:.1f} on {os.cpu_count()} cores"
     )
+
+
+def model_params(model: str) -> int:
+    """Parameters of the model (embeddings included, a tied head counted once), from config.json."""
+    from backends import model_shape
+
+    folder = model_shape.find_model_dir(model)
+    assert folder is not None, model
+    return sum(model_shape.ModelShape.from_config(model_shape.read_model_config(folder)).params().values())
+
+
+def measured_peaks(size: int = 2048, repeats: int = 5) -> dict[str, float]:
+    """Best GFLOP/s of a [size x size] matmul per dtype on this machine now (torch threads as the
+    runs): the attainable matmul peak under the same load as the runs just measured."""
+    import time
+
+    import torch
+
+    peaks = {}
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+        a @ b
+        best = 0.0
+        for _ in range(repeats):
+            start = time.perf_counter()
+            a @ b
+            best = max(best, 2 * size**3 / (time.perf_counter() - start) / 1e9)
+        peaks[name] = best
+    return peaks
+
+
+def print_utilisation(results: dict, params: int, peaks: dict[str, float], precision: str) -> None:
+    """Model FLOP utilisation of each side: 4 x parameters FLOP per token (LoRA: forward 2P, and
+    backward to the activations 2P; the frozen weights get no gradient), as a share of the
+    nominal bf16 peak of this 2-core machine (NOMINAL_BF16_GFLOPS) and of the matmul peak
+    measured just now."""
+    from backends.torch_backend import resolve_precision
+
+    resolved = resolve_precision(precision, "cpu")[0]
+    peak = peaks.get(resolved, peaks["fp32"])
+    print(
+        f"matmul peak measured now: bf16 {peaks['bf16']:.0f}, fp32 {peaks['fp32']:.0f} GFLOP/s; "
+        f"nominal bf16 peak {NOMINAL_BF16_GFLOPS:.0f} GFLOP/s; FLOP per token 4 x {params / 1e6:.1f}M"
+    )
+    for side, r in results.items():
+        gflops = 4 * params * r["tokens"] / r["seconds"] / 1e9
+        print(
+            f"  {side:5s} {gflops:6.1f} GFLOP/s = MFU {gflops / NOMINAL_BF16_GFLOPS:6.1%} of the nominal bf16 peak, "
+            f"{gflops / peak:6.1%} of the measured {resolved} peak"
+        )
 
 
 if __name__ == "__main__":

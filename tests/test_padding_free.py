@@ -3,6 +3,7 @@ the same per-token losses and gradients as padded rows and as each example alone
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -33,10 +34,12 @@ def test_flatten_keeps_real_tokens_with_restarting_positions_and_spans():
     assert int((flat.targets != -100).sum()) == batch.num_label_tokens
 
 
-def test_padding_free_gives_the_padded_per_token_losses_and_gradients(tiny_model_dir):
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_padding_free_gives_the_padded_per_token_losses_and_gradients(tiny_model_dir, checkpointing):
     """Done-when of issue 22: the same batch padded and padding-free gives the same per-token
-    losses (so the same per-example losses) within 1e-5 in fp32, and the same LoRA gradients."""
-    engine = engine_for(tiny_model_dir, padding_free=True)
+    losses (so the same per-example losses) within 1e-5 in fp32, and the same LoRA gradients,
+    with and without gradient checkpointing (the spans pass through the checkpointed layers)."""
+    engine = engine_for(tiny_model_dir, padding_free=True, gradient_checkpointing=checkpointing)
     assert engine.model.get_base_model().config._attn_implementation == padding_free.VARLEN
     batch = make_batches(random_examples(6, seed=3), batch_size=6, pad_token_id=0, seed=0, epoch=0)[0]
     assert (batch.attention_mask == 0).any()  # rows of different lengths: there is padding
