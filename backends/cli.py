@@ -187,6 +187,13 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--format", default="auto", help="format override (default: detect)")
     c.add_argument("--max-seq-length", type=int, default=1024)
     c.add_argument("--strict", action="store_true", help="any invalid row is an error")
+    c.add_argument(
+        "--columns",
+        default=None,
+        metavar="ROLE=COL,...",
+        help="map your columns to the format's fields, e.g. prompt=question,completion=answer "
+        "(also system=, chosen=, rejected=, messages=, text=, label=, ...); default: detected",
+    )
     c.add_argument("--json", action="store_true")
     c = dsub.add_parser(
         "from-folder",

@@ -32,7 +32,9 @@ class DataConfig(_Strict):
     """Where the training data is and how to read it."""
 
     train_file: Path | None = Field(
-        None, description="Training data file (JSONL, JSON, CSV or Parquet). Empty: the built-in sample data."
+        None,
+        description="Training data file (JSONL, JSON, CSV, Parquet, .txt/.md) or a folder of .txt/.md "
+        "files. Empty: the built-in sample data.",
     )
     validation_file: Path | None = Field(
         None, description="Separate validation file; overrides the fraction."
@@ -86,6 +88,24 @@ class DataConfig(_Strict):
         description="Special-token strings typed inside messages (a literal <|im_end|>): tokenised as "
         "plain text (default), or as the control tokens (opt-in).",
     )
+    columns: dict[str, str] | None = Field(
+        None,
+        description="Column mapping {role: your column}, e.g. {prompt: question, completion: answer} "
+        "(roles: the fields of the formats: prompt, completion, system, chosen, rejected, messages, "
+        "conversations, text, label, instruction, input, output, ...). Empty: detected.",
+    )
+
+    @field_validator("columns", mode="before")
+    @classmethod
+    def _columns(cls, value: Any) -> Any:
+        from backends.data.columns import parse_columns
+
+        if value is None or value == "" or value == {}:
+            return None
+        try:
+            return parse_columns(value if isinstance(value, str | dict) else str(value))
+        except UserInputError as exc:
+            raise ValueError(exc.reason) from None
 
 
 class LoraConfig(_Strict):

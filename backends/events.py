@@ -68,6 +68,12 @@ REQUIRED: dict[str, tuple[str, ...]] = {
     # tunedesk export RUN_DIR --format ... --json (backends/jobs/export/run.py): stages and the result.
     "export_progress": ("stage", "done", "total"),
     "export_finished": ("path", "format", "quant", "bytes"),
+    # ... or, when it fails or is stopped, its last event: kind (input, stopped, or a run_failed kind),
+    # message, hint, and the exit code the command returns.
+    "export_failed": ("kind", "message", "hint", "exit_code"),
+    # tunedesk data check --json (backends/data/check.py), on stderr: how far reading a data file
+    # is. done/total in `unit` ('bytes', or 'rows' for Parquet); rows: rows read so far.
+    "data_progress": ("stage", "done", "total", "unit", "rows"),
 }
 
 # Optional fields of DPO runs (``method: dpo``; see backends/training/dpo.py for the formulas).

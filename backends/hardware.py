@@ -13,6 +13,11 @@ from typing import Any
 
 import psutil
 
+# The unit of every memory and disk figure TuneDesk shows: the decimal gigabyte (10^9 bytes), as RAM,
+# GPU and disk makers and a non-programmer read "GB" (a GiB, 2^30, would read 7% low). Events and
+# JSON keep bytes.
+GB = 10**9
+
 
 def _cpu_name() -> str:
     try:
@@ -140,7 +145,7 @@ def choose_backend(info: dict[str, Any]) -> tuple[str, str, str]:
     """
     torch_info = info.get("torch") or {}
     mlx_info = info.get("mlx") or {}
-    gb = 1024**3
+    gb = GB
     if info.get("apple_silicon"):
         mem = info["ram_total"] / gb
         if mlx_info.get("installed"):
@@ -201,7 +206,7 @@ def detect(probe_frameworks: bool = True) -> dict[str, Any]:
 
 def summary_line(info: dict[str, Any]) -> str:
     """One line for the GUI header, e.g. 'CPU only - 24 GB RAM - PyTorch (slow: no GPU found)'."""
-    gb = 1024**3
+    gb = GB
     name = {"torch": "PyTorch", "mlx": "MLX"}[info["backend"]]
     if info["device"] == "cuda" and info["gpus"]:
         g = info["gpus"][0]
@@ -213,7 +218,7 @@ def summary_line(info: dict[str, Any]) -> str:
 
 def format_report(info: dict[str, Any]) -> str:
     """Human-readable multi-line report for ``tunedesk hardware``."""
-    gb = 1024**3
+    gb = GB
     lines = [
         f"OS:       {info['os']} ({info['machine']}), Python {info['python']}",
         f"CPU:      {info['cpu']} ({info['cpu_cores_physical']} cores, {info['cpu_cores_logical']} threads)",

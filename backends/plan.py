@@ -45,10 +45,10 @@ from typing import Any
 import psutil
 
 from backends.config import RunConfig
+from backends.hardware import GB  # the display unit (decimal GB); JSON stays in bytes
 from backends.model_shape import ModelShape
 
 TARGETS = ("torch-cpu", "torch-cuda", "mlx")
-GB = 1024**3
 # Verdict: fits when peak + reserve is at most this share of the available memory; tight up to 100%.
 FITS_SHARE = 0.80
 # Calibrated on this project's measurements (benchmarks/memory_plan.py; the README lists the rows).

@@ -18,7 +18,7 @@ from backends import hardware
 from desktop.tasks import run_in_thread
 from desktop.worker import JsonCommand
 
-GB = 1024**3
+GB = hardware.GB
 
 
 def quick_line(info: dict[str, Any]) -> str:

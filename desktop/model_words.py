@@ -20,14 +20,14 @@ def format_params(n: int | None) -> str:
 
 
 def format_bytes(n: int | None) -> str:
-    """``1536`` -> ``1.5 KB`` (powers of 1024)."""
+    """``1500`` -> ``1.5 KB``: decimal units (powers of 1000), as ``backends.hardware.GB``."""
     if n is None:
         return "-"
     size = float(n)
     for unit in ("B", "KB", "MB", "GB"):
-        if size < 1024 or unit == "GB":
+        if size < 1000 or unit == "GB":
             return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
+        size /= 1000
     return f"{size:.1f} TB"
 
 

@@ -40,7 +40,7 @@ PART_WORDS = {
 def gb(n: int | None) -> str:
     """Bytes in everyday words: ``3.2 GB`` (or ``850 MB`` below 1 GB)."""
     n = n or 0
-    return f"{n / plan.GB:.1f} GB" if n >= plan.GB else f"{n / 2**20:.0f} MB"
+    return f"{n / plan.GB:.1f} GB" if n >= plan.GB else f"{n / 1e6:.0f} MB"
 
 
 def plan_for(config: RunConfig) -> plan.MemoryPlan | None:

@@ -2,7 +2,7 @@
 one line that says what it does. The form shows the field's own term beside the name (for those
 who know it) and keeps the schema's description (``backends.config``) in the tooltip.
 
-tests/test_desktop_plain_words.py checks that every field of the schema has its words here.
+tests/test_desktop_layout.py checks that every field of the schema has its words here.
 """
 
 from __future__ import annotations
@@ -46,6 +46,10 @@ PLAIN: dict[str, tuple[str, str]] = {
     "data.system_prompt": (
         "Standing instruction",
         "Text put before each conversation that has none (system prompt).",
+    ),
+    "data.columns": (
+        "Which columns to use",
+        "Tells which column of your file is the question, the answer, and so on.",
     ),
     "data.pack_text": (
         "Join plain text",
@@ -135,6 +139,14 @@ PLAIN: dict[str, tuple[str, str]] = {
         "Caps a sudden big step that could break training (0: off).",
     ),
     "training.weight_decay": ("Keep changes small", "Gently pulls the adapter towards zero (0: off)."),
+    "training.distributed": (
+        "Sharing work between GPUs",
+        "With several GPUs: a copy on each (ddp), or the model split across them (fsdp).",
+    ),
+    "training.fsdp_cpu_offload": (
+        "Park model pieces in RAM",
+        "With the model split across GPUs: keep unused pieces in main memory.",
+    ),
     "training.padding_free": (
         "Skip padding",
         "Runs examples back to back without filler: same result, faster.",

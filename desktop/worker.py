@@ -23,7 +23,7 @@ from PySide6.QtCore import QObject, QProcess, QProcessEnvironment, Signal
 from backends.errors import EXIT_OK, EXIT_STOPPED, EXIT_USER_INPUT
 from backends.events import parse_line
 
-FINAL_EVENTS = ("stopped", "run_finished", "run_failed")
+FINAL_EVENTS = ("stopped", "run_finished", "run_failed", "export_failed")
 # A process killed by SIGKILL: 137 through a shell, -9 from Python's subprocess; with nobody
 # stopping it, that is almost always the kernel's out-of-memory killer, which leaves no message.
 KILLED_EXIT_CODES = (137, -9)
@@ -56,9 +56,9 @@ class WorkerResult:
     """How a child process ended.
 
     ``exit_code``: its exit status (None if it never started); ``crashed``: killed by a signal or
-    failed to start; ``final_event``: its last ``stopped``/``run_finished``/``run_failed`` event;
-    ``log_tail``: its last stderr (and stray stdout) lines; ``stdout``: stdout lines that were not
-    events (a one-shot command's JSON answer).
+    failed to start; ``final_event``: its last ``stopped``/``run_finished``/``run_failed``/
+    ``export_failed`` event; ``log_tail``: its last stderr (and stray stdout) lines; ``stdout``:
+    stdout lines that were not events (a one-shot command's JSON answer).
     """
 
     exit_code: int | None
@@ -93,6 +93,12 @@ class WorkerResult:
             return text
         if event is not None and event.get("event") == "stopped":
             return ""
+        if event is not None and event.get("event") == "export_failed":
+            kind, message = event.get("kind"), str(event.get("message"))
+            if kind == "stopped":
+                return ""
+            text = message if kind == "input" else f"The export failed ({kind}): {message}"
+            return text + (f"\nWhat to try: {event['hint']}" if event.get("hint") else "")
         if self.exit_code == EXIT_USER_INPUT and not self.crashed:
             lines = [line for line in self.log_tail if line.strip()]
             message = lines[-1] if lines else "wrong input"

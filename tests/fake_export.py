@@ -3,7 +3,7 @@ of the Export step: it speaks the design's events (``export_progress`` {stage, d
 ``export_finished`` {path, format, quant, bytes} with the real command's ``file`` and ``name``) and writes like the real command (a temporary
 folder renamed into place at the end), without any ML work. ``FAKE_EXPORT_MODE``: ``ok``,
 ``slow`` (waits between steps; SIGTERM removes the temporary folder and exits 130), ``fail``
-(exit 1 with a message naming the run). Its arguments go to ``FAKE_EXPORT_ARGS`` (a file)."""
+(``export_failed`` and exit 1 with a message naming the run). Its arguments go to ``FAKE_EXPORT_ARGS`` (a file)."""
 
 from __future__ import annotations
 
@@ -26,7 +26,9 @@ def main() -> int:
     opts = dict(zip(args[2::2], args[3::2], strict=False))
     mode = os.environ.get("FAKE_EXPORT_MODE", "ok")
     if mode == "fail":
-        print(f"error: {args[1]}: adapter: this run has no adapter", file=sys.stderr)
+        message = f"{args[1]}: adapter: this run has no adapter"
+        emit("export_failed", kind="input", message=message, hint="", exit_code=1)
+        print(f"error: {message}", file=sys.stderr)
         return 1
     out = Path(opts["--out"])
     tmp = out.parent / f".{out.name}.partial"

@@ -50,7 +50,11 @@ def test_real_public_files_pass_data_check(capsys, shared_data, smollm2_dir, nam
     assert sum(result["histogram"]["counts"]) == rows and len(result["histogram"]["bins"]) == 21
     example = result["example"]
     trained = [example["text"][s:e] for s, e in example["spans"]]
-    assert trained and all(t.endswith(IM_END) for t in trained)
+    if fmt == "text":  # packed: documents joined with EOS, cut into sequences of max_seq_length
+        assert len(trained) == 1 and trained[0].count(IM_END) >= 1
+        assert any("plain text packed: 1000 documents" in n for n in result["notices"])
+    else:
+        assert trained and all(t.endswith(IM_END) for t in trained)
 
 
 @pytest.mark.slow
@@ -86,13 +90,19 @@ def test_check_of_a_file_with_only_invalid_rows_exits_1_with_the_reasons(capsys,
 def test_check_json_reports_a_stopping_error(capsys, tmp_path, smollm2_dir):
     path = tmp_path / "broken.jsonl"
     path.write_text('{"text": "fine"}\n{"text": \n')
+    # A malformed line is dropped and named; the rest is kept.
     rc, out = run_check(capsys, str(path), "--model", str(smollm2_dir), "--json")
+    result = json.loads(out)
+    assert rc == 0 and result["rows_kept"] == 1
+    assert [(p["row"], p["field"]) for p in result["problems"]] == [(2, "(line)")]
+    # With --strict it stops the check.
+    rc, out = run_check(capsys, str(path), "--model", str(smollm2_dir), "--json", "--strict")
     result = json.loads(out)
     assert rc == 1 and result["ok"] is False
     assert result["error"]["line"] == 2 and result["error"]["file"] == str(path)
     assert "not valid JSON" in result["error"]["message"]
     # without --json the CLI prints the error and exits 1
-    assert main(["data", "check", str(path), "--model", str(smollm2_dir)]) == 1
+    assert main(["data", "check", str(path), "--model", str(smollm2_dir), "--strict"]) == 1
     assert f"{path}:2" in capsys.readouterr().err
 
 
@@ -119,4 +129,4 @@ def test_a_missing_file_is_reported_before_any_model_is_loaded(capsys, tmp_path,
     assert "no such file" in err and str(missing) in err
     assert main(["data", "check", str(tmp_path), "--json"]) == 1
     report = json.loads(capsys.readouterr().out)
-    assert report["ok"] is False and report["error"]["message"].endswith("not a file")
+    assert report["ok"] is False and report["error"]["message"].endswith("holds no .txt or .md file")

@@ -34,20 +34,23 @@ def problems_of(path, **kw):
 # ---- item 1: readers ---------------------------------------------------------------------------
 
 
-def test_malformed_json_line_names_file_and_line(tmp_path):
+def test_malformed_json_line_is_dropped_and_named_with_file_and_line(tmp_path):
     path = write_jsonl(tmp_path / "d.jsonl", [GOOD, "", '{"messages": [}', GOOD])
+    report = problems_of(path)
+    assert (report.rows_read, report.rows_kept) == (3, 2)
+    (problem,) = report.problems
+    assert str(problem).startswith(f"{path}:3: (line): not valid JSON")
     with pytest.raises(UserInputError) as exc:
-        read_rows(path)
+        analyze_file(path, None, strict=True)
     assert exc.value.line == 3
     assert str(exc.value).startswith(f"{path}:3: ")
     assert "not valid JSON" in str(exc.value)
 
 
-def test_two_objects_on_one_line_is_an_error(tmp_path):
+def test_two_objects_on_one_line_is_a_bad_line(tmp_path):
     path = write_jsonl(tmp_path / "d.jsonl", [GOOD, json.dumps(GOOD) + " " + json.dumps(GOOD)])
-    with pytest.raises(UserInputError) as exc:
-        read_rows(path)
-    assert exc.value.line == 2 and "one object per line" in str(exc.value)
+    (problem,) = problems_of(path).problems
+    assert problem.row == 2 and "one object per line" in problem.reason
 
 
 def test_bom_and_blank_lines_are_fine_and_rows_keep_line_numbers(tmp_path):
@@ -172,10 +175,10 @@ def test_mixed_formats_in_a_json_array_name_the_row(tmp_path):
 
 
 def test_unknown_fields_everywhere_cannot_be_detected(tmp_path):
-    path = write_jsonl(tmp_path / "d.jsonl", [{"question": "a", "answer": "b"}])
+    path = write_jsonl(tmp_path / "d.jsonl", [{"frage": "a", "antwort": "b"}])
     with pytest.raises(UserInputError, match="cannot tell the format") as exc:
         read_rows(path)
-    assert "answer, question" in str(exc.value)
+    assert "antwort, frage" in str(exc.value) and "--columns prompt=COL" in str(exc.value)
     assert exc.value.line == 1
 
 

@@ -107,3 +107,20 @@ def test_text_is_split_into_training_and_validation_documents_before_packing(tmp
     notes = " | ".join(data.report.notices)
     assert "validation: 10 of 40 rows held out" in notes
     assert "training text packed: 30 documents" in notes and "validation text packed: 10 documents" in notes
+
+
+def test_data_check_packing_notice_from_counts_matches_packing_every_document(tmp_path):
+    """``data check`` keeps only the first document (bounded memory); its packing notice, counted
+    from the tally, says what packing all the documents says."""
+    from tests.test_data_labels import toy_tokenizer
+
+    path = tmp_path / "docs.jsonl"
+    path.write_text("".join(json.dumps({"text": f"Hello {i} " * (i % 7 + 1)}) + "\n" for i in range(30)))
+    for length in (5, 16, 17):
+        documents, report, _, _ = analyze_file(path, toy_tokenizer(False), max_seq_length=length)
+        pack_examples(documents, report, length, "plain")
+        result = check_file(path, tokenizer=toy_tokenizer(False), max_seq_length=length)
+        assert [n for n in result["notices"] if "text packed" in n] == [report.notices[-1]]
+        assert result["example"]["row"] == 1 and report.notices[-1].startswith(
+            "plain text packed: 30 documents"
+        )

@@ -1,8 +1,15 @@
 """GGUF and Ollama exports of a real short training run on SmolLM2-135M-Instruct, loaded in llama.cpp
-(llama-cpp-python): greedy replies to 10 chat prompts, formatted by llama.cpp from the GGUF's
-embedded template, equal transformers' replies of base + adapter (first 24 tokens) on >= 9/10 at
-F16 and >= 7/10 at Q8_0 and stop at the end-of-turn token; Q4_K_M loads and answers. One training
-run and two conversions are shared by every test here (module fixtures)."""
+(llama-cpp-python): greedy replies to the 10 held-out prompts of the training data's domain,
+formatted by llama.cpp from the GGUF's embedded template, equal transformers' replies of base +
+adapter (first 24 tokens) on >= 9/10 at F16 and >= 7/10 at Q8_0 and stop at the end-of-turn token;
+Q4_K_M loads and answers. One training run and two conversions are shared by every test here
+(module fixtures).
+
+Why these choices (measured, see the README's export section): the reference is the tuned model in
+fp32 (transformers 5 loads the bf16 base in bf16 by default, whose logits are 0.5-1.0 off and flipped
+3 of 10 replies against an F16 GGUF that is within 0.07 of fp32); the run is trained into the
+sample data's house style (20 steps at lr 2e-3), whose replies are stable under rounding where a
+barely-tuned model's are chains of near-ties; the prompts are that domain's held-out set."""
 
 from __future__ import annotations
 
@@ -12,21 +19,15 @@ import pytest
 import yaml
 
 from backends.cli import main
+from backends.data.pipeline import sample_data_path
 
 pytestmark = pytest.mark.slow
 
 SYSTEM = "You are a concise assistant."
 PROMPTS = [
-    "What is the capital of France?",
-    "Name a primary color.",
-    "What is 2 + 2?",
-    "Say hello in Spanish.",
-    "What animal says moo?",
-    "Which planet do we live on?",
-    "What is the opposite of hot?",
-    "How many days are in a week?",
-    "What color is the sky on a clear day?",
-    "Give me one word that rhymes with cat.",
+    json.loads(line)["prompt"]
+    for line in (sample_data_path().parent / "support_heldout.jsonl").read_text().splitlines()
+    if line.strip()
 ]
 MAX_TOKENS = 48
 COMPARED = 24
@@ -47,7 +48,8 @@ def _need_llama_cpp():
 
 @pytest.fixture(scope="module")
 def trained_run(smollm2_dir, tmp_path_factory):
-    """12 real training steps of SmolLM2 on the built-in sample data, with a system prompt."""
+    """20 real training steps of SmolLM2 on the built-in sample data (its house style), with a
+    system prompt."""
     _need_llama_cpp()
     tmp = tmp_path_factory.mktemp("export-run")
     raw = {
@@ -55,10 +57,12 @@ def trained_run(smollm2_dir, tmp_path_factory):
         "data": {"validation_fraction": 0.0, "system_prompt": SYSTEM},
         "lora": {"rank": 8, "alpha": 16, "dropout": 0.0},
         "training": {
-            "max_steps": 12,
+            "max_steps": 20,
             "batch_size": 2,
             "max_seq_length": 128,
-            "learning_rate": 5e-4,
+            "learning_rate": 2e-3,
+            "lr_scheduler": "cosine",
+            "warmup_ratio": 0.1,
             "eval_every": 0,
             "save_every": 0,
         },
@@ -71,26 +75,30 @@ def trained_run(smollm2_dir, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def reference(trained_run, smollm2_dir):
-    """transformers' greedy replies (token ids, up to MAX_TOKENS, stopping at EOS) of base + adapter."""
+    """transformers' greedy replies (token ids, up to MAX_TOKENS, stopping at EOS) of base + adapter
+    in fp32, and the prompt ids, both from the one prompt renderer (the ids the run trained on)."""
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from backends.data.run_prompt import renderer_for_run
+
     tok = AutoTokenizer.from_pretrained(smollm2_dir)
-    model = PeftModel.from_pretrained(
-        AutoModelForCausalLM.from_pretrained(smollm2_dir), trained_run / "adapter"
-    ).eval()
-    template = (trained_run / "adapter" / "chat_template.jinja").read_text()
-    out = []
+    renderer = renderer_for_run(trained_run, tok)
+    base = AutoModelForCausalLM.from_pretrained(smollm2_dir, dtype=torch.float32)
+    model = PeftModel.from_pretrained(base, trained_run / "adapter").eval()
+    out, prompts = [], []
     for prompt in PROMPTS:
         msgs = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": prompt}]
-        ids = tok.apply_chat_template(
-            msgs, chat_template=template, add_generation_prompt=True, return_tensors="pt", return_dict=True
-        )
+        ids = renderer.render_chat(msgs, add_generation_prompt=True).input_ids
+        x = torch.tensor([ids])
         with torch.no_grad():
-            gen = model.generate(**ids, max_new_tokens=MAX_TOKENS, do_sample=False)
-        out.append(gen[0, ids["input_ids"].shape[1] :].tolist())
-    return tok, out
+            gen = model.generate(
+                input_ids=x, attention_mask=torch.ones_like(x), max_new_tokens=MAX_TOKENS, do_sample=False
+            )
+        out.append(gen[0, len(ids) :].tolist())
+        prompts.append(ids)
+    return tok, out, prompts
 
 
 @pytest.fixture(scope="module")
@@ -114,16 +122,17 @@ def llama_replies(path):
     from llama_cpp import Llama
 
     llm = Llama(model_path=str(path), n_ctx=512, n_threads=2, verbose=False, seed=0)
-    replies = []
+    replies, prompt_ids = [], []
     for prompt in PROMPTS:
         msgs = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": prompt}]
         r = llm.create_chat_completion(msgs, max_tokens=MAX_TOKENS, temperature=0.0, top_k=1)
         replies.append((r["choices"][0]["message"]["content"], r["choices"][0]["finish_reason"]))
-    return llm, replies
+        prompt_ids.append([int(t) for t in llm.input_ids[: r["usage"]["prompt_tokens"]]])
+    return llm, replies, prompt_ids
 
 
 def agreement(reference, replies) -> tuple[int, list]:
-    tok, ref = reference
+    tok, ref, _ = reference
     same, report = 0, []
     for ids, (text, finish) in zip(ref, replies, strict=True):
         want = tok.decode(ids[:COMPARED], skip_special_tokens=True)
@@ -140,7 +149,7 @@ def agreement(reference, replies) -> tuple[int, list]:
 def check_stops(reference, replies, report):
     """Where transformers' reply ends with the end-of-turn token inside MAX_TOKENS and llama.cpp's
     reply is the same text, llama.cpp's ends there too (finish_reason 'stop', not 'length')."""
-    tok, ref = reference
+    tok, ref, _ = reference
     eot = tok.convert_tokens_to_ids("<|im_end|>")
     stopped = [
         (ids[-1] == eot and same, finish)
@@ -153,17 +162,17 @@ def check_stops(reference, replies, report):
 def test_f16_gguf_in_llama_cpp_answers_like_transformers(exports, reference, trained_run):
     gguf = next((exports / "ollama").glob("*.gguf"))
     assert gguf.name == "smol-f16.gguf"
-    llm, replies = llama_replies(gguf)
-    # The GGUF carries the run's chat template and llama.cpp formats the chat with it.
+    llm, replies, prompt_ids = llama_replies(gguf)
+    # The GGUF carries the run's chat template and llama.cpp formats the chat with it, into
+    # exactly the token ids the one renderer gives (BOS, special tokens, template).
     assert (
         llm.metadata["tokenizer.chat_template"]
         == (trained_run / "adapter" / "chat_template.jinja").read_text()
     )
+    assert prompt_ids == reference[2]
     same, report = agreement(reference, replies)
-    # Measured over four 12-step runs: 10, 10, >= 9 and 7 of 10 (the issue asks >= 9). Where the
-    # replies part, the two best tokens are near-ties that fp32 (transformers) and f16 (llama.cpp)
-    # order differently; the template, the tokens and the stop match on every prompt.
-    assert same >= 7, report
+    # Measured: 10/10 (F16 logits within 0.07 of fp32 transformers on every compared token).
+    assert same >= 9, report
     check_stops(reference, replies, report)
     modelfile = (exports / "ollama" / "Modelfile").read_text()
     assert "FROM ./smol-f16.gguf" in modelfile and 'PARAMETER stop "<|im_end|>"' in modelfile
@@ -173,13 +182,13 @@ def test_f16_gguf_in_llama_cpp_answers_like_transformers(exports, reference, tra
 def test_q8_0_gguf_answers_like_transformers(exports, reference):
     files = [p.name for p in (exports / "q8").iterdir()]
     assert files == ["smol-q8_0.gguf"]  # no temporary merged model or F16 file left behind
-    _, replies = llama_replies(exports / "q8" / "smol-q8_0.gguf")
+    _, replies, prompt_ids = llama_replies(exports / "q8" / "smol-q8_0.gguf")
+    assert prompt_ids == reference[2]
     same, report = agreement(reference, replies)
-    # Measured on two 12-step runs (lr 5e-4 and 2e-4): 4/10 at Q8_0 (10/10 at F16). The first
-    # differing tokens are near-ties: e.g. "The" 33.665 vs "Two" 33.646 at F16, flipped by Q8_0's
-    # ~0.2 logit error (llama.cpp's CPU Q8_0 kernels quantise the activations too). The issue's
-    # 7/10 is not reached on SmolLM2-135M; this asserts the measured floor.
-    assert same >= 4, report
+    # Measured: 7/10. Where replies part, fp32's two best tokens are within 0.25 (0.253, 0.014,
+    # 0.008) and Q8_0's logit error (weights and, in llama.cpp's CPU kernels, activations in
+    # 8 bits: up to ~1.3 over the vocabulary) reorders them.
+    assert same >= 7, report
     check_stops(reference, replies, report)
 
 

@@ -162,3 +162,44 @@ def test_a_failure_midway_leaves_no_output(tiny_model_dir, tmp_path, monkeypatch
     monkeypatch.setattr(em, "write_model_files", boom)
     assert export(run, "--out", str(tmp_path / "out" / "merged")) == 130
     assert list((tmp_path / "out").iterdir()) == []  # neither the output nor its temporary folder
+
+
+def test_json_ends_with_export_failed_on_every_failure(tiny_model_dir, tmp_path, capsys, monkeypatch):
+    """With --json a reader always sees an end event: export_failed {kind, message, hint, exit_code}
+    on bad input (exit 1), a tool failing midway (exit 3), a crash (exit 3) and a stop (130)."""
+    import backends.jobs.export.merged as em
+    from backends.errors import RunFailed
+    from backends.events import parse_line
+
+    def last_event():
+        captured = capsys.readouterr()
+        events = [e for e in map(parse_line, captured.out.splitlines()) if e]
+        return events[-1], captured.err
+
+    run = make_run(tiny_model_dir, tmp_path / "run")
+    (tmp_path / "taken").mkdir()
+    assert export(run, "--out", str(tmp_path / "taken"), "--json") == 1
+    event, err = last_event()
+    assert event["event"] == "export_failed" and event["kind"] == "input" and event["exit_code"] == 1
+    assert str(tmp_path / "taken") in event["message"] and "already exists" in event["message"]
+    assert event["message"] in err  # the same words on stderr
+    assert export(run, "--out", str(tmp_path / "taken"), "--json", "--dry-run") == 1
+    assert last_event()[0]["kind"] == "input"
+
+    def fail_with(exc):
+        def boom(*args, **kwargs):
+            raise exc
+
+        return boom
+
+    for exc, kind, code in [
+        (RunFailed("disk", "the disk filled up", "free some space"), "disk", 3),
+        (RuntimeError("something broke"), "crash", 3),
+        (KeyboardInterrupt(), "stopped", 130),
+    ]:
+        monkeypatch.setattr(em, "write_model_files", fail_with(exc))
+        assert export(run, "--out", str(tmp_path / "out" / kind), "--json") == code
+        event, _ = last_event()
+        assert (event["event"], event["kind"], event["exit_code"]) == ("export_failed", kind, code)
+        assert not (tmp_path / "out" / kind).exists()
+    assert event["message"] == "stopped"

@@ -18,6 +18,7 @@ import pytest
 
 from backends import cli
 from backends.config import config_from_dict
+from backends.data.check import check_file
 from backends.jobs import run_training
 from tests.test_train_loop import DEMO_DATA, ROOT, make_config, write_config
 
@@ -104,9 +105,15 @@ def test_hostile_datasets_are_named_in_one_line(tiny_model_dir, odd_dir, capsys)
             )
     cases = {binary: "binary data (a NUL byte at byte 0)", empty: "no rows", broken: "not valid JSON"}
     for path, words in cases.items():
-        line = _one_error_line(capsys, cli.main(["data", "check", str(path), "--model", str(tiny_model_dir)]))
+        argv = ["data", "check", str(path), "--model", str(tiny_model_dir)]
+        line = _one_error_line(capsys, cli.main([*argv, "--strict"] if path == broken else argv))
         assert str(path) in line and words in line, line
     assert f"{broken}:50001:" in line
+    # Without --strict the broken line is dropped and named, and the other 99,999 rows are kept
+    # (checked without a model: tokenising 100k rows is not what this test is about).
+    result = check_file(broken)
+    assert (result["rows_kept"], result["problem_count"]) == (99_999, 1)
+    assert result["problems"][0]["row"] == 50_001 and "not valid JSON" in result["problems"][0]["reason"]
 
 
 def test_a_200_mb_line_is_refused_at_once(tiny_model_dir, odd_dir, capsys):

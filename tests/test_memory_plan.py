@@ -126,6 +126,25 @@ def test_plan_json_fields_and_suggestions(tiny_model_dir, capsys):
         assert replanned.verdict == "fits" and replanned.peak == suggestion["peak"]
 
 
+def test_plan_text_says_decimal_gigabytes(tiny_model_dir, capsys):
+    """The plan says GB for 10^9 bytes, as a user reads it (and --memory-gb takes it); JSON in bytes."""
+    args = ["plan", "--set", f"model={tiny_model_dir}", "--memory-gb", "24"]
+    assert cli_main([*args, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["available"] == 24_000_000_000
+    assert cli_main(args) == 0
+    assert "available: 24.00 GB" in capsys.readouterr().out
+    from backends import hardware
+
+    info = {
+        "backend": "torch",
+        "device": "cpu",
+        "gpus": [],
+        "apple_silicon": False,
+        "ram_total": 25_769_803_776,
+    }
+    assert hardware.summary_line(info).startswith("CPU only - 26 GB RAM")  # 24 GiB of RAM is 25.8 GB
+
+
 def test_checkpointing_auto_turns_on_when_memory_is_tight(tiny_model_dir):
     model_config = model_shape.read_model_config(tiny_model_dir)
     config = config_from_dict({"model": str(tiny_model_dir)})

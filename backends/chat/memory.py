@@ -17,11 +17,11 @@ from typing import Any
 
 import psutil
 
+from backends.hardware import GB
 from backends.model_store_info import safetensors_param_count
 from backends.runs import RunDir, list_runs, run_status
 
 OVERHEAD = 1.2
-GB = 1024**3
 
 
 def bytes_per_param(device: str) -> int:

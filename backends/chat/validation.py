@@ -43,7 +43,7 @@ def validation_prompts(run_dir: str | Path, tokenizer: Any, n: int = 5) -> dict[
         examples, source = data.train, "train"
         path = Path(config.data.train_file)
         note = "this run has no validation split; these are training prompts"
-    fmt, rows = read_rows(path, config.data.format)
+    fmt, rows = read_rows(path, config.data.format, config.data.columns)
     if fmt == "text":
         raise UserInputError(
             "this run trained on plain text, which has no prompts and answers to compare",

@@ -24,9 +24,19 @@ reads it from a subprocess). Its keys:
 - ``histogram``: ``{bins, counts}``: 20 equal-width bins from the shortest to the longest row;
   ``bins`` are the 21 edges (floats), ``counts`` the rows per bin (the last bin includes its
   upper edge). Null when ``token_lengths`` is.
+- ``columns``: the column mapping applied, ``{role: source column}`` (given with ``--columns``,
+  or detected from common names such as ``question``/``answer``), with the format's own fields
+  present under their own names (``{"prompt": "prompt"}``).
+- ``preview``: the first rows as read (before any mapping): ``{"columns": [source column names],
+  "rows": [[cell strings, each cut to 200 characters], ...]}``, at most 10 rows.
 - ``example``: the first usable row rendered as the model sees it: ``{row, text, spans}`` with
   ``spans`` a list of ``[start, end)`` character offsets into ``text`` of the trained tokens
-  (for DPO: the chosen answer; for packed plain text: the first document, whole). Null when no row is usable or there is no model.
+  (for DPO: the chosen answer; for packed plain text: the first document, whole). Null when no
+  row is usable or there is no model.
+
+Progress goes to stderr: lines for people, or with ``--json`` ``data_progress`` events (JSON
+lines ``{stage, done, total, unit, rows}``), so stdout stays one JSON document. The file is
+streamed: memory stays bounded for files of several GB.
 
 On an error that stops the check (unreadable or mixed-format file, strict mode, a model without
 a chat template), ``--json`` prints ``{"ok": false, "error": {message, file, line, row, field}}``
@@ -43,8 +53,11 @@ from typing import Any
 
 import numpy as np
 
+from backends.data.columns import parse_columns
 from backends.data.pack import pack_examples
 from backends.data.pipeline import analyze_file, methods_for_format, token_length_stats
+from backends.data.progress import DataProgress
+from backends.data.readers import text_files
 from backends.data.templates import load_tokenizer
 from backends.data.types import IGNORE_INDEX, Example, KTOExample, PreferenceExample
 from backends.errors import EXIT_OK, EXIT_USER_INPUT, UserInputError
@@ -92,6 +105,8 @@ def check_file(
     method: str | None = None,
     tokenizer: Any | None = None,
     literal_special_tokens: str = "text",
+    columns: Any = None,
+    progress: DataProgress | None = None,
 ) -> dict[str, Any]:
     """Check a data file as training would read it; returns the dict described in this module's
     docstring. ``model_dir`` (or an already loaded ``tokenizer``) supplies the tokenizer and chat
@@ -111,8 +126,12 @@ def check_file(
         max_seq_length=max_seq_length,
         system_prompt=system_prompt,
         literal_special_tokens=literal_special_tokens,
+        columns=columns,
+        progress=progress,
+        keep_examples=False,
     )
-    pack_examples(examples, report, max_seq_length, "plain")  # its notice; the example stays one row
+    # Its notice, from the counts (only the first document is kept); the example stays that document.
+    pack_examples(examples, report, max_seq_length, "plain", counts_only=True)
     stats = token_length_stats(report.lengths, max_seq_length)
     histogram = None
     if stats is not None:
@@ -139,6 +158,8 @@ def check_file(
         "token_lengths": stats,
         "histogram": histogram,
         "example": _example_view(tokenizer, examples[0]) if examples else None,
+        "columns": report.columns,
+        "preview": report.preview,
     }
 
 
@@ -161,6 +182,9 @@ def format_report(result: dict[str, Any]) -> str:
     if result["model"]:
         template = result["chat_template"] or "none"
         lines.append(f"model:   {result['model']} (chat template: {template})")
+    renamed = {role: col for role, col in (result.get("columns") or {}).items() if role != col}
+    if renamed:
+        lines.append("columns: " + ", ".join(f"{role} <- {col}" for role, col in renamed.items()))
     lines.append(
         f"rows:    {result['rows_read']} read, {result['rows_kept']} kept, {result['rows_dropped']} dropped"
     )
@@ -189,6 +213,16 @@ def format_report(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _progress(as_json: bool) -> DataProgress:
+    """Progress on stderr: lines for people, or (``--json``) ``data_progress`` events as JSON lines,
+    so stdout stays the one JSON document."""
+    from backends.events import encode, make_event
+
+    if as_json:
+        return DataProgress(event=lambda f: print(encode(make_event("data_progress", **f)), file=sys.stderr))
+    return DataProgress(say=lambda text: print(text, file=sys.stderr, flush=True), interval=2.0)
+
+
 def cli_check(args: argparse.Namespace) -> int:
     """Entry of ``tunedesk data check`` (arguments from ``backends.cli``): prints the report
     (``--json``: the dict) and returns 0 when usable rows remain, 1 otherwise."""
@@ -198,10 +232,13 @@ def cli_check(args: argparse.Namespace) -> int:
     try:
         # A missing or unreadable file is reported before the model is loaded (or imported).
         source = Path(args.file)
-        if not source.is_file():
+        if not (source.is_file() or source.is_dir()):
             raise UserInputError(
                 "no such file" if not source.exists() else "not a file", file=source, field="file"
             )
+        if source.is_dir() and not text_files(source):
+            raise UserInputError("the folder holds no .txt or .md file", file=source, field="file")
+        columns = parse_columns(args.columns)
         model_dir = models.resolve_model(
             args.model or DEFAULT_MODEL, progress=lambda m: print(m, file=sys.stderr)
         )
@@ -211,6 +248,8 @@ def cli_check(args: argparse.Namespace) -> int:
             format=args.format,
             max_seq_length=args.max_seq_length,
             strict=args.strict,
+            columns=columns,
+            progress=_progress(args.json),
         )
     except UserInputError as exc:
         if not args.json:

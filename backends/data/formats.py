@@ -18,10 +18,20 @@ Formats (names as in ``DataConfig.format``):
   with the rated assistant turn (LLaMA-Factory's KTO form); detected when ``label`` is a boolean
   (or the string "true"/"false", which is then a row problem: it must be a JSON boolean).
 
+Unpaired feedback's ``label`` may also be called ``kto_tag`` (LLaMA-Factory's KTO column).
+
 Chat lists accept either ``role``/``content`` or ``from``/``value`` items. Roles: ``system``;
-``user``/``human``; ``assistant``/``gpt``. A conversation is an optional system message, then
-user and assistant turns alternating, starting with user; for training it must end with an
-assistant turn, a preference prompt must end with a user turn. Required fields that are missing
+``user``/``human``; ``assistant``/``gpt``; ``tool``/``observation`` (a tool's result);
+``function_call`` (ShareGPT: an assistant turn whose value is the call's JSON). An assistant
+message may carry ``tool_calls`` (OpenAI); the row's ``tools`` column lists the tool definitions
+(``backends.data.toolcalls`` gives both one shape, the one chat templates take). A content is a
+string or a list of text parts (``{"type": "text", "text"|"value": ...}``). A conversation is an
+optional system message, then user and assistant turns alternating, starting with user, with tool
+results after an assistant turn that calls tools; for training it must end with an assistant turn,
+a preference prompt must end with a user turn (or a tool result). Multimodal rows (a non-empty
+``images``/``image``/``videos``/``video``/``audios``/``audio`` column, an ``<image>``/``<video>``/
+``<audio>`` placeholder in the text, or a media content part) are refused naming the column or
+field: TuneDesk trains text-only models. Required fields that are missing
 or null, values of the wrong type, empty answers and unknown roles are row problems
 (``RowError``) naming the field path, e.g. ``messages[3].role``. Optional fields (``input``,
 ``system``, ``history``) may be null or absent.
@@ -32,6 +42,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from backends.data.rowerror import RowError, type_name
+from backends.data.toolcalls import normalise_tools, tool_calls
+
 FORMATS = ("messages", "sharegpt", "alpaca", "prompt_completion", "text", "preference", "feedback")
 CHAT_FORMATS = ("messages", "sharegpt", "alpaca", "prompt_completion")
 
@@ -41,9 +54,20 @@ ROLES = {
     "human": "user",
     "assistant": "assistant",
     "gpt": "assistant",
+    "tool": "tool",
+    "observation": "tool",
+    "function_call": "assistant",
 }
 
-Message = dict[str, str]
+# Columns and text placeholders of multimodal datasets (LLaMA-Factory's, and the OpenAI parts):
+# TuneDesk trains text-only models, so such rows are refused rather than trained without the media.
+MEDIA_COLUMNS = ("images", "image", "videos", "video", "audios", "audio")
+MEDIA_TAGS = ("<image>", "<video>", "<audio>")
+MEDIA_PARTS = ("image", "image_url", "input_image", "audio", "input_audio", "video", "video_url", "file")
+
+Message = dict[str, Any]
+
+__all__ = ["RowError", "parse_row", "detect_row_format", "Conversation", "Preference", "Feedback"]
 
 
 class Conversation(list):
@@ -51,15 +75,6 @@ class Conversation(list):
     ``apply_chat_template(tools=...)`` takes them; None when the row has none)."""
 
     tools: list[dict] | None = None
-
-
-class RowError(Exception):
-    """One row is invalid: ``field`` (a path such as ``messages[2].content``) and ``reason``."""
-
-    def __init__(self, field: str, reason: str) -> None:
-        super().__init__(f"{field}: {reason}")
-        self.field = field
-        self.reason = reason
 
 
 @dataclass
@@ -86,7 +101,7 @@ def detect_row_format(obj: Any) -> str | None:
     """The format a row's fields point to, or None when they match no format (or it is no object)."""
     if not isinstance(obj, dict):
         return None
-    label = obj.get("label")
+    label = obj.get("label", obj.get("kto_tag"))
     rated = isinstance(label, bool) or (isinstance(label, str) and label.strip().lower() in ("true", "false"))
     if rated and any(k in obj for k in ("completion", "messages", "conversations")):
         return "feedback"  # a quoted "true"/"false" too, so that row's error names the label
@@ -105,12 +120,6 @@ def detect_row_format(obj: Any) -> str | None:
     return None
 
 
-def _type_name(value: Any) -> str:
-    return {dict: "object", list: "list", str: "string", bool: "boolean", int: "number", float: "number"}.get(
-        type(value), type(value).__name__
-    )
-
-
 def _required(obj: dict, key: str, field: str | None = None) -> Any:
     field = field or key
     if key not in obj:
@@ -123,7 +132,7 @@ def _required(obj: dict, key: str, field: str | None = None) -> Any:
 
 def _string(value: Any, field: str) -> str:
     if not isinstance(value, str):
-        raise RowError(field, f"expected a string, got {_type_name(value)}")
+        raise RowError(field, f"expected a string, got {type_name(value)}")
     return value
 
 
@@ -132,23 +141,43 @@ def _optional_string(obj: dict, key: str) -> str | None:
     return None if value is None else _string(value, key)
 
 
+def _text(value: Any, field: str) -> str:
+    """A string that is message text: an image/video/audio placeholder in it is refused."""
+    text = _string(value, field)
+    tag = next((t for t in MEDIA_TAGS if t in text), None)
+    if tag is not None:
+        raise RowError(
+            field,
+            f"holds a {tag} placeholder: a multimodal row (its {tag[1:-1]} would be lost); TuneDesk "
+            "trains text-only models, so such rows are refused",
+        )
+    return text
+
+
 def _content(value: Any, field: str) -> str:
-    """A message content: a string, or OpenAI's list of ``{"type": "text", "text": ...}`` parts."""
+    """A message content: a string, or a list of text parts (``{"type": "text", "text"|"value":
+    str}``, OpenAI's and LLaMA-Factory's); a media part is refused naming its type."""
     if isinstance(value, list):
         parts = []
         for i, part in enumerate(value):
-            if not (
-                isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str)
-            ):
-                raise RowError(f"{field}[{i}]", "only text content parts are supported")
-            parts.append(part["text"])
+            kind = part.get("type") if isinstance(part, dict) else None
+            if kind in MEDIA_PARTS:
+                raise RowError(
+                    f"{field}[{i}]",
+                    f"multimodal content (a {kind!r} part); TuneDesk trains text-only models, so such "
+                    "rows are refused",
+                )
+            text = part.get("text", part.get("value")) if isinstance(part, dict) else None
+            if kind not in (None, "text") or not isinstance(text, str):
+                raise RowError(f"{field}[{i}]", 'expected a text part {"type": "text", "text": ...}')
+            parts.append(_text(text, f"{field}[{i}].text"))
         return "".join(parts)
-    return _string(value, field)
+    return _text(value, field)
 
 
 def _message(item: Any, field: str) -> Message:
     if not isinstance(item, dict):
-        raise RowError(field, f"expected an object with role and content, got {_type_name(item)}")
+        raise RowError(field, f"expected an object with role and content, got {type_name(item)}")
     if "role" in item or "content" in item:
         role_key, content_key = "role", "content"
     elif "from" in item or "value" in item:
@@ -159,41 +188,68 @@ def _message(item: Any, field: str) -> Message:
     if role not in ROLES:
         known = ", ".join(sorted(ROLES))
         raise RowError(f"{field}.{role_key}", f"unknown role {role!r} (known: {known})")
-    content = _content(_required(item, content_key, f"{field}.{content_key}"), f"{field}.{content_key}")
-    return {
-        "role": ROLES[role],
-        "content": content,
-        "_field": f"{field}.{content_key}",
-        "_rfield": f"{field}.{role_key}",
-    }
+    out: Message = {"role": ROLES[role], "_field": f"{field}.{content_key}", "_rfield": f"{field}.{role_key}"}
+    if role == "function_call":  # ShareGPT: the value is the call's JSON
+        value = _required(item, content_key, f"{field}.{content_key}")
+        out["tool_calls"] = tool_calls(value, f"{field}.{content_key}")
+        out["content"] = ""
+        return out
+    calls = item.get("tool_calls") if out["role"] == "assistant" else None
+    if calls:
+        out["tool_calls"] = tool_calls(calls, f"{field}.tool_calls")
+        value = item.get(content_key)
+        out["content"] = "" if value is None else _content(value, f"{field}.{content_key}")
+        return out
+    out["content"] = _content(
+        _required(item, content_key, f"{field}.{content_key}"), f"{field}.{content_key}"
+    )
+    if out["role"] == "tool":
+        for key in ("name", "tool_call_id"):
+            if isinstance(item.get(key), str):
+                out[key] = item[key]
+    return out
+
+
+_NEXT = {"user": "assistant", "assistant": "user", "tool": "tool or assistant"}
 
 
 def _conversation(value: Any, field: str, *, ends_with: str) -> list[Message]:
-    """Validate a chat list; ``ends_with`` is 'assistant' (training rows) or 'user' (prompts)."""
+    """Validate a chat list; ``ends_with`` is 'assistant' (training rows) or 'user' (prompts).
+
+    Turns alternate user / assistant, starting with user; an assistant turn that calls tools is
+    followed by one or more tool turns (the results), then an assistant turn."""
     if not isinstance(value, list):
-        raise RowError(field, f"expected a list of messages, got {_type_name(value)}")
+        raise RowError(field, f"expected a list of messages, got {type_name(value)}")
     if not value:
         raise RowError(field, "empty conversation")
     messages = [_message(item, f"{field}[{i}]") for i, item in enumerate(value)]
-    expected = "user"
+    expected = ("user",)
     for i, m in enumerate(messages):
-        if m["role"] == "system":
+        role = m["role"]
+        if role == "system":
             if i != 0:
                 raise RowError(m["_rfield"], "a system message is only allowed first")
             continue
-        if m["role"] != expected:
+        if role not in expected:
+            want = " or ".join(repr(e) for e in expected)
             raise RowError(
                 m["_rfield"],
-                f"roles must alternate user/assistant starting with user: expected {expected!r}, got {m['role']!r}",
+                "roles must alternate user/assistant starting with user (tool results after an "
+                f"assistant's tool calls): expected {want}, got {role!r}",
             )
-        if not m["content"].strip():
-            raise RowError(m["_field"], "empty answer" if m["role"] == "assistant" else "empty message")
-        expected = "assistant" if expected == "user" else "user"
+        if role != "tool" and not m["content"].strip() and not m.get("tool_calls"):
+            raise RowError(m["_field"], "empty answer" if role == "assistant" else "empty message")
+        if role == "user":
+            expected = ("assistant",)
+        elif role == "assistant":
+            expected = ("tool",) if m.get("tool_calls") else ("user",)
+        else:
+            expected = ("tool", "assistant")
     last = messages[-1]
-    if last["role"] != ends_with:
+    if last["role"] != ends_with and not (ends_with == "user" and last["role"] == "tool"):
         what = "an assistant turn" if ends_with == "assistant" else "a user turn (the prompt)"
         raise RowError(last["_rfield"], f"the conversation must end with {what}, got {last['role']!r}")
-    return [{"role": m["role"], "content": m["content"]} for m in messages]
+    return [{k: v for k, v in m.items() if not k.startswith("_")} for m in messages]
 
 
 def _with_system(messages: list[Message], system_prompt: str | None) -> list[Message]:
@@ -217,16 +273,17 @@ def _answer(obj: dict, key: str) -> str:
             raise RowError(m["_rfield"], f"the answer must be an assistant message, got {m['role']!r}")
         text, field = m["content"], m["_field"]
     else:
-        text = _string(value, field)
+        text = _text(value, field)
     if not text.strip():
         raise RowError(field, "empty answer")
     return text
 
 
 def _alpaca(obj: dict) -> list[Message]:
-    instruction = _string(_required(obj, "instruction"), "instruction")
+    instruction = _text(_required(obj, "instruction"), "instruction")
     extra = _optional_string(obj, "input") or ""
-    output = _string(_required(obj, "output"), "output")
+    _text(extra, "input")
+    output = _text(_required(obj, "output"), "output")
     if not output.strip():
         raise RowError("output", "empty answer")
     user = f"{instruction}\n{extra}" if extra.strip() else instruction
@@ -239,14 +296,12 @@ def _alpaca(obj: dict) -> list[Message]:
     history = obj.get("history")
     if history is not None:
         if not isinstance(history, list):
-            raise RowError(
-                "history", f"expected a list of [user, assistant] pairs, got {_type_name(history)}"
-            )
+            raise RowError("history", f"expected a list of [user, assistant] pairs, got {type_name(history)}")
         for i, pair in enumerate(history):
             if not (isinstance(pair, list | tuple) and len(pair) == 2):
                 raise RowError(f"history[{i}]", "expected a [user, assistant] pair")
-            q = _string(pair[0], f"history[{i}][0]")
-            a = _string(pair[1], f"history[{i}][1]")
+            q = _text(pair[0], f"history[{i}][0]")
+            a = _text(pair[1], f"history[{i}][1]")
             if not a.strip():
                 raise RowError(f"history[{i}][1]", "empty answer")
             messages += [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
@@ -258,7 +313,7 @@ def _prompt_completion(obj: dict) -> list[Message]:
     if isinstance(prompt, list):
         messages = _conversation(prompt, "prompt", ends_with="user")
     else:
-        text = _string(prompt, "prompt")
+        text = _text(prompt, "prompt")
         if not text.strip():
             raise RowError("prompt", "empty prompt")
         messages = [{"role": "user", "content": text}]
@@ -273,7 +328,7 @@ def _preference(obj: dict, system_prompt: str | None) -> Preference:
         if isinstance(value, list):
             prompt = _conversation(value, "prompt", ends_with="user")
         else:
-            text = _string(value, "prompt")
+            text = _text(value, "prompt")
             if not text.strip():
                 raise RowError("prompt", "empty prompt")
             prompt = [{"role": "user", "content": text}]
@@ -281,9 +336,10 @@ def _preference(obj: dict, system_prompt: str | None) -> Preference:
 
 
 def _feedback(obj: dict, system_prompt: str | None) -> Feedback:
-    label = _required(obj, "label")
+    key = "label" if "label" in obj or "kto_tag" not in obj else "kto_tag"
+    label = _required(obj, key)
     if not isinstance(label, bool):
-        raise RowError("label", f"expected true or false, got {_type_name(label)}")
+        raise RowError(key, f"expected true or false, got {type_name(label)}")
     if "messages" in obj:
         messages = _conversation(_required(obj, "messages"), "messages", ends_with="assistant")
     elif "conversations" in obj:
@@ -292,6 +348,29 @@ def _feedback(obj: dict, system_prompt: str | None) -> Feedback:
         messages = _prompt_completion(obj)
     messages = _with_system(messages, system_prompt)
     return Feedback(messages[:-1], messages[-1]["content"], label)
+
+
+def _media(obj: dict) -> None:
+    """Refuse a multimodal row, naming its media column."""
+    for column in MEDIA_COLUMNS:
+        if obj.get(column) not in (None, "", [], {}):
+            raise RowError(
+                column,
+                f"multimodal row: the {column!r} column holds media; TuneDesk trains text-only models, "
+                f"so the {column} would be lost. Use a text-only dataset (or remove the {column!r} "
+                "column and the <image>/<video>/<audio> placeholders from the text)",
+            )
+
+
+def _chat(obj: dict, key: str, system_prompt: str | None) -> list[Message]:
+    """A ``messages`` / ``conversations`` row, with its ``tools`` (as ``Conversation.tools``)."""
+    messages = _with_system(_conversation(_required(obj, key), key, ends_with="assistant"), system_prompt)
+    tools = normalise_tools(obj.get("tools"))
+    if tools is None:
+        return messages
+    out = Conversation(messages)
+    out.tools = tools
+    return out
 
 
 def parse_row(
@@ -305,9 +384,10 @@ def parse_row(
     system message. Raises RowError(field, reason) for an invalid row.
     """
     if not isinstance(obj, dict):
-        raise RowError("(row)", f"expected a JSON object, got {_type_name(obj)}")
+        raise RowError("(row)", f"expected a JSON object, got {type_name(obj)}")
+    _media(obj)
     if fmt == "text":
-        text = _string(_required(obj, "text"), "text")
+        text = _text(_required(obj, "text"), "text")
         if not text.strip():
             raise RowError("text", "empty text")
         return text
@@ -316,19 +396,12 @@ def parse_row(
     if fmt == "feedback":
         return _feedback(obj, system_prompt)
     if fmt == "messages":
-        messages = _conversation(_required(obj, "messages"), "messages", ends_with="assistant")
-        tools = obj.get("tools")
-        if tools is not None:
-            if not isinstance(tools, list) or not all(isinstance(t, dict) for t in tools):
-                raise RowError(
-                    "tools", f"expected a list of tool definitions (objects), got {_type_name(tools)}"
-                )
-            messages = Conversation(_with_system(messages, system_prompt))
-            messages.tools = tools
-            return messages
-    elif fmt == "sharegpt":
-        messages = _conversation(_required(obj, "conversations"), "conversations", ends_with="assistant")
-    elif fmt == "alpaca":
+        return _chat(obj, "messages", system_prompt)
+    if fmt == "sharegpt":
+        if isinstance(obj.get("system"), str) and obj["system"].strip():  # LLaMA-Factory's column
+            system_prompt = obj["system"]
+        return _chat(obj, "conversations", system_prompt)
+    if fmt == "alpaca":
         messages = _alpaca(obj)
     elif fmt == "prompt_completion":
         messages = _prompt_completion(obj)

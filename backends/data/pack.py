@@ -67,16 +67,40 @@ def pack_documents(documents: list[Example], max_seq_length: int) -> tuple[list[
     return out, stats
 
 
-def pack_examples(examples: list | None, report: DataReport, max_seq_length: int, what: str) -> list | None:
+def packed_counts(tokens: int, max_seq_length: int) -> tuple[int, int]:
+    """(sequences, tokens kept) when ``tokens`` joined tokens are cut as ``pack_documents`` cuts
+    them (full sequences of ``max_seq_length``, a final one-token piece dropped), from the count
+    alone: for a notice about a file whose documents are not all kept in memory."""
+    last = tokens % max_seq_length
+    return tokens // max_seq_length + (1 if last >= 2 else 0), tokens - (1 if last == 1 else 0)
+
+
+def pack_examples(
+    examples: list | None, report: DataReport, max_seq_length: int, what: str, *, counts_only: bool = False
+) -> list | None:
     """``examples`` packed when they are plain-text documents (``report.packed_text``): joined and
     cut into full sequences of ``max_seq_length`` (``backends.data.pack``), with a notice naming
-    ``what`` ('training', 'validation'); other examples unchanged."""
-    if not examples or not report.packed_text:
+    ``what`` ('training', 'validation'); other examples unchanged. ``counts_only`` (``data check``,
+    which keeps only the first document): the notice alone, from ``report.rows_kept`` and
+    ``report.packed_tokens``, and ``examples`` returned as they are."""
+    if not report.packed_text or not (examples or (counts_only and report.rows_kept)):
         return examples
-    packed, stats = pack_documents(examples, max_seq_length)
+    if counts_only:
+        documents, tokens_in = report.rows_kept, report.packed_tokens
+        sequences, tokens_out = packed_counts(tokens_in, max_seq_length)
+        packed = examples
+    else:
+        packed, stats = pack_documents(examples or [], max_seq_length)
+        documents, tokens_in, sequences, tokens_out = (
+            stats.documents,
+            stats.tokens_in,
+            stats.sequences,
+            stats.tokens_out,
+        )
+    kept = tokens_out / tokens_in if tokens_in else 1.0
     report.notices.append(
-        f"{what} text packed: {stats.documents} documents ({stats.tokens_in:,} tokens) joined with EOS "
-        f"into {stats.sequences} sequences of up to {max_seq_length} tokens, {100 * stats.kept:.1f}% of "
+        f"{what} text packed: {documents} documents ({tokens_in:,} tokens) joined with EOS "
+        f"into {sequences} sequences of up to {max_seq_length} tokens, {100 * kept:.1f}% of "
         "the tokens kept (data.pack_text)"
     )
     return packed

@@ -19,24 +19,17 @@ from typing import Any
 import numpy as np
 
 from backends import paths
-from backends.data.encode import Encoder, encode_rows
-from backends.data.folder.skeleton import UNFILLED_REASON, is_unfilled
-from backends.data.formats import (
-    CHAT_FORMATS,
-    FORMATS,
-    Feedback,
-    Preference,
-    RowError,
-    detect_row_format,
-    parse_row,
-)
+from backends.data.columns import report_mapping
+from backends.data.encode import CHUNK_ROWS, Encoder
 from backends.data.pack import pack_examples
-from backends.data.readers import read_file
+from backends.data.progress import DataProgress, as_progress
 from backends.data.render import RenderSpec
 from backends.data.replay import mix_replay, replay_source
+from backends.data.rowstream import RowList, open_rows, read_rows, row_error
 from backends.data.run_prompt import spec_from_config
+from backends.data.tally import Tally, encode_chunk
 from backends.data.templates import CHATML_TEMPLATE, model_template, resolve_chat_template
-from backends.data.types import DataReport, PreparedData, Problem, PromptExample
+from backends.data.types import DataReport, PreparedData
 from backends.errors import UserInputError
 
 Progress = Callable[[str], None]
@@ -44,90 +37,7 @@ Progress = Callable[[str], None]
 # The built-in sample data (written by the demo/trainer part): `messages` rows.
 SAMPLE_DATA = Path("demo") / "support_train.jsonl"
 
-_FORMAT_FIELDS = (
-    "messages (`messages`), sharegpt (`conversations`), alpaca (`instruction`/`output`), "
-    "prompt_completion (`prompt`/`completion`), text (`text`), preference (`prompt` or "
-    "`conversations` with `chosen`/`rejected`), feedback (`prompt`/`completion` or `messages` with "
-    "`label` true/false)"
-)
-
-
-class RowList(list):
-    """Rows of one file as (number, object) pairs; ``unit`` is 'line' (JSONL: numbers are line
-    numbers) or 'row' (1-based rows of a JSON array, CSV or Parquet file)."""
-
-    unit: str = "row"
-
-
-def row_error(
-    file: str | Path, unit: str, row: int, field: str, reason: str, hint: str | None = None
-) -> UserInputError:
-    """A UserInputError for one row: ``FILE:LINE: FIELD: REASON`` for JSONL, ``FILE: row N: FIELD:
-    REASON`` otherwise. The error carries ``.file``, ``.line`` (JSONL), ``.row`` and ``.field``."""
-    err = UserInputError(reason, file=file, line=row if unit == "line" else None, field=field, hint=hint)
-    err.row = row  # type: ignore[attr-defined]
-    if unit != "line":
-        err.args = (f"{file}: row {row}: {field}: {reason}" + (f" ({hint})" if hint else ""),)
-    return err
-
-
-def _where(unit: str, row: int) -> str:
-    return f"line {row}" if unit == "line" else f"row {row}"
-
-
-def read_rows(path: str | Path, format: str = "auto") -> tuple[str, RowList]:
-    """Read a data file and detect its format.
-
-    ``format``: 'auto' (detect from the rows' fields) or one of ``FORMATS`` (taken as given).
-    Returns (format, rows): rows are (number, object) pairs (see ``RowList``).
-    Raises UserInputError when the file cannot be read, has no rows, no row matches a known format,
-    or (auto) rows of different formats are mixed: the error names the first row that differs.
-    """
-    path = Path(path)
-    if format != "auto" and format not in FORMATS:
-        raise UserInputError(
-            f"unknown format {format!r}; use auto or one of {', '.join(FORMATS)}", field="data.format"
-        )
-    kind, raw = read_file(path)
-    rows = RowList(raw)
-    rows.unit = "line" if kind == "jsonl" else "row"
-    if not rows:
-        raise UserInputError("the file has no rows", file=path)
-    if format != "auto":
-        return format, rows
-    detected: str | None = None
-    first = 0
-    for number, obj in rows:
-        fmt = detect_row_format(obj)
-        if fmt is None:
-            continue
-        if detected is None:
-            detected, first = fmt, number
-        elif fmt != detected:
-            raise row_error(
-                path,
-                rows.unit,
-                number,
-                ",".join(sorted(obj)),
-                f"mixed formats: this row is {fmt!r} but {_where(rows.unit, first)} is {detected!r}; "
-                "use one format per file",
-            )
-    if detected is None:
-        number, obj = rows[0]
-        fields = ", ".join(sorted(obj)) if isinstance(obj, dict) else type(obj).__name__
-        raise row_error(
-            path,
-            rows.unit,
-            number,
-            "(row)",
-            f"cannot tell the format: no row has the fields of a known format; this one has: {fields}",
-            hint=f"known formats: {_FORMAT_FIELDS}",
-        )
-    return detected, rows
-
-
-def _kind(fmt: str) -> str:
-    return "chat" if fmt in CHAT_FORMATS else fmt
+__all__ = ["RowList", "analyze_file", "prepare_data", "read_rows", "row_error"]  # re-exported names too
 
 
 # Which training methods each format suits (``data check`` shows it; ``_check_method`` enforces it).
@@ -189,174 +99,85 @@ def analyze_file(
     system_prompt: str | None = None,
     literal_special_tokens: str = "text",
     pack_text: bool = True,
-    progress: Progress | None = None,
+    progress: DataProgress | Progress | None = None,
+    columns: Any = None,
+    keep_examples: bool = True,
 ) -> tuple[list, DataReport, str | None, str]:
-    """Read, validate and (with a tokenizer) tokenise one file, without raising for zero rows.
+    """Read, validate and (with a tokenizer) tokenise one file as a stream, without raising for
+    zero rows.
 
     Returns (examples, report, template, method): ``examples`` are ``Example`` (sft) or
-    ``PreferenceExample`` (dpo) in file order (empty without a tokenizer); ``template`` is the
-    chat template used (None without a tokenizer, or for text data on a model without one);
-    ``method`` is the given one or, for None/'auto', 'dpo' for preference data else 'sft'.
+    ``PreferenceExample`` (dpo) in file order (empty without a tokenizer; with ``keep_examples``
+    False only the first, so memory stays bounded for ``data check`` on a file of several GB);
+    ``template`` is the chat template used (None without a tokenizer, or for text data on a model
+    without one); ``method`` is the given one or, for None/'auto', the format's default.
+    ``columns``: the column mapping ``{role: source column}`` (``backends.data.columns``);
+    ``report.columns`` / ``report.preview`` give the applied mapping and the first rows.
     Raises UserInputError for an unreadable or mixed-format file, a format/method mismatch, a
-    missing chat template, or (``strict``) the first dropped row (invalid, too long for
-    ``max_seq_length``, or one the template cannot render), naming file and line.
+    missing chat template, or (``strict``) the first dropped row (malformed line, invalid, too long
+    for ``max_seq_length``, or one the template cannot render), naming file and line.
     ``pack_text``: plain text (format 'text', method 'sft') is returned as whole documents, not
     cut, with ``report.packed_text`` set: ``pack_examples`` joins and cuts them.
     ``report.literal_specials`` lists the rows whose text spells a special token (e.g. a literal
     ``<|im_end|>``), which ``literal_special_tokens`` ('text' or 'control') decides how to tokenise.
     """
     path = Path(path)
-    if progress:
-        progress(f"reading {path}")
-    fmt, rows = read_rows(path, format)
+    if strict and tokenizer is not None:  # an invalid row stops the check before any tokenising
+        analyze_file(path, None, format=format, method=method, strict=True, columns=columns)
+    progress = as_progress(progress)
+    progress.message(f"reading {path}")
+    stream = open_rows(path, format, columns)
+    fmt, unit, source = stream.format, stream.unit, stream.source
     method = _check_method(path, fmt, method)
-    report = DataReport(file=str(path), format=fmt, rows_read=len(rows))
-    valid: list[tuple[int, Any]] = []
-    same: list[int] = []
-    unfilled: list[int] = []
-    for number, obj in rows:
-        if fmt == "prompt_completion" and is_unfilled(obj):
-            report.problems.append(Problem(str(path), number, "completion", UNFILLED_REASON, rows.unit))
-            unfilled.append(number)
-            continue
-        try:
-            parsed = parse_row(fmt, obj)  # the renderer adds the system prompt
-        except RowError as err:
-            report.problems.append(Problem(str(path), number, err.field, err.reason, rows.unit))
-            continue
-        if isinstance(parsed, Preference) and parsed.chosen.strip() == parsed.rejected.strip():
-            # No preference signal: the DPO loss of such a pair is ln 2 with zero gradient.
-            reason = "identical to chosen: the pair carries no preference; dropped"
-            report.problems.append(Problem(str(path), number, "rejected", reason, rows.unit))
-            same.append(number)
-            continue
-        valid.append((number, parsed))
-    if strict and report.problems:
-        p = report.problems[0]
-        more = len(report.problems) - 1
-        raise row_error(
-            path,
-            rows.unit,
-            p.row,
-            p.field,
-            p.reason + (f"; and {more} more invalid row(s)" if more else ""),
-            hint="strict mode: fix the rows or turn off data.strict to drop them",
-        )
-    if unfilled:
-        report.notices.append(
-            f"{len(unfilled)} unfilled question-and-answer row(s) (from `data from-folder --mode qa`) "
-            f"dropped until prompt and completion are written (first: {_where(rows.unit, unfilled[0])})"
-        )
-    if len(report.problems) > len(unfilled):
-        report.notices.append(f"{len(report.problems) - len(unfilled)} invalid row(s) dropped")
-    if same:
-        listed = ", ".join(str(r) for r in same[:10]) + (", ..." if len(same) > 10 else "")
-        report.notices.append(
-            f"{len(same)} pair(s) with identical chosen and rejected answers dropped: no preference "
-            f"to learn ({rows.unit}s {listed})"
-        )
-    if tokenizer is None or not valid:
-        report.rows_kept = len(valid)
-        return [], report, None, method
-
-    template = template_for(tokenizer, chat_template, fmt)
-    spec = RenderSpec(
-        template,
-        template_choice=chat_template,
-        system_prompt=system_prompt or None,
-        special_tokens=literal_special_tokens,
-    )
+    report = DataReport(file=str(path), format=fmt)
+    report.columns = report_mapping(fmt, stream.columns, stream.preview["columns"])
+    report.preview = stream.preview
+    template = encoder = None
     packing = pack_text and fmt == "text" and method == "sft"
-    limit = sys.maxsize if packing else max_seq_length  # packed documents are cut after joining
-    encoder = Encoder(tokenizer, spec, train_on=train_on, max_seq_length=limit)
-    _find_literal_specials(encoder, valid, report, rows.unit, literal_special_tokens)
-    kind = _kind(fmt)
-    if method == "grpo":  # the prompt and its reference answer, tokenised as a rated answer
-        valid, kind = [(n, Feedback(m[:-1], m[-1]["content"], True)) for n, m in valid], "feedback"
-    results = encode_rows(encoder, kind, valid, progress)
-    if method == "grpo":
-        for r in results:
-            if r.example is not None:
-                r.example = PromptExample(r.example.prompt_ids, r.example.completion_ids, r.row)
-    dropped = next((r for r in results if r.example is None and r.error is not None), None)
-    if strict and dropped is not None:
-        more = sum(1 for r in results if r.example is None) - 1
-        raise row_error(
-            path,
-            rows.unit,
-            dropped.row,
-            dropped.error.field,
-            dropped.error.reason + (f"; and {more} more dropped row(s)" if more else ""),
-            hint="strict mode: fix the rows (or raise training.max_seq_length), or turn off data.strict to drop them",
+    if tokenizer is not None:
+        template = template_for(tokenizer, chat_template, fmt)
+        spec = RenderSpec(
+            template,
+            template_choice=chat_template,
+            system_prompt=system_prompt or None,
+            special_tokens=literal_special_tokens,
         )
-    examples = []
-    cut: list[int] = []
-    too_long: list[int] = []
-    for r in results:
-        if r.length is not None:
-            report.lengths.append(r.length)
-        if r.example is not None:
-            examples.append(r.example)
-            if r.length is not None and r.length > max_seq_length:
-                cut.append(r.row)
+        limit = sys.maxsize if packing else max_seq_length  # packed documents are cut after joining
+        encoder = Encoder(tokenizer, spec, train_on=train_on, max_seq_length=limit)
+    state = Tally(path, unit, source, stream.columns, strict)
+    state.pack_to = max_seq_length if packing else None
+    examples: list = []
+    pending: list[tuple[int, Any]] = []
+
+    def flush() -> None:
+        if encoder is not None and pending and not (strict and (state.invalid or state.same)):
+            encode_chunk(encoder, fmt, method, pending, report, state, examples, keep_examples)
         else:
-            assert r.error is not None
-            report.problems.append(Problem(str(path), r.row, r.error.field, r.error.reason, rows.unit))
-            if r.error.field == "(length)":
-                too_long.append(r.row)
-    report.problems.sort(key=lambda p: p.row)
-    report.rows_kept = len(examples)
-    if too_long:
-        listed = ", ".join(str(r) for r in too_long[:10]) + (", ..." if len(too_long) > 10 else "")
-        report.notices.append(
-            f"{len(too_long)} row(s) dropped: no trained token fits within max_seq_length {max_seq_length} "
-            f"({rows.unit}s {listed}; each is listed under problems)"
-        )
-    if packing:
-        report.packed_text, cut = True, []
+            state.valid += len(pending)
+        pending.clear()
+
+    for number, obj in stream.rows():
+        report.rows_read += 1
+        parsed = state.parse(fmt, number, obj, report)
+        if parsed is not None:
+            pending.append((number, parsed))
+            if len(pending) >= CHUNK_ROWS:
+                flush()
+        progress.reading(path.name, source.done, source.total, source.measure, report.rows_read)
+    flush()
+    progress.reading(path.name, source.done, source.total, source.measure, report.rows_read, final=True)
+    if report.rows_read == 0:
+        raise UserInputError("the file has no rows", file=path)
+    state.finish(report, encoder, max_seq_length, literal_special_tokens)
+    report.rows_kept = state.kept if encoder is not None else state.valid
+    if encoder is None:
+        return [], report, None, method
+    if packing:  # whole documents, uncut (no "cut" notice): pack_examples joins and cuts them
+        report.packed_text, report.packed_tokens = True, state.pack_tokens
         for e in examples:  # in the joined stream a document's first token is a target, BOS aside
             if not encoder.adds_bos:
                 e.labels[0] = e.input_ids[0]
-    if cut:
-        report.notices.append(
-            f"{len(cut)} row(s) longer than max_seq_length {max_seq_length} were cut from the right "
-            f"(first: {_where(rows.unit, cut[0])})"
-        )
-    if encoder.turns_without_stop:
-        report.notices.append(
-            f"{encoder.turns_without_stop} assistant turn(s) end with no special token in this chat "
-            "template, so the model may not learn where to stop"
-        )
     return examples, report, template, method
-
-
-def _find_literal_specials(
-    encoder: Encoder, valid: list[tuple[int, Any]], report: DataReport, unit: str, policy: str
-) -> None:
-    """Record rows whose message text spells a special token, with a notice naming the first."""
-    for number, parsed in valid:
-        if isinstance(parsed, Preference):
-            messages = [*parsed.prompt, {"role": "assistant", "content": parsed.chosen}]
-            messages.append({"role": "assistant", "content": parsed.rejected})
-        elif isinstance(parsed, list):
-            messages = parsed
-        else:
-            continue
-        found = encoder.literal_specials(messages)
-        if found:
-            report.literal_specials.append((number, sorted(set(found))))
-    if report.literal_specials:
-        number, found = report.literal_specials[0]
-        how = (
-            "trained as plain text, never as control tokens (data.literal_special_tokens: control to "
-            "train them as the control tokens)"
-            if policy == "text"
-            else "trained as the control tokens (data.literal_special_tokens: control)"
-        )
-        report.notices.append(
-            f"{len(report.literal_specials)} row(s) contain special-token strings in their text "
-            f"(first: {_where(unit, number)}: {', '.join(found)}): {how}"
-        )
 
 
 def no_rows_error(report: DataReport, unit: str | None = None) -> UserInputError:
@@ -447,6 +268,7 @@ def prepare_data(config: Any, tokenizer: Any, *, progress: Progress | None = Non
         literal_special_tokens=data.literal_special_tokens,
         pack_text=data.pack_text,
         progress=progress,
+        columns=data.columns,
     )
     train, report, template, method = analyze_file(path, tokenizer, **options)
     if not train:
@@ -468,7 +290,9 @@ def prepare_data(config: Any, tokenizer: Any, *, progress: Progress | None = Non
     validation = pack_examples(validation, val_report or report, length, "validation")
     if data.replay and method == "sft":
         source = replay_source(data.replay_file)
-        general, replay_report, _, _ = analyze_file(source, tokenizer, **{**options, "format": "auto"})
+        general, replay_report, _, _ = analyze_file(
+            source, tokenizer, **{**options, "format": "auto", "columns": None}
+        )
         if not general:
             raise no_rows_error(replay_report)
         general = pack_examples(general, replay_report, length, "replay")

@@ -62,6 +62,7 @@ from backends.data.templates import (
     load_tokenizer,
     render,
 )
+from backends.data.toolcalls import call_names, tool_names
 from backends.data.types import IGNORE_INDEX
 
 __all__ = ["PromptRenderer", "RenderSpec", "RenderedPrompt", "load_tokenizer", "with_system_prompt"]
@@ -315,6 +316,13 @@ class PromptRenderer:
         if add_generation_prompt:
             messages = [*messages, {"role": "assistant", "content": _ANSWER_SLOT}]
         full = self._render(messages, False, tools)
+        names = tool_names(tools)
+        if names and not add_generation_prompt and not any(n in full for n in names):
+            raise RowError(
+                "tools",
+                "the chat template has no tools section (none of the row's tools appears in the "
+                "rendered text): train tool-calling data on a model whose template lists tools",
+            )
         spans: list[tuple[int, int]] = []
         cursor = 0
         last = len(messages) - 1
@@ -322,7 +330,17 @@ class PromptRenderer:
             if m["role"] != "assistant":
                 continue
             through = None if i == last else messages[: i + 1]
-            start, end = self._turn_span(full, messages[:i], through, m["content"], cursor, tools)
+            names = call_names(m)
+            anchor = m["content"] or (names[0] if names else "")
+            start, end = self._turn_span(full, messages[:i], through, anchor, cursor, tools)
+            missing = [n for n in names if n not in full[start:end]]
+            if missing:
+                raise RowError(
+                    "(row)",
+                    f"the chat template does not render tool calls (the assistant's call to "
+                    f"{missing[0]!r} is missing from its turn): this model's template has no "
+                    "tool-call format; train tool-calling data on a model whose template has one",
+                )
             spans.append((start, end))
             cursor = end
         if not spans:

@@ -128,8 +128,11 @@ class DataReport:
 
     ``problems``: every dropped row (invalid rows and rows whose trained tokens were all cut by
     ``max_seq_length``), in file order. ``lengths``: token length of every row that passed
-    validation, before truncation (for DPO: prompt plus the longer answer). ``packed_text``: the
-    examples are whole plain-text documents, left uncut for ``pipeline.pack_examples``.
+    validation, before truncation (for DPO: prompt plus the longer answer). ``columns``: the column
+    mapping applied, ``{role: source column}``; ``preview``: the first rows as read,
+    ``{"columns": [...], "rows": [[cell, ...], ...]}`` (``backends.data.columns.preview``).
+    ``packed_text``: the examples are whole plain-text documents, left uncut for
+    ``pack.pack_examples``; ``packed_tokens``: then the kept documents' tokens (BOS/EOS included).
     """
 
     file: str
@@ -140,7 +143,10 @@ class DataReport:
     notices: list[str] = field(default_factory=list)
     lengths: list[int] = field(default_factory=list)
     literal_specials: list[tuple[int, list[str]]] = field(default_factory=list)  # (row, strings)
+    columns: dict[str, str] = field(default_factory=dict)
+    preview: dict[str, Any] = field(default_factory=lambda: {"columns": [], "rows": []})
     packed_text: bool = False
+    packed_tokens: int = 0
 
     @property
     def rows_dropped(self) -> int:

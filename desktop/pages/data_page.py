@@ -6,6 +6,7 @@ rendered with the model's chat template, the trained (loss-carrying) text highli
 from __future__ import annotations
 
 import html
+import json
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,21 @@ from desktop.state import AppState, sample_data_path
 from desktop.worker import JsonCommand
 
 DATA_FILTER = "Datasets (*.jsonl *.json *.csv *.parquet);;All files (*)"
+
+
+def progress_text(line: str) -> str:
+    """A ``data check`` stderr line in words: a ``data_progress`` event (JSON) as "Reading… 45%
+    (12,345 rows)", anything else as it is."""
+    line = line.strip()
+    try:
+        event = json.loads(line) if line.startswith("{") else None
+    except json.JSONDecodeError:
+        event = None
+    if not isinstance(event, dict) or event.get("event") != "data_progress":
+        return line
+    done, total = event.get("done") or 0, event.get("total") or 0
+    share = f"{100 * done / total:.0f}%" if total else ""
+    return f"Reading… {share} ({int(event.get('rows') or 0):,} rows)"
 
 
 def _int(value: Any) -> str:
@@ -295,7 +311,7 @@ class DataPage(QWidget):
         self._check = JsonCommand(args, self)
         self._check.done.connect(self._on_checked)
         self._check.log_line.connect(
-            lambda line: line.strip() and self.summary.setText(html.escape(line.strip()))
+            lambda line: line.strip() and self.summary.setText(html.escape(progress_text(line)))
         )
         self.progress.setVisible(True)
         self.summary.setText(f"Checking {html.escape(Path(path).name)}…")

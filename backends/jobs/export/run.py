@@ -11,11 +11,16 @@ Events (``--json``, one JSON line each on stdout; ``backends.events``):
 ``quantize``, ``load``, ``fuse``, ``register``; then ``export_finished`` {path (the output folder),
 format, quant, bytes (on disk), file (the main file: the GGUF, the Modelfile, or the folder),
 ollama_name (the Ollama model name for ``ollama create``: ``--register`` or the run's name)}.
+A failure or a stop ends the stream with ``export_failed`` {kind (``input``: bad input, exit 1;
+``stopped``: Ctrl-C or SIGTERM, exit 130; else a ``run_failed`` kind: ``model``, ``disk``, ``oom``,
+``crash``, exit 3), message, hint, exit_code}, so a ``--json`` reader always sees an end event; the
+message also goes to stderr as without ``--json``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import shutil
 import signal
 import sys
@@ -23,7 +28,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from backends.errors import EXIT_OK
+from backends.errors import (
+    EXIT_OK,
+    EXIT_RUN_FAILED,
+    EXIT_STOPPED,
+    RunFailed,
+    RunStopped,
+    TuneDeskError,
+    UserInputError,
+)
 from backends.jobs.export.howto import ollama_name, run_commands
 from backends.jobs.export.source import ExportPlan, plan_export
 
@@ -132,6 +145,25 @@ def _human_progress(stage: str, done: int, total: int) -> None:
         print(f"{stage}: {done}/{total}", file=sys.stderr, flush=True)
 
 
+def failure_fields(exc: BaseException) -> dict[str, Any]:
+    """The ``export_failed`` fields for an exception that ends an export: kind, message, hint and
+    the exit code the CLI returns for it (``backends.cli.main``'s mapping)."""
+    if isinstance(exc, KeyboardInterrupt | RunStopped):
+        return {"kind": "stopped", "message": "stopped", "hint": "", "exit_code": EXIT_STOPPED}
+    if isinstance(exc, UserInputError):
+        hint = exc.hint or ""
+        text = str(exc).removesuffix(f" ({hint})") if hint else str(exc)
+        return {"kind": "input", "message": text, "hint": hint, "exit_code": exc.exit_code}
+    if isinstance(exc, RunFailed):
+        return {"kind": exc.kind, "message": exc.message, "hint": exc.hint, "exit_code": exc.exit_code}
+    from backends.training.oom import is_out_of_memory
+
+    kind = "oom" if is_out_of_memory(exc) else "crash"
+    code = exc.exit_code if isinstance(exc, TuneDeskError) else EXIT_RUN_FAILED
+    text = str(exc).splitlines()[0][:300] if str(exc) else repr(exc)
+    return {"kind": kind, "message": text, "hint": "", "exit_code": code}
+
+
 def cli_export_model(args: argparse.Namespace) -> int:
     """``tunedesk export RUN_DIR --format F [--quant Q] [--out DIR] [--register NAME] [--json]``.
 
@@ -141,9 +173,23 @@ def cli_export_model(args: argparse.Namespace) -> int:
     base_model, architecture; one JSON object with ``--json``) without writing."""
     from backends.events import stdout_sink
 
-    def stop(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
+    if hasattr(signal, "SIGTERM") and not args.dry_run:
+        signal.signal(signal.SIGTERM, _stop)
+    sink = stdout_sink() if args.json else None
+    try:
+        return _export(args, sink)
+    except (Exception, KeyboardInterrupt) as exc:
+        if sink is not None:
+            with contextlib.suppress(OSError, ValueError):  # stdout may be the closed pipe itself
+                sink.emit("export_failed", **failure_fields(exc))
+        raise  # backends.cli.main prints the message on stderr and returns the exit code
 
+
+def _stop(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _export(args: argparse.Namespace, sink: Any) -> int:
     if args.dry_run:
         import json
 
@@ -157,9 +203,6 @@ def cli_export_model(args: argparse.Namespace) -> int:
             f"{info['bytes'] / 1e6:.0f} MB to {info['path']} (needs {info['bytes_needed'] / 1e6:.0f} MB free)"
         )
         return EXIT_OK
-    if hasattr(signal, "SIGTERM"):
-        signal.signal(signal.SIGTERM, stop)
-    sink = stdout_sink() if args.json else None
 
     def progress(stage: str, done: int, total: int) -> None:
         if sink is not None:
