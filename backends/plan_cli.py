@@ -54,6 +54,17 @@ def cli_plan(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _gigabytes(text: str) -> float:
+    """``--memory-gb``: a positive number of GB (10**9 bytes); anything else is a usage error."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of GB, got {text}")
+    return value
+
+
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """Register ``plan`` on the CLI's subparsers."""
     p = sub.add_parser("plan", help="predicted peak memory of a run, and whether it fits here")
@@ -62,7 +73,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--preset", choices=["quick-test", "balanced", "quality"])
     p.add_argument("--target", choices=plan.TARGETS, help="backend and device (default: this machine's)")
     p.add_argument(
-        "--memory-gb", type=float, help="plan against this much free memory instead of this machine's"
+        "--memory-gb", type=_gigabytes, help="plan against this much free memory instead of this machine's"
     )
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
     p.set_defaults(func=cli_plan)

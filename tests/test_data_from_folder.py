@@ -276,3 +276,23 @@ def test_word_and_html_are_read_as_text_and_a_missing_library_is_a_reason(tmp_pa
         == "a PDF needs the optional package 'pypdf' (pip install 'tunedesk[documents]')"
     )
     assert "python-docx" in details["policy.docx"] and report["files_taken"] == 1
+
+
+def test_chunk_tokens_zero_is_refused_like_any_value_below_32(tmp_path, capsys):
+    """`--chunk-tokens 0` is not taken as "the default": it is refused as -5 is, exit 1."""
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "a.md").write_text("# A\n\nSome words here.\n")
+    rc = main(
+        [
+            "data",
+            "from-folder",
+            str(tmp_path / "src"),
+            "--out",
+            str(tmp_path / "o.jsonl"),
+            "--chunk-tokens",
+            "0",
+        ]
+    )
+    assert rc == 1
+    assert "at least 32" in capsys.readouterr().err
+    assert not (tmp_path / "o.jsonl").exists()

@@ -183,6 +183,19 @@ def test_image_placeholder_without_a_column_is_refused(tmp_path):
     assert problem.field == "prompt" and "<image> placeholder" in problem.reason
 
 
+def test_plain_text_mentioning_image_is_text_but_an_images_column_is_refused(tmp_path):
+    """Pre-training text (e.g. from `data from-folder` on code) may say "<image>" as words: kept;
+    the same row with a media column is still a multimodal row, refused naming the column."""
+    rows = [
+        {"text": "Write `<image>` where the picture goes."},
+        {"text": "See the photo.", "images": ["a.png"]},
+    ]
+    _, report, _, _ = analyze_file(write_jsonl(tmp_path / "t.jsonl", rows), None)
+    assert report.rows_kept == 1
+    (problem,) = report.problems
+    assert problem.row == 2 and "images" in problem.reason
+
+
 # ---- plain text files and folders --------------------------------------------------------------
 
 

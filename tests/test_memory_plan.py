@@ -166,3 +166,12 @@ def test_oom_hint_names_the_plans_setting(tiny_model_dir):
     hint = plan_hint(config, tiny_model_dir, "torch-cuda")
     assert hint is not None and "--set " in hint and "GB instead of" in hint
     assert plan_hint(config, tiny_model_dir / "missing", "torch-cuda") is None
+
+
+@pytest.mark.parametrize("value", ["0", "-3", "nan"])
+def test_plan_refuses_a_memory_size_that_is_not_positive(tiny_model_dir, value, capsys):
+    """`--memory-gb 0` or a negative size is a usage error (exit 2), not a plan against it."""
+    with pytest.raises(SystemExit) as exc:
+        cli_main(["plan", "--set", f"model={tiny_model_dir}", "--memory-gb", value])
+    assert exc.value.code == 2
+    assert "must be a positive number of GB" in capsys.readouterr().err

@@ -387,7 +387,9 @@ def parse_row(
         raise RowError("(row)", f"expected a JSON object, got {type_name(obj)}")
     _media(obj)
     if fmt == "text":
-        text = _text(_required(obj, "text"), "text")
+        # Plain text (pre-training, `data from-folder`) may mention "<image>" as words: only a media
+        # column (checked above) makes it a multimodal row.
+        text = _string(_required(obj, "text"), "text")
         if not text.strip():
             raise RowError("text", "empty text")
         return text

@@ -178,7 +178,7 @@ def cli_from_folder(args: argparse.Namespace) -> int:
         args.out,
         args.mode,
         tokenizer=tokenizer,
-        chunk_tokens=args.chunk_tokens or CHUNK_TOKENS,
+        chunk_tokens=CHUNK_TOKENS if args.chunk_tokens is None else args.chunk_tokens,
         max_file_bytes=args.max_file_size or MAX_FILE_BYTES,
         progress=lambda m: print(m, file=sys.stderr),
     )
