@@ -114,10 +114,13 @@ def test_demo_runs_end_to_end(smollm2_dir, session_home, tunedesk_home, monkeypa
     from backends.jobs import demo
 
     monkeypatch.setattr(demo, "MAX_NEW_TOKENS", 16)
+    monkeypatch.setattr(demo, "REPORT_EVERY", 0.0)  # a progress line per token: the wait is not silent
     (tunedesk_home / "models").mkdir(parents=True)
     (tunedesk_home / "models" / "SmolLM2-135M-Instruct").symlink_to(smollm2_dir)
     assert cli.main(["demo", "--steps", "2"]) == 0
-    out = capsys.readouterr().out
+    captured = capsys.readouterr()
+    out = captured.out
+    assert f"of at most {20 * 16} reply tokens generated" in captured.err
     prompts = demo.heldout_prompts()
     assert len(prompts) == 10
     for i, prompt in enumerate(prompts, 1):

@@ -28,6 +28,7 @@ from backends.errors import EXIT_OK, RunStopped
 from backends.events import encode, make_event
 from backends.runs import RunDir
 
+REPORT_EVERY = 15.0  # seconds between progress lines while the replies are generated
 MAX_NEW_TOKENS = 80  # a house-style reply is at most about 65 tokens; base replies are cut here
 
 
@@ -60,9 +61,13 @@ def heldout_prompts() -> list[str]:
     return [json.loads(line)["prompt"] for line in lines if line.strip()]
 
 
-def compare_replies(run: RunDir, config: RunConfig, prompts: list[str]) -> list[dict[str, Any]]:
+def compare_replies(
+    run: RunDir, config: RunConfig, prompts: list[str], report_every: float | None = None
+) -> list[dict[str, Any]]:
     """Greedy replies of the base and the tuned model to each prompt: a list of
-    {"prompt", "base", "tuned", "base_style", "tuned_style"}."""
+    {"prompt", "base", "tuned", "base_style", "tuned_style"}. With ``report_every`` (seconds), a
+    line on stderr at most that often says how many tokens have been generated of the most
+    possible (2 x prompts x MAX_NEW_TOKENS), so a slow machine does not look hung."""
     from backends.chat.loader import open_session
     from backends.chat.session import Sampling, StreamRequest
 
@@ -73,7 +78,18 @@ def compare_replies(run: RunDir, config: RunConfig, prompts: list[str]) -> list[
     for i, prompt in enumerate(prompts):
         messages = [{"role": "user", "content": prompt}]
         requests += [StreamRequest(f"base-{i}", None, messages), StreamRequest(f"tuned-{i}", tuned, messages)]
-    replies = session.generate(requests, Sampling(max_new_tokens=MAX_NEW_TOKENS), lambda event, fields: None)
+    most = len(requests) * MAX_NEW_TOKENS
+    seen = {"tokens": 0, "said": time.monotonic()}
+
+    def on_event(event: str, fields: dict) -> None:
+        if event != "token" or report_every is None:
+            return
+        seen["tokens"] += 1
+        if time.monotonic() - seen["said"] >= report_every:
+            seen["said"] = time.monotonic()
+            print(f"  {seen['tokens']} of at most {most} reply tokens generated", file=sys.stderr, flush=True)
+
+    replies = session.generate(requests, Sampling(max_new_tokens=MAX_NEW_TOKENS), on_event)
     rows = []
     for i, prompt in enumerate(prompts):
         base, tuned_reply = replies[2 * i].text.strip(), replies[2 * i + 1].text.strip()
@@ -157,7 +173,7 @@ def cli_demo(args: argparse.Namespace) -> int:
             f"Asking {len(heldout_prompts())} held-out questions...",
             file=sys.stderr,
         )
-    rows = compare_replies(run, config, heldout_prompts())
+    rows = compare_replies(run, config, heldout_prompts(), report_every=None if args.json else REPORT_EVERY)
     total = time.monotonic() - start
     if args.json:
         for row in rows:
