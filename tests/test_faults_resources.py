@@ -124,7 +124,12 @@ def test_memory_limit_while_the_model_loads_is_kind_oom_exit_3(smollm2_dir, tmp_
 @pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="reads VmSize from /proc")
 def test_memory_limit_in_the_middle_of_a_run_is_kind_oom_with_checkpoints_kept(tiny_model_dir, tmp_path):
     runs = tmp_path / "runs"
-    raw = make_config(tiny_model_dir, runs, "oomrun", max_steps=6, save_every=1, keep_checkpoints=5)
+    # Batches of 16: a step's activations are then large enough that glibc maps them afresh (above
+    # the mmap threshold) each step, so the limit set at step 3 is met there (with batches of 2 the
+    # chunked loss keeps every allocation on reused heap and nothing ever asks the kernel).
+    raw = make_config(
+        tiny_model_dir, runs, "oomrun", max_steps=6, save_every=1, keep_checkpoints=5, batch_size=16
+    )
     code, err, events = _limited_run("run", write_config(tmp_path / "oom.yaml", raw), tmp_path)
     assert code == 3, err[-3000:]
     assert "run failed (oom)" in err and "Traceback" not in err, err[-3000:]
