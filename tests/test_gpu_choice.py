@@ -10,7 +10,7 @@ from desktop.main_window import MainWindow
 from desktop.pages.train_page import TrainPage
 from desktop.state import AppState
 
-GB = 2**30
+GB = 10**9  # the app shows decimal GB (backends.hardware.GB)
 
 
 def gpu(i: int, total: float, free: float) -> dict:
