@@ -39,7 +39,11 @@ def test_parity_with_torch_engine(tiny_model_dir, shared_data, tmp_path):
     config = config_from_dict(
         {
             "model": str(tiny_model_dir),
-            "data": {"train_file": str(shared_data / "wikisql" / "train.jsonl"), "validation_fraction": 0},
+            "data": {
+                "train_file": str(shared_data / "wikisql" / "train.jsonl"),
+                "validation_fraction": 0,
+                "pack_text": False,  # one row a sequence, as mlx_lm.lora feeds it
+            },
             "lora": {"rank": 8, "alpha": 16, "dropout": 0.0},
             "training": {
                 "precision": "fp32",
@@ -81,7 +85,11 @@ def test_parity_with_torch_engine(tiny_model_dir, shared_data, tmp_path):
 def _write_config(tmp_path, tiny_model_dir, shared_data, **training) -> str:
     cfg = {
         "model": str(tiny_model_dir),
-        "data": {"train_file": str(shared_data / "wikisql" / "train.jsonl"), "validation_fraction": 0},
+        "data": {
+            "train_file": str(shared_data / "wikisql" / "train.jsonl"),
+            "validation_fraction": 0,
+            "pack_text": False,  # one row a sequence, as mlx_lm.lora feeds it
+        },
         "lora": {"rank": 4, "alpha": 8, "dropout": 0.1},
         "training": {
             "precision": "fp32",
